@@ -1,0 +1,152 @@
+//! The `conclave` command line. Every failure is one line on stderr and a meaningful exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::db::Db;
+use crate::settings::{ConfigError, Settings};
+use crate::startup::Application;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "conclave",
+    version,
+    about = "Secure rooms for people, AI assistants and devices."
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Environment variables CONCLAVE__SECTION__KEY override it.
+    #[arg(long, global = true, env = "CONCLAVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the layered configuration; name every bad or unknown key.
+    Check,
+}
+
+/// Exit codes (sysexits.h where one fits), documented in README.md.
+pub mod exit {
+    /// The configuration is invalid.
+    pub const CONFIG: u8 = 78;
+    /// A needed service (the database) is unavailable.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Anything else went wrong.
+    pub const FAILURE: u8 = 1;
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    // One TLS provider for every rustls user (SMTP now, HTTP clients later), chosen explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => return config_failure(&e),
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            println!(
+                "configuration OK (mode {:?}, database {}, listening on {})",
+                settings.mode,
+                settings
+                    .database_target()
+                    .map(|t| crate::db::describe_target(&t))
+                    .unwrap_or_default(),
+                settings.server.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Migrate => with_runtime(|| async move {
+            let db = Db::connect(&settings)
+                .await
+                .map_err(|e| (exit::UNAVAILABLE, e))?;
+            let applied = db.migrate().await.map_err(|e| (exit::FAILURE, e))?;
+            if applied.is_empty() {
+                println!("database schema is current");
+            } else {
+                println!(
+                    "applied {} migration(s): {}",
+                    applied.len(),
+                    applied.join(", ")
+                );
+            }
+            Ok(())
+        }),
+        Command::Serve => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    let _telemetry = match crate::telemetry::init(&settings.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("conclave: {e:#}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    with_runtime(|| async move {
+        let url = settings.public_url();
+        let app = Application::build(settings).await.map_err(|e| {
+            let code = if format!("{e:#}").contains("cannot connect to the database") {
+                exit::UNAVAILABLE
+            } else {
+                exit::FAILURE
+            };
+            (code, e)
+        })?;
+        tracing::info!(port = app.port(), "Conclave is running at {url}/");
+        app.run_until_stopped()
+            .await
+            .map_err(|e| (exit::FAILURE, e))
+    })
+}
+
+fn with_runtime<F, Fut>(body: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), (u8, anyhow::Error)>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("conclave: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(body()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, error)) => {
+            tracing::error!(error = %format!("{error:#}"), "conclave stopped");
+            eprintln!("conclave: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn config_failure(error: &ConfigError) -> ExitCode {
+    for problem in &error.problems {
+        eprintln!("conclave: config: {problem}");
+    }
+    ExitCode::from(exit::CONFIG)
+}

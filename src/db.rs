@@ -1,0 +1,270 @@
+//! The database: one connection type for SQLite and PostgreSQL, a pool, embedded migrations,
+//! and `Db::run`, the only way code reaches a connection.
+//!
+//! `Db::run` moves the closure onto tokio's blocking pool (diesel is synchronous) and re-enters
+//! the caller's tracing span there, so a query never stalls an async worker and its logs stay
+//! attached to the request that caused it.
+//!
+//! Connections are made by our own r2d2 manager rather than `MultiConnection::establish`: the
+//! derived `establish` tries each backend in turn and hides the real error, and SQLite needs
+//! its PRAGMAs on every new connection.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel::connection::SimpleConnection as _;
+use diesel::prelude::*;
+use diesel::{PgConnection, SqliteConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::settings::{DatabaseTarget, Settings};
+
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either backend. Queries built with the diesel DSL run on both; the few
+/// statements that differ (`FOR UPDATE SKIP LOCKED`, upserts, search) `match` on the variant.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgresql(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection available: {0}")]
+    PoolTimeout(#[source] r2d2::Error),
+    #[error("database task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Connection(#[from] diesel::ConnectionError),
+    #[error("cannot prepare the SQLite connection: {0}")]
+    Setup(#[from] diesel::result::Error),
+}
+
+/// Opens connections for the pool, choosing the backend by the configured URL.
+#[derive(Debug)]
+pub struct ConnectionManager {
+    target: DatabaseTarget,
+    sqlite_busy_timeout_ms: u64,
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = DbConnection;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<DbConnection, ConnectError> {
+        match &self.target {
+            DatabaseTarget::Postgres(url) => {
+                Ok(DbConnection::Postgresql(PgConnection::establish(url)?))
+            }
+            DatabaseTarget::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+                // WAL lets readers proceed during a write; NORMAL sync is durable in WAL mode
+                // except for the last transactions on power loss, the usual server trade-off.
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {};
+                     PRAGMA journal_mode = WAL;
+                     PRAGMA synchronous = NORMAL;
+                     PRAGMA foreign_keys = ON;",
+                    self.sqlite_busy_timeout_ms
+                ))?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), ConnectError> {
+        conn.batch_execute("SELECT 1")?;
+        Ok(())
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+/// The pool plus what it points at. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: r2d2::Pool<ConnectionManager>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Pool numbers for `/metrics` and the admin pages.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub connections: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+impl Db {
+    /// Builds the pool. Connections open lazily except the first, which proves the URL works.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let target = settings.database_target().map_err(anyhow::Error::msg)?;
+        let backend = match &target {
+            DatabaseTarget::Sqlite(path) => {
+                ensure_parent_dir(path)?;
+                Backend::Sqlite
+            }
+            DatabaseTarget::Postgres(_) => Backend::Postgres,
+        };
+        let description = describe_target(&target);
+        let manager = ConnectionManager {
+            target,
+            sqlite_busy_timeout_ms: settings.database.sqlite_busy_timeout_ms,
+        };
+        let builder = r2d2::Pool::builder()
+            .max_size(settings.database.pool_max_size)
+            .min_idle(Some(settings.database.pool_min_idle))
+            .connection_timeout(Duration::from_secs(
+                settings.database.connect_timeout_secs.max(1),
+            ))
+            .test_on_check_out(false);
+        let pool = tokio::task::spawn_blocking(move || builder.build(manager))
+            .await
+            .context("database start-up task failed")?
+            .with_context(|| format!("cannot connect to the database ({description})"))?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `work` with a pooled connection on the blocking pool, inside the caller's span.
+    pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut conn = pool.get().map_err(|e| E::from(DbError::PoolTimeout(e)))?;
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| E::from(DbError::Join(e)))?
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        let state = self.pool.state();
+        PoolStats {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max: self.pool.max_size(),
+        }
+    }
+
+    /// Applies pending migrations; returns the versions applied.
+    pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
+        self.run(run_migrations).await
+    }
+
+    /// Number of embedded migrations not yet applied to the database.
+    pub async fn pending_migrations(&self) -> anyhow::Result<usize> {
+        self.run(|conn| {
+            match conn {
+                DbConnection::Sqlite(c) => c.pending_migrations(SQLITE_MIGRATIONS).map(|l| l.len()),
+                DbConnection::Postgresql(c) => {
+                    c.pending_migrations(POSTGRES_MIGRATIONS).map(|l| l.len())
+                }
+            }
+            .map_err(|e| anyhow::anyhow!("cannot list migrations: {e}"))
+        })
+        .await
+    }
+}
+
+/// Applies the backend's migrations. On PostgreSQL several nodes may start at once, so the
+/// migration runs under an advisory lock; the loser finds nothing left to do.
+pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<Vec<String>> {
+    let applied = match conn {
+        DbConnection::Sqlite(c) => c
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("SQLite migration failed: {e}"))?
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        DbConnection::Postgresql(c) => {
+            const MIGRATION_LOCK: i64 = 0x636f_6e63_6c61_7665; // "conclave"
+            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                .context("cannot take the migration lock")?;
+            let result = c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|versions| versions.iter().map(ToString::to_string).collect())
+                .map_err(|e| anyhow::anyhow!("PostgreSQL migration failed: {e}"));
+            c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+                .context("cannot release the migration lock")?;
+            result?
+        }
+    };
+    Ok(applied)
+}
+
+fn ensure_parent_dir(path: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!("cannot create the database directory {}", parent.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// A printable name for the database that never includes a password.
+pub fn describe_target(target: &DatabaseTarget) -> String {
+    match target {
+        DatabaseTarget::Sqlite(path) => format!("sqlite {}", path.display()),
+        DatabaseTarget::Postgres(url) => match url::Url::parse(url) {
+            Ok(mut parsed) => {
+                if parsed.password().is_some() {
+                    let _ = parsed.set_password(Some("***"));
+                }
+                parsed.to_string()
+            }
+            Err(_) => "postgres (unparsable URL)".to_owned(),
+        },
+    }
+}
+
+/// The SQLite file of a target, for backups and tests.
+pub fn sqlite_path(target: &DatabaseTarget) -> Option<PathBuf> {
+    match target {
+        DatabaseTarget::Sqlite(path) => Some(path.clone()),
+        DatabaseTarget::Postgres(_) => None,
+    }
+}

@@ -1,0 +1,17 @@
+//! Conclave: one self-hosted binary where people, AI assistants and devices share secure rooms.
+//!
+//! The library holds every module; `main.rs` only parses the command line. Integration tests
+//! build the same `startup::Application` the binary runs.
+
+pub mod cli;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod jobs;
+pub mod mail;
+pub mod metrics;
+pub mod schema;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;
+pub mod web;

@@ -1,0 +1,117 @@
+//! Prometheus metrics: the recorder, the HTTP middleware that counts requests by route
+//! template and status, and the `/metrics` endpoint.
+//!
+//! The `metrics` crate has one process-wide recorder by design (its macros need no handle), so
+//! the Prometheus recorder is installed once and shared by every `Application` in the process;
+//! several test apps in one process therefore share counters.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, web};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::web::AppState;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder on first use and returns the shared handle.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Losing the race to another thread is fine: use the winner's handle.
+    if metrics::set_global_recorder(recorder).is_err() {
+        return HANDLE
+            .get()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("another metrics recorder is installed"));
+    }
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "http_requests_total",
+        "HTTP requests by method, route template and status."
+    );
+    metrics::describe_histogram!(
+        "http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by method, route template and status."
+    );
+    metrics::describe_gauge!("db_pool_connections", "Open database connections.");
+    metrics::describe_gauge!("db_pool_idle_connections", "Idle database connections.");
+    metrics::describe_gauge!(
+        "db_pool_max_connections",
+        "Configured maximum database connections."
+    );
+    metrics::describe_gauge!(
+        "conclave_build_info",
+        "Always 1; labels carry the version and database backend."
+    );
+    metrics::describe_gauge!(
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch."
+    );
+    metrics::describe_counter!("jobs_started_total", "Job attempts started, by kind.");
+    metrics::describe_counter!(
+        "jobs_finished_total",
+        "Job attempts finished, by kind and outcome (succeeded, retried, dead)."
+    );
+    metrics::describe_histogram!(
+        "job_duration_seconds",
+        metrics::Unit::Seconds,
+        "Job run time by kind."
+    );
+    metrics::describe_counter!(
+        "jobs_claim_errors_total",
+        "Failed attempts to claim jobs from the database."
+    );
+}
+
+/// Records every request under its route template (`/rooms/{id}`, never the raw path, so the
+/// label set stays bounded); requests that matched no route are `unmatched`.
+pub async fn track_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let response = next.call(req).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn render(state: web::Data<AppState>) -> HttpResponse {
+    let pool = state.db.pool_stats();
+    metrics::gauge!("db_pool_connections").set(f64::from(pool.connections));
+    metrics::gauge!("db_pool_idle_connections").set(f64::from(pool.idle));
+    metrics::gauge!("db_pool_max_connections").set(f64::from(pool.max));
+    state.metrics.run_upkeep();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,500 @@
+//! Typed configuration: built-in defaults → TOML file → `CONCLAVE__SECTION__KEY` environment
+//! variables → `CONCLAVE__SECTION__KEY_FILE` secret files, in that order of precedence.
+//!
+//! Every key lives in one struct below with `deny_unknown_fields`, so a typo is an error that
+//! names the key instead of a silently ignored setting. `config/conclave.example.toml`
+//! documents every key; `tests/settings.rs` fails when the two disagree. No key name ends in
+//! `_file`: that suffix is reserved for "read this secret from a file".
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Environment prefix of every setting: `CONCLAVE__SERVER__LISTEN` is `server.listen`.
+pub const ENV_PREFIX: &str = "CONCLAVE__";
+/// Suffix that makes an environment variable name a file holding the value.
+const SECRET_FILE_SUFFIX: &str = "_FILE";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `development` (generated secrets, relaxed checks) or `production`.
+    pub mode: Mode,
+    /// Where the SQLite database, the generated key and dropped mail live.
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub security: SecuritySettings,
+    pub templates: TemplateSettings,
+    pub mail: MailSettings,
+    pub telemetry: TelemetrySettings,
+    pub jobs: JobSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// The URL users reach Conclave at (used in links and to decide on HSTS).
+    pub public_url: Option<String>,
+    /// Production refuses a non-https `public_url` unless this is set (e.g. behind a VPN).
+    pub allow_insecure_public_url: bool,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    pub json_limit_bytes: usize,
+    pub form_limit_bytes: usize,
+    pub payload_limit_bytes: usize,
+    /// How long a SIGTERM waits for in-flight requests before closing them.
+    pub shutdown_timeout_secs: u64,
+    /// Time a client gets to send its request head.
+    pub client_request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db`, a bare path, or `postgres://user:pass@host/db`.
+    /// Unset means `sqlite://<data_dir>/conclave.db`.
+    #[serde(serialize_with = "redact_opt")]
+    pub url: Option<SecretString>,
+    pub pool_max_size: u32,
+    /// Connections kept open when idle.
+    pub pool_min_idle: u32,
+    pub connect_timeout_secs: u64,
+    pub sqlite_busy_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    /// 32 random bytes, base64. Required in production; generated into `data_dir` otherwise.
+    #[serde(serialize_with = "redact_opt")]
+    pub secret_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateSettings {
+    /// A directory whose templates replace the built-in ones of the same name.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailSettings {
+    pub transport: MailTransportKind,
+    pub from: String,
+    /// Where the `file` transport drops `.eml` files; unset means `<data_dir>/mail`.
+    pub dir: Option<PathBuf>,
+    pub smtp: SmtpSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransportKind {
+    File,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    #[serde(serialize_with = "redact_opt")]
+    pub password: Option<SecretString>,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (port 587); refuses servers without it.
+    Starttls,
+    /// Implicit TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on localhost.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,conclave=debug`; `RUST_LOG` overrides it.
+    pub log_filter: String,
+    /// OTLP/HTTP collector base URL, e.g. `http://127.0.0.1:4318`. Unset: no traces exported.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Run job workers in this process (a node may serve HTTP only).
+    pub enabled: bool,
+    /// Jobs one node runs at the same time.
+    pub concurrency: usize,
+    pub poll_interval_ms: u64,
+    /// Tries before a job is marked dead, unless the job sets its own.
+    pub max_attempts: i32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+    /// A claimed job whose worker vanished is retried after this long.
+    pub lease_secs: u64,
+    /// Succeeded jobs are deleted after this many hours; dead ones are kept.
+    pub keep_succeeded_hours: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Development,
+            data_dir: PathBuf::from("data"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            security: SecuritySettings::default(),
+            templates: TemplateSettings::default(),
+            mail: MailSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            jobs: JobSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            allow_insecure_public_url: false,
+            workers: 0,
+            json_limit_bytes: 256 * 1024,
+            form_limit_bytes: 64 * 1024,
+            payload_limit_bytes: 1024 * 1024,
+            shutdown_timeout_secs: 30,
+            client_request_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_max_size: 8,
+            pool_min_idle: 1,
+            connect_timeout_secs: 5,
+            sqlite_busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        Self {
+            transport: MailTransportKind::File,
+            from: "Conclave <conclave@localhost>".to_owned(),
+            dir: None,
+            smtp: SmtpSettings::default(),
+        }
+    }
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        Self {
+            host: "localhost".to_owned(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password: None,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".to_owned(),
+            otlp_endpoint: None,
+            service_name: "conclave".to_owned(),
+        }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 4,
+            poll_interval_ms: 1_000,
+            max_attempts: 8,
+            backoff_base_ms: 2_000,
+            backoff_max_secs: 3_600,
+            lease_secs: 300,
+            keep_succeeded_hours: 168,
+        }
+    }
+}
+
+/// Secrets are written as a fixed marker so `config check --print` and `Debug` never leak them.
+fn redact_opt<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Which database a URL names; anything else is refused at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// Everything wrong with a configuration, one line per problem, each naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the layered configuration from the process environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(config_file, std::env::vars())
+    }
+
+    /// Loads the layers with an explicit environment (tests pass their own).
+    pub fn load_from(
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut figment = Figment::new();
+        if let Some(path) = config_file {
+            if !path.is_file() {
+                return Err(ConfigError::one(format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // figment reads the real process environment; tests hand in their own list, so the
+        // variables are turned into one keyed provider per variable here.
+        for (name, value) in &env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if let Some(key) = key.strip_suffix(SECRET_FILE_SUFFIX) {
+                let contents = std::fs::read_to_string(value).map_err(|e| {
+                    ConfigError::one(format!(
+                        "{}: cannot read secret file {value}: {e}",
+                        env_key_to_path(key)
+                    ))
+                })?;
+                let secret = contents.trim_end_matches(['\r', '\n']).to_owned();
+                figment = figment.merge(Serialized::default(&env_key_to_path(key), secret));
+            } else {
+                // Same lenient typing as figment's Env provider: "8080" is a number, "true" a bool.
+                let parsed: figment::value::Value =
+                    value.parse().unwrap_or_else(|never| match never {});
+                figment = figment.merge(Serialized::default(&env_key_to_path(key), parsed));
+            }
+        }
+        let settings: Settings = figment.extract().map_err(|e| ConfigError {
+            problems: e.into_iter().map(describe_figment_error).collect(),
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Cross-field rules that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.database_target() {
+            problems.push(e);
+        }
+        if let Some(key) = &self.security.secret_key {
+            if let Err(e) = crate::crypto::decode_key(key.expose_secret()) {
+                problems.push(format!("security.secret_key: {e}"));
+            }
+        }
+        let public_url = match self.server.public_url.as_deref().map(url::Url::parse) {
+            Some(Ok(url)) => Some(url),
+            Some(Err(e)) => {
+                problems.push(format!("server.public_url: not a valid URL ({e})"));
+                None
+            }
+            None => None,
+        };
+        if self.mode == Mode::Production {
+            if self.security.secret_key.is_none() {
+                problems.push(
+                    "security.secret_key: production mode needs an explicit secret key \
+                     (set CONCLAVE__SECURITY__SECRET_KEY or CONCLAVE__SECURITY__SECRET_KEY_FILE; \
+                     generate one with `openssl rand -base64 32`)"
+                        .to_owned(),
+                );
+            }
+            match &public_url {
+                None if self.server.public_url.is_none() => problems.push(
+                    "server.public_url: production mode needs the public https URL users reach Conclave at"
+                        .to_owned(),
+                ),
+                Some(url) if url.scheme() != "https" && !self.server.allow_insecure_public_url => {
+                    problems.push(format!(
+                        "server.public_url: {url} is not https; production refuses it unless \
+                         server.allow_insecure_public_url = true"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if self.jobs.concurrency == 0 {
+            problems.push("jobs.concurrency: must be at least 1".to_owned());
+        }
+        if self.jobs.max_attempts < 1 {
+            problems.push("jobs.max_attempts: must be at least 1".to_owned());
+        }
+        if self.database.pool_max_size == 0 {
+            problems.push("database.pool_max_size: must be at least 1".to_owned());
+        } else if self.database.pool_min_idle > self.database.pool_max_size {
+            problems
+                .push("database.pool_min_idle: must not exceed database.pool_max_size".to_owned());
+        }
+        if self.mail.transport == MailTransportKind::Smtp && self.mail.smtp.host.trim().is_empty() {
+            problems.push("mail.smtp.host: required when mail.transport = \"smtp\"".to_owned());
+        }
+        if self.mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            problems.push(format!(
+                "mail.from: {:?} is not a mailbox like \"Conclave <conclave@example.com>\"",
+                self.mail.from
+            ));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if url::Url::parse(endpoint).is_err() {
+                problems.push(format!(
+                    "telemetry.otlp_endpoint: {endpoint:?} is not a URL"
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter) {
+            problems.push(format!("telemetry.log_filter: {e}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The database the settings point at. Unknown URL schemes are an error, never a fallback.
+    pub fn database_target(&self) -> Result<DatabaseTarget, String> {
+        let Some(url) = &self.database.url else {
+            return Ok(DatabaseTarget::Sqlite(self.data_dir.join("conclave.db")));
+        };
+        let url = url.expose_secret().trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseTarget::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err("database.url: sqlite:// needs a file path".to_owned());
+            }
+            return Ok(DatabaseTarget::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(format!(
+                "database.url: unsupported scheme {scheme:?}; use sqlite://PATH or postgres://…"
+            ));
+        }
+        if url.is_empty() {
+            return Err("database.url: is empty".to_owned());
+        }
+        Ok(DatabaseTarget::Sqlite(PathBuf::from(url)))
+    }
+
+    /// The URL people use to reach this node.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
+
+    pub fn mail_dir(&self) -> PathBuf {
+        self.mail
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mail"))
+    }
+}
+
+/// `SERVER__PUBLIC_URL` → `server.public_url`.
+fn env_key_to_path(key: &str) -> String {
+    key.split("__")
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// figment's messages name the profile ("default.server.listen"); operators only know the key.
+fn describe_figment_error(error: figment::Error) -> String {
+    let path = error.path.join(".");
+    let source = match &error.metadata {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(file)) => format!(" (in {})", file.display()),
+            Some(_) if meta.name.contains("Serialized") || meta.name.contains("Env") => {
+                format!(
+                    " (from {}{})",
+                    ENV_PREFIX,
+                    path.to_ascii_uppercase().replace('.', "__")
+                )
+            }
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    let kind = error.kind.to_string();
+    if path.is_empty() {
+        format!("{kind}{source}")
+    } else {
+        format!("{path}: {kind}{source}")
+    }
+}

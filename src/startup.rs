@@ -1,0 +1,127 @@
+//! Builds and runs one Conclave node: settings in, a listening server and job runner out.
+//! Tests build the same `Application` on port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{HttpServer, web};
+use anyhow::Context as _;
+
+use crate::db::Db;
+use crate::jobs::{JobRegistry, Queue, Runner, RunnerHandle};
+use crate::mail::{LettreMailer, Mailer};
+use crate::settings::Settings;
+use crate::web::{AppState, Templates};
+
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+    runner: Option<RunnerHandle>,
+    shutdown_timeout: Duration,
+}
+
+/// Seams that tests (and later modules) may replace.
+pub struct Seams {
+    pub mailer: Option<Arc<dyn Mailer>>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Seams { mailer: None }).await
+    }
+
+    pub async fn build_with(settings: Settings, seams: Seams) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
+        let _master_key = crate::crypto::load_master_key(&settings)?;
+        let metrics = crate::metrics::install()?;
+
+        let db = Db::connect(&settings).await?;
+        let applied = db.migrate().await?;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "applied database migrations");
+        }
+        metrics::gauge!(
+            "conclave_build_info",
+            "version" => env!("CARGO_PKG_VERSION"),
+            "database" => db.backend().as_str()
+        )
+        .set(1.0);
+        if let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+        {
+            metrics::gauge!("process_start_time_seconds").set(since_epoch.as_secs_f64());
+        }
+
+        let mailer: Arc<dyn Mailer> = match seams.mailer {
+            Some(mailer) => mailer,
+            None => Arc::new(LettreMailer::from_settings(&settings)?),
+        };
+        let queue = Queue::new(db.clone(), settings.jobs.max_attempts);
+        let mut registry = JobRegistry::default();
+        crate::mail::register_jobs(&mut registry, mailer);
+        let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
+        let runner = settings
+            .jobs
+            .enabled
+            .then(|| Runner::new(&queue, registry, settings.jobs.clone()).spawn(shutdown_timeout));
+
+        let templates = Templates::load(settings.templates.dir.as_deref())?;
+        let listener = TcpListener::bind(settings.server.listen).with_context(|| {
+            format!(
+                "cannot listen on {} (server.listen)",
+                settings.server.listen
+            )
+        })?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            db,
+            templates,
+            metrics,
+            queue,
+        });
+        let app_state = state.clone();
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        let server = HttpServer::new(move || crate::web::app(app_state.clone()))
+            .workers(workers)
+            .shutdown_timeout(settings.server.shutdown_timeout_secs)
+            .client_request_timeout(Duration::from_millis(
+                settings.server.client_request_timeout_ms,
+            ))
+            .listen(listener)?
+            .run();
+        Ok(Self {
+            server,
+            port,
+            state,
+            runner,
+            shutdown_timeout,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (handled by actix: stop accepting, drain in-flight requests
+    /// for up to `server.shutdown_timeout_secs`), then lets running jobs finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await.context("HTTP server failed")?;
+        tracing::info!("HTTP server stopped; waiting for running jobs");
+        if let Some(runner) = self.runner {
+            runner.shutdown(self.shutdown_timeout).await;
+        }
+        Ok(())
+    }
+}

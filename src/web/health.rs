@@ -1,0 +1,35 @@
+//! `/healthz`: the process is alive. `/readyz`: it can serve (database reachable, schema
+//! current); load balancers and Kubernetes route traffic by it.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use super::AppState;
+
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let backend = state.db.backend().as_str();
+    let unavailable = |reason: String| {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "5"))
+            .json(json!({ "status": "unavailable", "database": backend, "reason": reason }))
+    };
+    match tokio::time::timeout(READINESS_TIMEOUT, state.db.pending_migrations()).await {
+        Err(_) => unavailable(format!(
+            "database did not answer within {READINESS_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => unavailable(format!("database unreachable: {e:#}")),
+        Ok(Ok(0)) => HttpResponse::Ok()
+            .json(json!({ "status": "ready", "database": backend, "migrations": "current" })),
+        Ok(Ok(n)) => unavailable(format!(
+            "{n} database migrations are not applied; run `conclave migrate`"
+        )),
+    }
+}

@@ -1,0 +1,92 @@
+//! HTTP plumbing shared by every module: application state, middleware order, routes of the
+//! foundation (landing page, health, metrics, static files), error rendering.
+
+pub mod assets;
+pub mod errors;
+pub mod health;
+pub mod pages;
+pub mod security;
+pub mod templates;
+
+use std::sync::Arc;
+
+use actix_web::middleware::{Compress, from_fn};
+use actix_web::{App, Resource, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::db::Db;
+use crate::jobs::Queue;
+use crate::settings::Settings;
+
+pub use templates::Templates;
+
+/// Everything a handler may need, built once at start-up.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: Db,
+    pub templates: Templates,
+    pub metrics: PrometheusHandle,
+    pub queue: Queue,
+}
+
+/// A resource that answers 405 (as a problem document) for methods it does not route.
+pub fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(errors::method_not_allowed))
+}
+
+/// A resource answering GET and HEAD (actix sends no body for HEAD) with `handler`.
+pub fn get<F, Args>(path: &str, handler: F) -> Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+}
+
+/// Routes of the foundation. Domain modules add theirs with their own `configure`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(get("/", pages::landing))
+        .service(get("/healthz", health::healthz))
+        .service(get("/readyz", health::readyz))
+        .service(get("/metrics", crate::metrics::render))
+        .service(get("/static/{path:.*}", assets::serve));
+}
+
+/// Builds the actix `App` with the middleware stack. Order matters: actix runs the last
+/// `wrap` first, so a request passes tracing → metrics → security headers → compression →
+/// error rendering → handler, and responses go back the same way.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limits = &state.settings.server;
+    let json = web::JsonConfig::default()
+        .limit(limits.json_limit_bytes)
+        .error_handler(errors::json_error);
+    let form = web::FormConfig::default()
+        .limit(limits.form_limit_bytes)
+        .error_handler(errors::form_error);
+    let payload = web::PayloadConfig::new(limits.payload_limit_bytes);
+    App::new()
+        .app_data(state)
+        .app_data(json)
+        .app_data(form)
+        .app_data(payload)
+        .configure(configure)
+        .default_service(web::to(errors::not_found))
+        .wrap(from_fn(errors::render))
+        .wrap(Compress::default())
+        .wrap(from_fn(security::headers))
+        .wrap(from_fn(crate::metrics::track_requests))
+        .wrap(tracing_actix_web::TracingLogger::default())
+}
