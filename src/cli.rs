@@ -103,7 +103,6 @@ fn serve(settings: Settings) -> ExitCode {
         }
     };
     with_runtime(|| async move {
-        let url = settings.public_url();
         let app = Application::build(settings).await.map_err(|e| {
             let code = if format!("{e:#}").contains("cannot connect to the database") {
                 exit::UNAVAILABLE
@@ -112,7 +111,11 @@ fn serve(settings: Settings) -> ExitCode {
             };
             (code, e)
         })?;
-        tracing::info!(port = app.port(), "Conclave is running at {url}/");
+        tracing::info!(
+            port = app.port(),
+            "Conclave is running at {}/",
+            app.public_url()
+        );
         app.run_until_stopped()
             .await
             .map_err(|e| (exit::FAILURE, e))
@@ -137,8 +140,15 @@ where
     match runtime.block_on(body()) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, error)) => {
-            tracing::error!(error = %format!("{error:#}"), "conclave stopped");
-            eprintln!("conclave: {error:#}");
+            // Drivers (libpq) put hints on extra lines; an operator's log wants one line.
+            let message = format!("{error:#}")
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            tracing::error!(error = %message, "conclave stopped");
+            eprintln!("conclave: {message}");
             ExitCode::from(code)
         }
     }

@@ -303,6 +303,8 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let mut figment = Figment::new();
+        // Key path → the variable that set it, so errors can name the variable.
+        let mut env_sources: Vec<(String, String)> = Vec::new();
         if let Some(path) = config_file {
             if !path.is_file() {
                 return Err(ConfigError::one(format!(
@@ -326,16 +328,21 @@ impl Settings {
                     ))
                 })?;
                 let secret = contents.trim_end_matches(['\r', '\n']).to_owned();
+                env_sources.push((env_key_to_path(key), name.clone()));
                 figment = figment.merge(Serialized::default(&env_key_to_path(key), secret));
             } else {
                 // Same lenient typing as figment's Env provider: "8080" is a number, "true" a bool.
                 let parsed: figment::value::Value =
                     value.parse().unwrap_or_else(|never| match never {});
+                env_sources.push((env_key_to_path(key), name.clone()));
                 figment = figment.merge(Serialized::default(&env_key_to_path(key), parsed));
             }
         }
         let settings: Settings = figment.extract().map_err(|e| ConfigError {
-            problems: e.into_iter().map(describe_figment_error).collect(),
+            problems: e
+                .into_iter()
+                .map(|e| describe_figment_error(e, &env_sources))
+                .collect(),
         })?;
         settings.validate()?;
         Ok(settings)
@@ -450,11 +457,11 @@ impl Settings {
         Ok(DatabaseTarget::Sqlite(PathBuf::from(url)))
     }
 
-    /// The URL people use to reach this node.
-    pub fn public_url(&self) -> String {
+    /// The URL people use to reach this node, given the address it actually listens on.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
         match &self.server.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{}", self.server.listen),
+            None => format!("http://{bound}"),
         }
     }
 
@@ -474,22 +481,22 @@ fn env_key_to_path(key: &str) -> String {
         .join(".")
 }
 
-/// figment's messages name the profile ("default.server.listen"); operators only know the key.
-fn describe_figment_error(error: figment::Error) -> String {
+/// figment's messages name the profile ("default.server.listen"); operators need the key and
+/// where it was set.
+fn describe_figment_error(error: figment::Error, env_sources: &[(String, String)]) -> String {
     let path = error.path.join(".");
-    let source = match &error.metadata {
-        Some(meta) => match &meta.source {
-            Some(figment::Source::File(file)) => format!(" (in {})", file.display()),
-            Some(_) if meta.name.contains("Serialized") || meta.name.contains("Env") => {
-                format!(
-                    " (from {}{})",
-                    ENV_PREFIX,
-                    path.to_ascii_uppercase().replace('.', "__")
-                )
-            }
-            _ => String::new(),
-        },
-        None => String::new(),
+    let from_file = error.metadata.as_ref().and_then(|meta| match &meta.source {
+        Some(figment::Source::File(file)) => Some(file.display().to_string()),
+        _ => None,
+    });
+    let source = match from_file {
+        Some(file) => format!(" (in {file})"),
+        None => env_sources
+            .iter()
+            .rev()
+            .find(|(key, _)| *key == path || key.starts_with(&format!("{path}.")))
+            .map(|(_, var)| format!(" (from {var})"))
+            .unwrap_or_default(),
     };
     let kind = error.kind.to_string();
     if path.is_empty() {

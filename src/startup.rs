@@ -76,8 +76,10 @@ impl Application {
                 settings.server.listen
             )
         })?;
-        let port = listener.local_addr()?.port();
+        let bound = listener.local_addr()?;
+        let port = bound.port();
         let state = web::Data::new(AppState {
+            public_url: settings.public_url(bound),
             settings: settings.clone(),
             db,
             templates,
@@ -108,6 +110,10 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.state.public_url
     }
 
     pub fn state(&self) -> web::Data<AppState> {

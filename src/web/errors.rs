@@ -147,10 +147,9 @@ pub fn form_error(
 }
 
 pub async fn not_found(request: actix_web::HttpRequest) -> Result<HttpResponse, AppError> {
-    Err(AppError::NotFound(format!(
-        "There is nothing at {}.",
-        request.path()
-    )))
+    // Show the path as the user typed it (decoded); the page template escapes it.
+    let path = percent_encoding::percent_decode_str(request.path()).decode_utf8_lossy();
+    Err(AppError::NotFound(format!("There is nothing at {path}.")))
 }
 
 pub async fn method_not_allowed(request: actix_web::HttpRequest) -> Result<HttpResponse, AppError> {

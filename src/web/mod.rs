@@ -23,6 +23,8 @@ pub use templates::Templates;
 /// Everything a handler may need, built once at start-up.
 pub struct AppState {
     pub settings: Arc<Settings>,
+    /// `server.public_url`, or the address actually bound (port 0 resolved) when unset.
+    pub public_url: String,
     pub db: Db,
     pub templates: Templates,
     pub metrics: PrometheusHandle,

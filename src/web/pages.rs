@@ -11,7 +11,7 @@ pub fn base_context(state: &AppState, nonce: &str) -> tera::Context {
     let mut context = tera::Context::new();
     context.insert("csp_nonce", nonce);
     context.insert("version", env!("CARGO_PKG_VERSION"));
-    context.insert("public_url", &state.settings.public_url());
+    context.insert("public_url", &state.public_url);
     context
 }
 

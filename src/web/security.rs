@@ -47,7 +47,7 @@ pub async fn headers(
     let https = req.connection_info().scheme() == "https"
         || req
             .app_data::<web::Data<AppState>>()
-            .is_some_and(|state| state.settings.public_url().starts_with("https://"));
+            .is_some_and(|state| state.public_url.starts_with("https://"));
     let request_id = req
         .extensions()
         .get::<tracing_actix_web::RequestId>()

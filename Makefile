@@ -1,0 +1,46 @@
+# `make test` is what CI runs (.ci/run) and what a developer runs before pushing: formatting,
+# clippy, the integration suite on SQLite and on PostgreSQL, and the Chromium tests. It installs
+# what it needs (scripts/ensure-tools.sh) and starts a throwaway PostgreSQL cluster unless
+# TEST_DATABASE_URL is given. Every target uses the one dev profile, so nothing builds twice.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+CARGO_TEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
+
+.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser run bench
+
+test: tools fmt-check clippy
+	scripts/with-postgres.sh $(MAKE) --no-print-directory suites
+
+tools:
+	scripts/ensure-tools.sh
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --all-targets -- -D warnings
+
+build:
+	cargo build
+
+suites: build test-sqlite test-postgres test-browser
+
+test-sqlite:
+	TEST_BACKEND=sqlite $(CARGO_TEST)
+
+test-postgres:
+	@test -n "$$TEST_DATABASE_URL" || { echo "test-postgres needs TEST_DATABASE_URL (make test starts a cluster)"; exit 1; }
+	TEST_BACKEND=postgres $(CARGO_TEST)
+
+test-browser: build
+	scripts/browser-test.sh sqlite
+	scripts/browser-test.sh postgres
+
+run:
+	cargo run
+
+# Benchmarks are not tests: they measure against a baseline in the same run and write
+# docs/benchmarks.md.
+bench:
+	cargo bench --bench startup

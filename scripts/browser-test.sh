@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Starts the debug build of conclave (the same profile the tests use) on a free port with a
+# fresh data directory, then runs the Chromium tests in tests/browser against it.
+# Usage: scripts/browser-test.sh sqlite|postgres
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backend=${1:-sqlite}
+
+data=$(mktemp -d /tmp/conclave-browser.XXXXXX)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export CONCLAVE__DATA_DIR="$data"
+export CONCLAVE__SERVER__LISTEN="127.0.0.1:$port"
+export CONCLAVE__TELEMETRY__LOG_FILTER=warn
+if [ "$backend" = postgres ]; then
+  : "${TEST_DATABASE_URL:?browser tests on postgres need TEST_DATABASE_URL}"
+  db="conclave_browser_$$"
+  psql "$TEST_DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+  export CONCLAVE__DATABASE__URL="${TEST_DATABASE_URL%/*}/$db"
+fi
+
+target/debug/conclave serve >"$data/server.log" 2>&1 &
+server=$!
+cleanup() {
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  if [ "$backend" = postgres ]; then
+    psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
+  fi
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  kill -0 "$server" 2>/dev/null || { cat "$data/server.log"; exit 1; }
+  sleep 0.1
+done
+
+export CONCLAVE_URL="http://127.0.0.1:$port"
+export CONCLAVE_BACKEND="$backend"
+node --test --test-reporter=spec tests/browser/

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs when it is missing, so a fresh machine needs no manual steps:
+# PostgreSQL server binaries, Chromium, Node.js + npm, the playwright-core package, and the
+# rustfmt/clippy components. Uses Debian packages and the npm registry only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
+[ -x /usr/bin/chromium ] || apt_packages+=(chromium)
+command -v node >/dev/null 2>&1 || apt_packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
+command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
+
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "ensure-tools: installing ${apt_packages[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    rustup component add "$component"
+  fi
+done
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "ensure-tools: installing playwright-core"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi

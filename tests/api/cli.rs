@@ -1,0 +1,306 @@
+//! The real `conclave` binary: exit codes, one-line errors, migrate, serve, SIGTERM.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::TestDatabase;
+
+const BIN: &str = env!("CARGO_BIN_EXE_conclave");
+
+/// A command with a clean Conclave environment rooted in `dir`.
+fn conclave(dir: &std::path::Path, database_url: &str) -> Command {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CONCLAVE") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+        .current_dir(dir)
+        .env("CONCLAVE__DATABASE__URL", database_url)
+        .stdin(Stdio::null());
+    command
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("conclave {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_names_bad_keys_with_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[server]\nlisten = \"127.0.0.1:9999\"\n").unwrap();
+    let output = conclave(dir.path(), &db.url)
+        .args(["config", "check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[jobs]\nconcurrency = 2\nretries = 3\n").unwrap();
+    let output = conclave(dir.path(), &db.url)
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("jobs.retries: unknown field"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line per problem: {stderr}");
+
+    // CONCLAVE_CONFIG works like --config.
+    let output = conclave(dir.path(), &db.url)
+        .env("CONCLAVE_CONFIG", &bad)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+}
+
+#[test]
+fn unknown_database_schemes_are_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = conclave(dir.path(), "mysql://root@localhost/conclave")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    assert!(stderr_of(&output).contains("database.url: unsupported scheme \"mysql\""));
+}
+
+#[test]
+fn production_without_a_secret_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let output = conclave(dir.path(), &db.url)
+        .env("CONCLAVE__MODE", "production")
+        .env("CONCLAVE__SERVER__PUBLIC_URL", "https://chat.example.com")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    assert!(
+        stderr_of(&output)
+            .contains("security.secret_key: production mode needs an explicit secret key")
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the config is valid"
+    );
+}
+
+#[test]
+fn an_unreachable_database_is_exit_69_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = conclave(dir.path(), "postgres://nobody:pw@127.0.0.1:1/nothing")
+        .env("CONCLAVE__DATABASE__CONNECT_TIMEOUT_SECS", "1")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(69));
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(":pw@"),
+        "passwords are never printed: {stderr}"
+    );
+}
+
+#[test]
+fn migrate_applies_once_then_reports_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let first = conclave(dir.path(), &db.url)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 1 migration(s)"));
+    let second = conclave(dir.path(), &db.url)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(second.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout).trim(),
+        "database schema is current"
+    );
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `conclave serve` on a free port and waits for its "running" log line.
+fn serve(mut command: Command) -> Server {
+    let mut child = command
+        .env("CONCLAVE__SERVER__LISTEN", "127.0.0.1:0")
+        .env("CONCLAVE__TELEMETRY__LOG_FORMAT", "json")
+        .env("CONCLAVE__SERVER__SHUTDOWN_TIMEOUT_SECS", "5")
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is JSON ({e}): {line}"));
+        if let Some(port) = event["fields"]["port"].as_u64() {
+            assert!(
+                event["fields"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Conclave is running at http://")
+            );
+            break u16::try_from(port).unwrap();
+        }
+    };
+    // Keep draining logs so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, port }
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    (status, response)
+}
+
+#[test]
+fn serve_starts_with_zero_config_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let mut command = conclave(dir.path(), &db.url);
+    if crate::helpers::backend() == crate::helpers::TestBackend::Sqlite {
+        // Truly zero config: the default database under ./data.
+        command.env_remove("CONCLAVE__DATABASE__URL");
+    }
+    let mut server = serve(command);
+    let (status, body) = http_get(server.port, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http_get(server.port, "/");
+    assert_eq!(status, 200);
+    assert!(
+        dir.path().join("data/secret.key").exists(),
+        "a development key is generated"
+    );
+    if crate::helpers::backend() == crate::helpers::TestBackend::Sqlite {
+        assert!(dir.path().join("data/conclave.db").exists());
+    }
+
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+#[test]
+fn the_generated_key_is_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    drop(serve(conclave(dir.path(), &db.url)));
+    let key_path = dir.path().join("data/secret.key");
+    let first = std::fs::read_to_string(&key_path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the key is private to its owner");
+    }
+    drop(serve(conclave(dir.path(), &db.url)));
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), first);
+}
+
+#[test]
+fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
+    use std::io::{Read as _, Write as _};
+    // A minimal OTLP/HTTP receiver: accepts POSTs and records their path and content type.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, received) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buffer = vec![0u8; 1 << 20];
+            let n = stream.read(&mut buffer).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buffer[..n]).to_lowercase();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = sender.send(head);
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let mut command = conclave(dir.path(), &db.url);
+    command.env("CONCLAVE__TELEMETRY__OTLP_ENDPOINT", &endpoint);
+    let mut server = serve(command);
+    for _ in 0..3 {
+        http_get(server.port, "/healthz");
+    }
+    // Spans are flushed at the latest on shutdown.
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = server.child.wait();
+    let request = received
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the collector received spans");
+    assert!(request.starts_with("post /v1/traces"), "{request}");
+    assert!(
+        request.contains("content-type: application/x-protobuf"),
+        "{request}"
+    );
+}

@@ -1,0 +1,196 @@
+//! The test harness: every test gets its own running Conclave on port 0 with its own database —
+//! a fresh SQLite file, or (TEST_BACKEND=postgres) a fresh PostgreSQL database on the server
+//! named by TEST_DATABASE_URL, dropped when the test ends.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use conclave::settings::Settings;
+use conclave::startup::Application;
+use conclave::web::AppState;
+use diesel::connection::SimpleConnection as _;
+use diesel::{Connection as _, PgConnection};
+use secrecy::SecretString;
+
+pub const BACKEND_ENV: &str = "TEST_BACKEND";
+pub const ADMIN_URL_ENV: &str = "TEST_DATABASE_URL";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> TestBackend {
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("postgres") => TestBackend::Postgres,
+        Ok("sqlite") | Err(_) => TestBackend::Sqlite,
+        Ok(other) => panic!("{BACKEND_ENV}={other}: use sqlite or postgres"),
+    }
+}
+
+/// A PostgreSQL database that exists for one test.
+pub struct PgDatabase {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Self {
+        let admin_url = std::env::var(ADMIN_URL_ENV).unwrap_or_else(|_| {
+            panic!("TEST_BACKEND=postgres needs {ADMIN_URL_ENV} (make test starts a cluster)")
+        });
+        let name = format!("conclave_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&admin_url).expect("connect to TEST_DATABASE_URL");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        Self {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// A fresh database for the current backend: its URL plus whatever keeps it alive.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<PgDatabase>,
+}
+
+impl TestDatabase {
+    pub fn new() -> Self {
+        match backend() {
+            TestBackend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                    _pg: None,
+                }
+            }
+            TestBackend::Postgres => {
+                let pg = PgDatabase::create();
+                Self {
+                    url: pg.url.clone(),
+                    _dir: None,
+                    _pg: Some(pg),
+                }
+            }
+        }
+    }
+}
+
+/// Settings for a test node: port 0, a temp data dir, quick job polling, one HTTP worker.
+pub fn test_settings(data_dir: PathBuf, database_url: &str) -> Settings {
+    let mut settings = Settings::default();
+    settings.data_dir = data_dir;
+    settings.server.listen = "127.0.0.1:0".parse().expect("address");
+    settings.server.workers = 1;
+    settings.server.shutdown_timeout_secs = 2;
+    settings.database.url = Some(SecretString::from(database_url.to_owned()));
+    settings.database.pool_max_size = 4;
+    settings.jobs.poll_interval_ms = 50;
+    settings.jobs.backoff_base_ms = 20;
+    settings.jobs.backoff_max_secs = 1;
+    settings
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub state: actix_web::web::Data<AppState>,
+    pub data_dir: tempfile::TempDir,
+    _db: TestDatabase,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let db = TestDatabase::new();
+    let mut settings = test_settings(data_dir.path().to_path_buf(), &db.url);
+    customize(&mut settings);
+    settings.validate().expect("test settings are valid");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("application builds");
+    let port = app.port();
+    let state = app.state();
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client,
+        settings,
+        state,
+        data_dir,
+        _db: db,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_with_accept(&self, path: &str, accept: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("Accept", accept)
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests through the real HTTP surface and the real binary. One test binary (one
+//! link) with a module per area. Run on SQLite by default, on PostgreSQL with
+//! TEST_BACKEND=postgres (see helpers.rs and the Makefile).
+
+mod cli;
+mod helpers;
+mod jobs;
+mod mail;
+mod packaging;
+mod schema;
+mod settings;
+mod web;

@@ -1,0 +1,130 @@
+//! The SQLite and PostgreSQL migrations must produce the same schema: same tables, same
+//! columns with the same type family and nullability, same indexes. Needs TEST_DATABASE_URL
+//! (always set under `make test`); without it the comparison cannot run and the test says so.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use diesel::sql_types::{Integer, Text};
+use diesel::{PgConnection, SqliteConnection};
+use diesel_migrations::MigrationHarness as _;
+
+use crate::helpers::{ADMIN_URL_ENV, PgDatabase};
+
+#[derive(QueryableByName)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+    #[diesel(sql_type = Integer)]
+    nullable: i32,
+}
+
+#[derive(QueryableByName)]
+struct Index {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+/// Type families both backends can agree on (SQLite INTEGER is 64-bit, as is BIGINT).
+fn family(data_type: &str) -> &'static str {
+    let t = data_type.to_ascii_lowercase();
+    if t.contains("int") {
+        "integer"
+    } else if t.contains("char") || t == "text" {
+        "text"
+    } else if t.starts_with("timestamp") {
+        "timestamp"
+    } else if t.contains("bool") {
+        "boolean"
+    } else if t == "blob" || t == "bytea" {
+        "binary"
+    } else if t.contains("real") || t.contains("double") || t.contains("float") {
+        "float"
+    } else {
+        "other"
+    }
+}
+
+type Schema = BTreeMap<String, BTreeMap<String, (&'static str, bool)>>;
+
+fn collect(columns: Vec<Column>) -> Schema {
+    let mut schema = Schema::new();
+    for c in columns {
+        schema
+            .entry(c.table_name)
+            .or_default()
+            .insert(c.column_name, (family(&c.data_type), c.nullable != 0));
+    }
+    schema
+}
+
+#[test]
+fn sqlite_and_postgres_migrations_produce_the_same_schema() {
+    if std::env::var(ADMIN_URL_ENV).is_err() {
+        eprintln!("skipped: set {ADMIN_URL_ENV} (make test does) to compare the schemas");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite =
+        SqliteConnection::establish(dir.path().join("s.db").to_str().unwrap()).unwrap();
+    sqlite
+        .run_pending_migrations(conclave::db::SQLITE_MIGRATIONS)
+        .unwrap();
+    let pg_db = PgDatabase::create();
+    let mut pg = PgConnection::establish(&pg_db.url).unwrap();
+    pg.run_pending_migrations(conclave::db::POSTGRES_MIGRATIONS)
+        .unwrap();
+
+    // A primary key column is NOT NULL even where SQLite's table_info does not say so.
+    let sqlite_columns: Vec<Column> = diesel::sql_query(
+        "SELECT m.name AS table_name, p.name AS column_name, p.type AS data_type,
+                CASE WHEN p.\"notnull\" = 1 OR p.pk > 0 THEN 0 ELSE 1 END AS nullable
+         FROM sqlite_master m JOIN pragma_table_info(m.name) p
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'
+         ORDER BY 1, 2",
+    )
+    .load(&mut sqlite)
+    .unwrap();
+    let pg_columns: Vec<Column> = diesel::sql_query(
+        "SELECT table_name::text AS table_name, column_name::text AS column_name,
+                data_type::text AS data_type,
+                CASE WHEN is_nullable = 'YES' THEN 1 ELSE 0 END AS nullable
+         FROM information_schema.columns WHERE table_schema = 'public'
+         ORDER BY 1, 2",
+    )
+    .load(&mut pg)
+    .unwrap();
+    let (sqlite_schema, pg_schema) = (collect(sqlite_columns), collect(pg_columns));
+    assert!(sqlite_schema.contains_key("jobs"), "{sqlite_schema:?}");
+    for table in sqlite_schema.keys().chain(pg_schema.keys()) {
+        assert_eq!(
+            sqlite_schema.get(table),
+            pg_schema.get(table),
+            "table {table} differs between SQLite and PostgreSQL"
+        );
+    }
+
+    let sqlite_indexes: Vec<String> = diesel::sql_query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name",
+    )
+    .load::<Index>(&mut sqlite)
+    .unwrap()
+    .into_iter()
+    .map(|i| i.name)
+    .collect();
+    let pg_indexes: Vec<String> = diesel::sql_query(
+        "SELECT indexname::text AS name FROM pg_indexes
+         WHERE schemaname = 'public' AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'
+         ORDER BY 1",
+    )
+    .load::<Index>(&mut pg)
+    .unwrap()
+    .into_iter()
+    .map(|i| i.name)
+    .collect();
+    assert_eq!(sqlite_indexes, pg_indexes, "indexes differ");
+}

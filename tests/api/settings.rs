@@ -1,0 +1,311 @@
+//! Layered settings, the documented example file, and the production safety checks.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use conclave::settings::{Mode, Settings};
+use secrecy::ExposeSecret as _;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/conclave.example.toml");
+const KEY: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every leaf key of the settings struct, e.g. `server.listen`.
+fn struct_keys() -> BTreeSet<String> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, child, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_owned());
+            }
+        }
+    }
+    let mut keys = BTreeSet::new();
+    walk(
+        "",
+        &serde_json::to_value(Settings::default()).unwrap(),
+        &mut keys,
+    );
+    keys
+}
+
+/// Every key the example file sets or shows commented out (`# key = value`).
+fn documented_keys(text: &str) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_owned();
+            continue;
+        }
+        let line = line.strip_prefix('#').map(str::trim_start).unwrap_or(line);
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        {
+            continue;
+        }
+        keys.insert(if section.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{section}.{key}")
+        });
+    }
+    keys
+}
+
+#[test]
+fn the_example_file_documents_exactly_the_keys_of_the_struct() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let documented = documented_keys(&text);
+    let actual = struct_keys();
+    let undocumented: Vec<_> = actual.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&actual).collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys missing from conclave.example.toml: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "conclave.example.toml documents keys that do not exist: {stale:?}"
+    );
+}
+
+#[test]
+fn the_example_file_loads_and_matches_the_defaults() {
+    let settings =
+        Settings::load_from(Some(Path::new(EXAMPLE)), env(&[])).expect("example file loads");
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&settings).unwrap(),
+        defaults,
+        "the example shows the defaults"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file_which_overrides_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.toml",
+        "[server]\nlisten = \"127.0.0.1:9000\"\nworkers = 3\n[jobs]\nconcurrency = 2\n",
+    );
+    let settings = Settings::load_from(
+        Some(&file),
+        env(&[
+            ("CONCLAVE__SERVER__LISTEN", "0.0.0.0:7000"),
+            ("UNRELATED", "x"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        settings.server.listen.to_string(),
+        "0.0.0.0:7000",
+        "env wins"
+    );
+    assert_eq!(settings.server.workers, 3, "file wins over default");
+    assert_eq!(settings.jobs.concurrency, 2);
+    assert_eq!(settings.jobs.max_attempts, 8, "default stays");
+}
+
+#[test]
+fn secrets_can_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write(dir.path(), "key", &format!("{KEY}\n"));
+    let settings = Settings::load_from(
+        None,
+        env(&[(
+            "CONCLAVE__SECURITY__SECRET_KEY_FILE",
+            key_file.to_str().unwrap(),
+        )]),
+    )
+    .unwrap();
+    assert_eq!(settings.security.secret_key.unwrap().expose_secret(), KEY);
+
+    let missing = Settings::load_from(
+        None,
+        env(&[("CONCLAVE__SECURITY__SECRET_KEY_FILE", "/nonexistent/key")]),
+    )
+    .unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("security.secret_key: cannot read secret file /nonexistent/key"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output_or_serialized_settings() {
+    let settings = Settings::load_from(
+        None,
+        env(&[
+            ("CONCLAVE__SECURITY__SECRET_KEY", KEY),
+            (
+                "CONCLAVE__DATABASE__URL",
+                "postgres://app:hunter2@db/conclave",
+            ),
+        ]),
+    )
+    .unwrap();
+    let debug = format!("{settings:?}");
+    let json = serde_json::to_string(&settings).unwrap();
+    for text in [&debug, &json] {
+        assert!(!text.contains(KEY) && !text.contains("hunter2"), "{text}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "c.toml", "[server]\nlissen = \"127.0.0.1:1\"\n");
+    let error = Settings::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("server.lissen: unknown field"), "{error}");
+    assert!(error.contains("c.toml"), "{error}");
+
+    let error = Settings::load_from(None, env(&[("CONCLAVE__JOBS__CONCURENCY", "3")]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("jobs.concurency: unknown field"), "{error}");
+    assert!(error.contains("CONCLAVE__JOBS__CONCURENCY"), "{error}");
+
+    let error = Settings::load_from(None, env(&[("CONCLAVE__JOBS__CONCURRENCY", "lots")]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("jobs.concurrency: invalid type"), "{error}");
+}
+
+#[test]
+fn database_urls_pick_the_backend_and_unknown_schemes_are_refused() {
+    use conclave::settings::DatabaseTarget;
+    let target = |url: &str| {
+        Settings::load_from(None, env(&[("CONCLAVE__DATABASE__URL", url)]))
+            .map(|s| s.database_target().unwrap())
+    };
+    assert_eq!(
+        target("sqlite://x/y.db").unwrap(),
+        DatabaseTarget::Sqlite("x/y.db".into())
+    );
+    assert_eq!(
+        target("/var/lib/conclave/c.db").unwrap(),
+        DatabaseTarget::Sqlite("/var/lib/conclave/c.db".into())
+    );
+    assert!(matches!(
+        target("postgres://u@h/db").unwrap(),
+        DatabaseTarget::Postgres(_)
+    ));
+    assert!(matches!(
+        target("postgresql://u@h/db").unwrap(),
+        DatabaseTarget::Postgres(_)
+    ));
+    let error = target("mysql://u@h/db").unwrap_err().to_string();
+    assert!(
+        error.contains("database.url: unsupported scheme \"mysql\""),
+        "{error}"
+    );
+    let default = Settings::load_from(None, env(&[])).unwrap();
+    assert_eq!(
+        default.database_target().unwrap(),
+        DatabaseTarget::Sqlite("data/conclave.db".into())
+    );
+}
+
+#[test]
+fn production_refuses_to_start_without_a_secret_key_or_with_plain_http() {
+    let error = Settings::load_from(
+        None,
+        env(&[
+            ("CONCLAVE__MODE", "production"),
+            ("CONCLAVE__SERVER__PUBLIC_URL", "https://c.example.com"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("security.secret_key: production mode needs an explicit secret key"),
+        "{error}"
+    );
+
+    let error = Settings::load_from(
+        None,
+        env(&[
+            ("CONCLAVE__MODE", "production"),
+            ("CONCLAVE__SECURITY__SECRET_KEY", KEY),
+            ("CONCLAVE__SERVER__PUBLIC_URL", "http://c.example.com"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("server.public_url: http://c.example.com/ is not https"),
+        "{error}"
+    );
+
+    let allowed = Settings::load_from(
+        None,
+        env(&[
+            ("CONCLAVE__MODE", "production"),
+            ("CONCLAVE__SECURITY__SECRET_KEY", KEY),
+            ("CONCLAVE__SERVER__PUBLIC_URL", "http://c.internal"),
+            ("CONCLAVE__SERVER__ALLOW_INSECURE_PUBLIC_URL", "true"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(allowed.mode, Mode::Production);
+
+    let good = Settings::load_from(
+        None,
+        env(&[
+            ("CONCLAVE__MODE", "production"),
+            ("CONCLAVE__SECURITY__SECRET_KEY", KEY),
+            ("CONCLAVE__SERVER__PUBLIC_URL", "https://c.example.com"),
+        ]),
+    );
+    assert!(good.is_ok(), "{good:?}");
+}
+
+#[test]
+fn malformed_secret_keys_are_refused() {
+    for (key, expected) in [
+        ("short", "must be"),
+        ("AAAA", "must decode to 32 bytes, got 3"),
+    ] {
+        let error = Settings::load_from(None, env(&[("CONCLAVE__SECURITY__SECRET_KEY", key)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("security.secret_key") && error.contains(expected),
+            "{key}: {error}"
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The foundation's HTTP surface: landing page, health, metrics, static files, headers, errors.
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn landing_page_is_html_with_the_product_pitch() {
+    let app = spawn_app().await;
+    let response = app.get_with_accept("/", "text/html").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let body = response.text().await.unwrap();
+    assert!(body.contains("Secure rooms for people, AI assistants and devices."));
+    // The bound port, not the configured port 0 (Tera escapes the slashes of the URL).
+    let port = app.address.rsplit(':').next().unwrap();
+    assert!(
+        body.contains(&format!("127.0.0.1:{port}</code>")),
+        "the landing page shows this instance's address"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let app = spawn_app().await;
+    for path in [
+        "/",
+        "/healthz",
+        "/does-not-exist",
+        "/static/css/conclave.css",
+    ] {
+        let response = app.get(path).await;
+        let headers = response.headers();
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(
+            headers["referrer-policy"], "strict-origin-when-cross-origin",
+            "{path}"
+        );
+        assert!(
+            headers["permissions-policy"]
+                .to_str()
+                .unwrap()
+                .contains("camera=()"),
+            "{path}"
+        );
+        // Plain http: HSTS would be ignored by browsers and wrong to send.
+        assert!(headers.get("strict-transport-security").is_none(), "{path}");
+        let request_id = headers["x-request-id"].to_str().unwrap();
+        assert!(
+            uuid::Uuid::parse_str(request_id).is_ok(),
+            "{path}: {request_id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn csp_nonce_is_fresh_for_every_request() {
+    let app = spawn_app().await;
+    let nonce = |csp: &str| {
+        csp.split("'nonce-")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .map(str::to_owned)
+            .expect("CSP has a nonce")
+    };
+    let first = app.get("/").await.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let second = app.get("/").await.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(nonce(&first), nonce(&second));
+    assert!(nonce(&first).len() >= 22, "nonce has at least 128 bits");
+}
+
+#[tokio::test]
+async fn hsts_is_sent_when_the_public_url_is_https() {
+    let app =
+        spawn_app_with(|s| s.server.public_url = Some("https://chat.example.com".to_owned())).await;
+    let response = app.get("/healthz").await;
+    let hsts = response.headers()["strict-transport-security"]
+        .to_str()
+        .unwrap();
+    assert!(hsts.starts_with("max-age=63072000"), "{hsts}");
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(csp.contains("upgrade-insecure-requests"));
+}
+
+#[tokio::test]
+async fn unknown_routes_are_problem_json_for_api_clients() {
+    let app = spawn_app().await;
+    let response = app
+        .get_with_accept("/api/v1/nothing", "application/json")
+        .await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 404);
+    assert_eq!(problem["title"], "Not Found");
+    assert_eq!(problem["detail"], "There is nothing at /api/v1/nothing.");
+    assert_eq!(problem["request_id"], request_id.as_str());
+}
+
+#[tokio::test]
+async fn unknown_routes_are_an_html_page_for_browsers() {
+    let app = spawn_app().await;
+    let response = app
+        .get_with_accept(
+            "/nope",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
+        .await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let body = response.text().await.unwrap();
+    assert!(body.contains("<h1>Not Found</h1>"), "{body}");
+    assert!(
+        body.contains("There is nothing at &#x2F;nope."),
+        "user input is escaped: {body}"
+    );
+}
+
+#[tokio::test]
+async fn error_pages_escape_what_the_user_typed() {
+    let app = spawn_app().await;
+    let response = app
+        .get_with_accept("/%3Cscript%3Ealert(1)%3C%2Fscript%3E", "text/html")
+        .await;
+    assert_eq!(response.status(), 404);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("<script>alert(1)</script>"), "{body}");
+    assert!(body.contains("&lt;script&gt;"), "{body}");
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_with_a_clear_message() {
+    let app = spawn_app().await;
+    let response = app.client.post(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["detail"], "POST is not allowed on /healthz.");
+}
+
+#[tokio::test]
+async fn head_requests_work_for_pages_and_probes() {
+    let app = spawn_app().await;
+    for path in ["/", "/healthz", "/readyz"] {
+        let response = app.client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn healthz_reports_the_process_is_alive() {
+    let app = spawn_app().await;
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn readyz_is_ready_when_the_database_is_migrated() {
+    let app = spawn_app().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["migrations"], "current");
+    let expected = match crate::helpers::backend() {
+        crate::helpers::TestBackend::Sqlite => "sqlite",
+        crate::helpers::TestBackend::Postgres => "postgres",
+    };
+    assert_eq!(body["database"], expected);
+}
+
+#[tokio::test]
+async fn readyz_is_503_with_a_reason_when_migrations_are_missing() {
+    let app = spawn_app().await;
+    // Roll the schema back behind the running node's back, as a bad restore would.
+    app.state
+        .db
+        .run(|conn| {
+            use diesel::connection::SimpleConnection as _;
+            conn.batch_execute("DELETE FROM __diesel_schema_migrations")
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("1 database migrations are not applied"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_expose_requests_by_route_template_pool_and_build_info() {
+    let app = spawn_app().await;
+    app.get("/healthz").await;
+    app.get("/static/css/conclave.css").await;
+    app.get("/missing").await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+    for expected in [
+        r#"http_requests_total{method="GET",route="/healthz",status="200"}"#,
+        r#"http_requests_total{method="GET",route="/static/{path:.*}",status="200"}"#,
+        r#"http_requests_total{method="GET",route="unmatched",status="404"}"#,
+        r#"http_request_duration_seconds_bucket{method="GET",route="/healthz",status="200",le="0.005"}"#,
+        "db_pool_connections ",
+        "db_pool_idle_connections ",
+        "db_pool_max_connections ",
+        r#"conclave_build_info{version=""#,
+        "# TYPE http_request_duration_seconds histogram",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    // Raw paths never become labels: that would let clients blow up the series count.
+    assert!(!text.contains("route=\"/static/css/conclave.css\""));
+}
+
+#[tokio::test]
+async fn static_files_are_served_with_type_and_etag_and_revalidate() {
+    let app = spawn_app().await;
+    let response = app.get("/static/css/conclave.css").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(response.text().await.unwrap().contains("--accent"));
+
+    let again = app
+        .client
+        .get(app.url("/static/css/conclave.css"))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+
+    let svg = app.get("/static/favicon.svg").await;
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+
+    let missing = app.get("/static/nope.js").await;
+    assert_eq!(missing.status(), 404);
+    let traversal = app.get("/static/../Cargo.toml").await;
+    assert_eq!(traversal.status(), 404);
+}
+
+#[tokio::test]
+async fn responses_are_compressed_when_the_client_accepts_gzip() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/static/css/conclave.css"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+}
+
+#[tokio::test]
+async fn template_directory_overrides_built_in_templates() {
+    let overrides = tempfile::tempdir().unwrap();
+    let original = include_str!("../../templates/index.html");
+    std::fs::write(
+        overrides.path().join("index.html"),
+        original.replace("Secure rooms for people", "Our very own rooms for people"),
+    )
+    .unwrap();
+    let dir = overrides.path().to_path_buf();
+    let app = spawn_app_with(move |s| s.templates.dir = Some(dir)).await;
+    let body = app.get("/").await.text().await.unwrap();
+    assert!(body.contains("Our very own rooms for people"), "{body}");
+    // Templates not overridden still come from the binary.
+    let missing = app
+        .get_with_accept("/x", "text/html")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(missing.contains("Back to the start page"));
+}
