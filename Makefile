@@ -43,4 +43,5 @@ run:
 # Benchmarks are not tests: they measure against a baseline in the same run and write
 # docs/benchmarks.md.
 bench:
+	cargo build --release --example baseline_server
 	cargo bench --bench startup

@@ -1,1 +1,252 @@
-fn main() {}
+//! Start-up benchmark: cold start to the first `200` from `/readyz` with a fresh SQLite file,
+//! and resident memory once idle, for Conclave and for a bare actix-web server (the baseline,
+//! `examples/baseline_server.rs`) measured the same way in the same run.
+//!
+//! Run with `make bench`. Servers are pinned to CPU 1 and this process to CPU 0 when `taskset`
+//! exists; the run refuses to start on a busy machine. Results go to `docs/benchmarks.md`,
+//! between the `startup` markers.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 15;
+const IDLE_BEFORE_RSS: Duration = Duration::from_secs(2);
+const START_TARGET_MS: f64 = 300.0;
+const RSS_TARGET_MB: f64 = 30.0;
+
+struct Sample {
+    ready_ms: f64,
+    rss_mb: f64,
+}
+
+fn main() {
+    let conclave = PathBuf::from(env!("CARGO_BIN_EXE_conclave"));
+    let baseline = conclave
+        .parent()
+        .expect("target dir")
+        .join("examples/baseline_server");
+    assert!(
+        baseline.exists(),
+        "build the baseline first: cargo build --release --example baseline_server (make bench does)"
+    );
+    refuse_if_busy();
+
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    // Interleave the two so drift on the machine affects both alike.
+    for run in 0..RUNS {
+        let port = free_port();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut command = pinned(&conclave);
+        command
+            .arg("serve")
+            .current_dir(data.path())
+            .env("CONCLAVE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONCLAVE__TELEMETRY__LOG_FILTER", "warn");
+        ours.push(measure(command, port));
+
+        let port = free_port();
+        let mut command = pinned(&baseline);
+        command.env("BASELINE_LISTEN", format!("127.0.0.1:{port}"));
+        theirs.push(measure(command, port));
+        eprintln!("run {}/{RUNS} done", run + 1);
+    }
+
+    let report = report(&ours, &theirs);
+    println!("{report}");
+    write_into_benchmarks_md(&report);
+}
+
+fn measure(mut command: Command, port: u16) -> Sample {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let mut guard = Guard(child);
+    loop {
+        if readyz_ok(address) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ready_ms = started.elapsed().as_secs_f64() * 1_000.0;
+    std::thread::sleep(IDLE_BEFORE_RSS);
+    let rss_mb = rss_kib(guard.0.id()) as f64 / 1024.0;
+    guard.stop();
+    Sample { ready_ms, rss_mb }
+}
+
+struct Guard(Child);
+
+impl Guard {
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn readyz_ok(address: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(50)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs `program` on CPU 1 (when there are two and taskset exists), leaving CPU 0 to us.
+fn pinned(program: &Path) -> Command {
+    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    if two_cores && Command::new("taskset").arg("-V").output().is_ok() {
+        let mut command = Command::new("taskset");
+        command.arg("-c").arg("1").arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A benchmark on a busy machine measures the other load. Wait up to two minutes for the load
+/// average to settle (a build that just finished keeps it high for a while), then refuse.
+fn refuse_if_busy() {
+    if std::env::var_os("BENCH_IGNORE_LOAD").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let one_minute: f64 = loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if one_minute <= cores * 0.5 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "refusing to benchmark: load average {one_minute:.2} on {cores} cores (BENCH_IGNORE_LOAD=1 overrides)"
+            );
+            std::process::exit(2);
+        }
+        eprintln!("waiting for the machine to settle: load average {one_minute:.2}");
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn report(ours: &[Sample], theirs: &[Sample]) -> String {
+    let ready = |s: &[Sample]| s.iter().map(|x| x.ready_ms).collect::<Vec<_>>();
+    let rss = |s: &[Sample]| s.iter().map(|x| x.rss_mb).collect::<Vec<_>>();
+    let (our_ready, base_ready) = (ready(ours), ready(theirs));
+    let (our_rss, base_rss) = (rss(ours), rss(theirs));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let verdict = |value: f64, target: f64| if value < target { "met" } else { "MISSED" };
+    let our_ready_p50 = percentile(&our_ready, 50.0);
+    let our_ready_p90 = percentile(&our_ready, 90.0);
+    let our_rss_max = percentile(&our_rss, 100.0);
+    format!(
+        "<!-- startup:begin -->\n\
+         ### Start-up and idle memory\n\n\
+         Measured by `make bench` (`benches/startup.rs`), {RUNS} interleaved runs each, release build, \
+         fresh SQLite file per run, server pinned to CPU 1. Baseline: a bare actix-web server \
+         with the same two workers (`examples/baseline_server.rs`). Machine: {cpu}, {cores} cores.\n\n\
+         | scenario | Conclave | baseline (bare actix-web) | ratio | target | verdict |\n\
+         |---|---|---|---|---|---|\n\
+         | cold start → `/readyz` 200, p50 | {:.1} ms | {:.1} ms | {:.2}× | < {START_TARGET_MS:.0} ms | {} |\n\
+         | cold start → `/readyz` 200, p90 | {:.1} ms | {:.1} ms | {:.2}× | < {START_TARGET_MS:.0} ms | {} |\n\
+         | idle RSS after start, median | {:.1} MB | {:.1} MB | {:.2}× | < {RSS_TARGET_MB:.0} MB | {} |\n\
+         | idle RSS after start, max | {:.1} MB | {:.1} MB | {:.2}× | < {RSS_TARGET_MB:.0} MB | {} |\n\
+         <!-- startup:end -->",
+        our_ready_p50,
+        percentile(&base_ready, 50.0),
+        our_ready_p50 / percentile(&base_ready, 50.0),
+        verdict(our_ready_p50, START_TARGET_MS),
+        our_ready_p90,
+        percentile(&base_ready, 90.0),
+        our_ready_p90 / percentile(&base_ready, 90.0),
+        verdict(our_ready_p90, START_TARGET_MS),
+        percentile(&our_rss, 50.0),
+        percentile(&base_rss, 50.0),
+        percentile(&our_rss, 50.0) / percentile(&base_rss, 50.0),
+        verdict(percentile(&our_rss, 50.0), RSS_TARGET_MB),
+        our_rss_max,
+        percentile(&base_rss, 100.0),
+        our_rss_max / percentile(&base_rss, 100.0),
+        verdict(our_rss_max, RSS_TARGET_MB),
+    )
+}
+
+fn write_into_benchmarks_md(section: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
+    let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let updated = match (
+        current.find("<!-- startup:begin -->"),
+        current.find("<!-- startup:end -->"),
+    ) {
+        (Some(begin), Some(end)) => {
+            let end = end + "<!-- startup:end -->".len();
+            format!("{}{}{}", &current[..begin], section, &current[end..])
+        }
+        _ => format!("{}\n{}\n", current.trim_end(), section),
+    };
+    std::fs::write(&path, updated).expect("write docs/benchmarks.md");
+    eprintln!("wrote {}", path.display());
+}

@@ -139,6 +139,8 @@ pub struct TelemetrySettings {
     /// OTLP/HTTP collector base URL, e.g. `http://127.0.0.1:4318`. Unset: no traces exported.
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+    /// Browser error reports accepted per client IP and minute; 0 switches reporting off.
+    pub client_errors_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -241,6 +243,7 @@ impl Default for TelemetrySettings {
             log_filter: "info".to_owned(),
             otlp_endpoint: None,
             service_name: "conclave".to_owned(),
+            client_errors_per_minute: 20,
         }
     }
 }
@@ -354,10 +357,10 @@ impl Settings {
         if let Err(e) = self.database_target() {
             problems.push(e);
         }
-        if let Some(key) = &self.security.secret_key {
-            if let Err(e) = crate::crypto::decode_key(key.expose_secret()) {
-                problems.push(format!("security.secret_key: {e}"));
-            }
+        if let Some(key) = &self.security.secret_key
+            && let Err(e) = crate::crypto::decode_key(key.expose_secret())
+        {
+            problems.push(format!("security.secret_key: {e}"));
         }
         let public_url = match self.server.public_url.as_deref().map(url::Url::parse) {
             Some(Ok(url)) => Some(url),
@@ -411,12 +414,12 @@ impl Settings {
                 self.mail.from
             ));
         }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
-            if url::Url::parse(endpoint).is_err() {
-                problems.push(format!(
-                    "telemetry.otlp_endpoint: {endpoint:?} is not a URL"
-                ));
-            }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && url::Url::parse(endpoint).is_err()
+        {
+            problems.push(format!(
+                "telemetry.otlp_endpoint: {endpoint:?} is not a URL"
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter) {
             problems.push(format!("telemetry.log_filter: {e}"));

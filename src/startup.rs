@@ -85,6 +85,9 @@ impl Application {
             templates,
             metrics,
             queue,
+            client_errors: crate::web::client_errors::ClientErrorLimiter::per_minute(
+                settings.telemetry.client_errors_per_minute,
+            ),
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

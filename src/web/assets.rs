@@ -20,12 +20,12 @@ pub async fn serve(
         .ok_or_else(|| AppError::NotFound(format!("No static file {path}.")))?;
     let hash = file.metadata.sha256_hash();
     let etag = EntityTag::new_strong(hash[..12].iter().map(|b| format!("{b:02x}")).collect());
-    if let Ok(IfNoneMatch::Items(tags)) = <IfNoneMatch as header::Header>::parse(&request) {
-        if tags.iter().any(|tag| tag.strong_eq(&etag)) {
-            return Ok(HttpResponse::NotModified()
-                .insert_header(header::ETag(etag))
-                .finish());
-        }
+    if let Ok(IfNoneMatch::Items(tags)) = <IfNoneMatch as header::Header>::parse(&request)
+        && tags.iter().any(|tag| tag.strong_eq(&etag))
+    {
+        return Ok(HttpResponse::NotModified()
+            .insert_header(header::ETag(etag))
+            .finish());
     }
     Ok(HttpResponse::Ok()
         .content_type(file.metadata.mimetype())

@@ -2,6 +2,7 @@
 //! foundation (landing page, health, metrics, static files), error rendering.
 
 pub mod assets;
+pub mod client_errors;
 pub mod errors;
 pub mod health;
 pub mod pages;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub templates: Templates,
     pub metrics: PrometheusHandle,
     pub queue: Queue,
+    pub client_errors: client_errors::ClientErrorLimiter,
 }
 
 /// A resource that answers 405 (as a problem document) for methods it does not route.
@@ -54,7 +56,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/healthz", health::healthz))
         .service(get("/readyz", health::readyz))
         .service(get("/metrics", crate::metrics::render))
-        .service(get("/static/{path:.*}", assets::serve));
+        .service(get("/static/{path:.*}", assets::serve))
+        .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)));
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

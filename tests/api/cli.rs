@@ -304,3 +304,42 @@ fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
         "{request}"
     );
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_before_exiting() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let mut server = serve(conclave(dir.path(), &db.url));
+    let body = br#"{"message":"TypeError: rooms is undefined","page":"/"}"#;
+    let (first, rest) = body.split_at(10);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/client-errors HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The request is in flight (its body is half sent) when the stop signal arrives.
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server waits for the request"
+    );
+    // New connections are refused meanwhile.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err());
+
+    stream.write_all(rest).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 204"), "{response}");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

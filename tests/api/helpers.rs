@@ -100,8 +100,10 @@ impl TestDatabase {
 
 /// Settings for a test node: port 0, a temp data dir, quick job polling, one HTTP worker.
 pub fn test_settings(data_dir: PathBuf, database_url: &str) -> Settings {
-    let mut settings = Settings::default();
-    settings.data_dir = data_dir;
+    let mut settings = Settings {
+        data_dir,
+        ..Settings::default()
+    };
     settings.server.listen = "127.0.0.1:0".parse().expect("address");
     settings.server.workers = 1;
     settings.server.shutdown_timeout_secs = 2;
@@ -116,7 +118,6 @@ pub fn test_settings(data_dir: PathBuf, database_url: &str) -> Settings {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    pub settings: Settings,
     pub state: actix_web::web::Data<AppState>,
     pub data_dir: tempfile::TempDir,
     _db: TestDatabase,
@@ -147,7 +148,6 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         client,
-        settings,
         state,
         data_dir,
         _db: db,

@@ -2,7 +2,13 @@
 //! link) with a module per area. Run on SQLite by default, on PostgreSQL with
 //! TEST_BACKEND=postgres (see helpers.rs and the Makefile).
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test that cannot proceed should fail right there"
+)]
+
 mod cli;
+mod client_errors;
 mod helpers;
 mod jobs;
 mod mail;

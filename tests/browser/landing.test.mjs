@@ -73,3 +73,15 @@ test('an unknown address shows a friendly 404 page with a way back', async () =>
   assert.match(await page.locator('h1').innerText(), /Secure rooms/);
   await page.close();
 });
+
+test('an uncaught JavaScript error in the page is reported to the server', async () => {
+  const { page } = await open('/');
+  const reported = page.waitForRequest((r) => r.url().endsWith('/api/v1/client-errors') && r.method() === 'POST');
+  const answered = page.waitForResponse((r) => r.url().endsWith('/api/v1/client-errors'));
+  await page.evaluate(() => setTimeout(() => { throw new Error('boom from the browser test'); }, 0));
+  const body = JSON.parse((await reported).postData());
+  assert.match(body.message, /boom from the browser test/);
+  assert.equal(body.page, '/');
+  assert.equal((await answered).status(), 204);
+  await page.close();
+});
