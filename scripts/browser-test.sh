@@ -30,11 +30,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  kill -0 "$server" 2>/dev/null || { cat "$data/server.log"; exit 1; }
+ready=no
+for _ in $(seq 1 200); do
+  if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then ready=yes; break; fi
+  kill -0 "$server" 2>/dev/null || break
   sleep 0.1
 done
+if [ "$ready" != yes ]; then
+  echo "browser-test: conclave did not become ready on port $port; its log:" >&2
+  cat "$data/server.log" >&2
+  exit 1
+fi
 
 export CONCLAVE_URL="http://127.0.0.1:$port"
 export CONCLAVE_BACKEND="$backend"

@@ -11,6 +11,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then

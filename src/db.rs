@@ -9,12 +9,13 @@
 //! derived `establish` tries each backend in turn and hides the real error, and SQLite needs
 //! its PRAGMAs on every new connection.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel::connection::SimpleConnection as _;
 use diesel::prelude::*;
+use diesel::r2d2::R2D2Connection as _;
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -97,12 +98,14 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), ConnectError> {
-        conn.batch_execute("SELECT 1")?;
+        conn.ping()?;
         Ok(())
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    /// A connection whose server went away (PostgreSQL restarted) is dropped when it comes
+    /// back to the pool instead of being handed out again.
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
     }
 }
 
@@ -151,7 +154,9 @@ impl Db {
             .connection_timeout(Duration::from_secs(
                 settings.database.connect_timeout_secs.max(1),
             ))
-            .test_on_check_out(false);
+            // One cheap ping per checkout means idle connections killed by a database restart
+            // are replaced transparently instead of failing the request that drew them.
+            .test_on_check_out(true);
         let pool = tokio::task::spawn_blocking(move || builder.build(manager))
             .await
             .context("database start-up task failed")?
@@ -258,13 +263,5 @@ pub fn describe_target(target: &DatabaseTarget) -> String {
             }
             Err(_) => "postgres (unparsable URL)".to_owned(),
         },
-    }
-}
-
-/// The SQLite file of a target, for backups and tests.
-pub fn sqlite_path(target: &DatabaseTarget) -> Option<PathBuf> {
-    match target {
-        DatabaseTarget::Sqlite(path) => Some(path.clone()),
-        DatabaseTarget::Postgres(_) => None,
     }
 }

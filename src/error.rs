@@ -112,6 +112,9 @@ impl ResponseError for AppError {
         {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(*secs)));
         }
+        if let Self::Unauthenticated(_) = self {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
         if let Self::Unavailable(_) = self {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
         }

@@ -35,7 +35,17 @@ impl OutgoingMail {
     }
 }
 
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+/// Why a mail was not sent. `Rejected` will never succeed (bad address, mailbox unknown,
+/// policy refusal); `Failed` may succeed later (connection refused, timeout, 4xx replies).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the mail was refused for good: {0:#}")]
+    Rejected(anyhow::Error),
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
 
 pub trait Mailer: Send + Sync {
     fn send<'a>(&'a self, mail: &'a OutgoingMail) -> SendFuture<'a>;
@@ -115,22 +125,74 @@ impl LettreMailer {
 impl Mailer for LettreMailer {
     fn send<'a>(&'a self, mail: &'a OutgoingMail) -> SendFuture<'a> {
         Box::pin(async move {
-            let message = self.build(mail)?;
+            let message = self.build(mail).map_err(SendError::Rejected)?;
             match &self.transport {
-                Transport::Smtp(smtp) => {
-                    smtp.send(message).await.context("SMTP delivery failed")?;
-                }
-                Transport::File(file) => {
-                    file.send(message).await.context("cannot write mail file")?;
-                }
+                Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| {
+                    // 5xx replies are final; everything else (4xx, network, TLS) may pass later.
+                    if e.is_permanent() {
+                        SendError::Rejected(
+                            anyhow::Error::new(e).context("SMTP server refused the mail"),
+                        )
+                    } else {
+                        SendError::Failed(anyhow::Error::new(e).context("SMTP delivery failed"))
+                    }
+                }),
+                Transport::File(file) => file.send(message).await.map(drop).map_err(|e| {
+                    SendError::Failed(anyhow::Error::new(e).context("cannot write mail file"))
+                }),
             }
+        })
+    }
+}
+
+/// The in-memory fake of the `Mailer` seam, for tests: records every mail and can be told to
+/// fail its first deliveries like an unreachable SMTP server.
+#[derive(Default)]
+pub struct MemoryMailer {
+    sent: std::sync::Mutex<Vec<OutgoingMail>>,
+    failures_left: std::sync::atomic::AtomicU32,
+}
+
+impl MemoryMailer {
+    pub fn failing_first(deliveries: u32) -> Self {
+        Self {
+            sent: std::sync::Mutex::default(),
+            failures_left: std::sync::atomic::AtomicU32::new(deliveries),
+        }
+    }
+
+    pub fn sent(&self) -> Vec<OutgoingMail> {
+        self.sent
+            .lock()
+            .map(|sent| sent.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Mailer for MemoryMailer {
+    fn send<'a>(&'a self, mail: &'a OutgoingMail) -> SendFuture<'a> {
+        use std::sync::atomic::Ordering;
+        Box::pin(async move {
+            let failing = self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return Err(SendError::Failed(anyhow::anyhow!(
+                    "connection refused (simulated)"
+                )));
+            }
+            self.sent
+                .lock()
+                .map_err(|_| SendError::Failed(anyhow::anyhow!("mailer lock poisoned")))?
+                .push(mail.clone());
             Ok(())
         })
     }
 }
 
-/// Registers the `mail.send` job. A recipient the transport rejects outright is permanent;
-/// everything else (connection refused, timeouts, 4xx replies) is retried with backoff.
+/// Registers the `mail.send` job. A mail the transport rejects for good goes straight to
+/// `dead`; everything else (connection refused, timeouts, 4xx replies) is retried with backoff.
 pub fn register_jobs(registry: &mut JobRegistry, mailer: Arc<dyn Mailer>) {
     registry.register(SEND_MAIL_JOB, move |job| {
         let mailer = mailer.clone();
@@ -142,7 +204,10 @@ pub fn register_jobs(registry: &mut JobRegistry, mailer: Arc<dyn Mailer>) {
                     mail.to
                 )));
             }
-            mailer.send(&mail).await.map_err(JobError::Retry)
+            mailer.send(&mail).await.map_err(|e| match e {
+                SendError::Rejected(e) => JobError::Permanent(e),
+                SendError::Failed(e) => JobError::Retry(e),
+            })
         }
     });
 }

@@ -10,10 +10,14 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use secrecy::ExposeSecret as _;
+use subtle::ConstantTimeEq as _;
 
+use crate::error::AppError;
 use crate::web::AppState;
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -90,7 +94,7 @@ pub async fn track_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let response = next.call(req).await?;
     let route = response
         .request()
@@ -104,14 +108,51 @@ pub async fn track_requests(
     Ok(response)
 }
 
+/// HTTP allows any token as a method; only the standard ones become label values, so a client
+/// cannot create unbounded series.
+fn method_label(method: &actix_web::http::Method) -> String {
+    use actix_web::http::Method;
+    let known = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    if known.contains(method) {
+        method.as_str().to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
 /// `GET /metrics`: Prometheus text exposition.
-pub async fn render(state: web::Data<AppState>) -> HttpResponse {
+/// When `telemetry.metrics_token` is set, scrapers must send `Authorization: Bearer <token>`.
+pub async fn render(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, AppError> {
+    if let Some(token) = &state.settings.telemetry.metrics_token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(presented.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+            return Err(AppError::Unauthenticated(
+                "Metrics need the bearer token configured in telemetry.metrics_token.".to_owned(),
+            ));
+        }
+    }
     let pool = state.db.pool_stats();
     metrics::gauge!("db_pool_connections").set(f64::from(pool.connections));
     metrics::gauge!("db_pool_idle_connections").set(f64::from(pool.idle));
     metrics::gauge!("db_pool_max_connections").set(f64::from(pool.max));
     state.metrics.run_upkeep();
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
 }

@@ -1,5 +1,5 @@
 //! Diesel table definitions shared by both backends. Written by hand to match
-//! `migrations/sqlite` and `migrations/postgres`; `tests/schema.rs` checks all three agree.
+//! `migrations/sqlite` and `migrations/postgres`; `tests/api/schema.rs` checks all three agree.
 //! Only types `MultiConnection` supports on both backends appear here (no Bool, no Binary).
 
 diesel::table! {

@@ -139,6 +139,9 @@ pub struct TelemetrySettings {
     /// OTLP/HTTP collector base URL, e.g. `http://127.0.0.1:4318`. Unset: no traces exported.
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <token>`.
+    #[serde(serialize_with = "redact_opt")]
+    pub metrics_token: Option<SecretString>,
     /// Browser error reports accepted per client IP and minute; 0 switches reporting off.
     pub client_errors_per_minute: u32,
 }
@@ -243,6 +246,7 @@ impl Default for TelemetrySettings {
             log_filter: "info".to_owned(),
             otlp_endpoint: None,
             service_name: "conclave".to_owned(),
+            metrics_token: None,
             client_errors_per_minute: 20,
         }
     }
@@ -318,30 +322,38 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         // figment reads the real process environment; tests hand in their own list, so the
-        // variables are turned into one keyed provider per variable here.
-        for (name, value) in &env {
+        // variables are turned into one keyed provider per variable here. Values go in as
+        // strings and `extract_lossy` converts them to the field's type: a password made of
+        // digits stays a string, and no type error ever echoes a secret's value.
+        // Plain variables first, then `_FILE` ones, so a secret file wins over a plain value.
+        let mut ordered: Vec<&(String, String)> = env
+            .iter()
+            .filter(|(n, _)| n.starts_with(ENV_PREFIX))
+            .collect();
+        ordered.sort_by_key(|(name, _)| name.ends_with(SECRET_FILE_SUFFIX));
+        for (name, value) in ordered {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if let Some(key) = key.strip_suffix(SECRET_FILE_SUFFIX) {
-                let contents = std::fs::read_to_string(value).map_err(|e| {
-                    ConfigError::one(format!(
-                        "{}: cannot read secret file {value}: {e}",
-                        env_key_to_path(key)
-                    ))
-                })?;
-                let secret = contents.trim_end_matches(['\r', '\n']).to_owned();
-                env_sources.push((env_key_to_path(key), name.clone()));
-                figment = figment.merge(Serialized::default(&env_key_to_path(key), secret));
-            } else {
-                // Same lenient typing as figment's Env provider: "8080" is a number, "true" a bool.
-                let parsed: figment::value::Value =
-                    value.parse().unwrap_or_else(|never| match never {});
-                env_sources.push((env_key_to_path(key), name.clone()));
-                figment = figment.merge(Serialized::default(&env_key_to_path(key), parsed));
-            }
+            let (path, value) = match key.strip_suffix(SECRET_FILE_SUFFIX) {
+                Some(key) => {
+                    let contents = std::fs::read_to_string(value).map_err(|e| {
+                        ConfigError::one(format!(
+                            "{}: cannot read secret file {value}: {e}",
+                            env_key_to_path(key)
+                        ))
+                    })?;
+                    (
+                        env_key_to_path(key),
+                        contents.trim_end_matches(['\r', '\n']).to_owned(),
+                    )
+                }
+                None => (env_key_to_path(key), value.clone()),
+            };
+            env_sources.push((path.clone(), name.clone()));
+            figment = figment.merge(Serialized::default(&path, value));
         }
-        let settings: Settings = figment.extract().map_err(|e| ConfigError {
+        let settings: Settings = figment.extract_lossy().map_err(|e| ConfigError {
             problems: e
                 .into_iter()
                 .map(|e| describe_figment_error(e, &env_sources))
@@ -393,11 +405,48 @@ impl Settings {
                 _ => {}
             }
         }
-        if self.jobs.concurrency == 0 {
-            problems.push("jobs.concurrency: must be at least 1".to_owned());
-        }
-        if self.jobs.max_attempts < 1 {
-            problems.push("jobs.max_attempts: must be at least 1".to_owned());
+        let jobs = &self.jobs;
+        for (key, value, min, max) in [
+            ("jobs.concurrency", jobs.concurrency as u64, 1, 1_024),
+            (
+                "jobs.max_attempts",
+                u64::try_from(jobs.max_attempts).unwrap_or(0),
+                1,
+                1_000,
+            ),
+            (
+                "jobs.poll_interval_ms",
+                jobs.poll_interval_ms,
+                10,
+                3_600_000,
+            ),
+            ("jobs.backoff_base_ms", jobs.backoff_base_ms, 1, 86_400_000),
+            (
+                "jobs.backoff_max_secs",
+                jobs.backoff_max_secs,
+                1,
+                7 * 86_400,
+            ),
+            // A lease shorter than a few seconds would let another node start a running job.
+            ("jobs.lease_secs", jobs.lease_secs, 5, 7 * 86_400),
+            (
+                "jobs.keep_succeeded_hours",
+                jobs.keep_succeeded_hours,
+                1,
+                10 * 365 * 24,
+            ),
+            (
+                "server.shutdown_timeout_secs",
+                self.server.shutdown_timeout_secs,
+                0,
+                3_600,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                problems.push(format!(
+                    "{key}: must be between {min} and {max}, got {value}"
+                ));
+            }
         }
         if self.database.pool_max_size == 0 {
             problems.push("database.pool_max_size: must be at least 1".to_owned());

@@ -24,20 +24,21 @@ pub struct Application {
 }
 
 /// Seams that tests (and later modules) may replace.
+#[derive(Default)]
 pub struct Seams {
     pub mailer: Option<Arc<dyn Mailer>>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        Self::build_with(settings, Seams { mailer: None }).await
+        Self::build_with(settings, Seams::default()).await
     }
 
     pub async fn build_with(settings: Settings, seams: Seams) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
-        let _master_key = crate::crypto::load_master_key(&settings)?;
+        let master_key = Arc::new(crate::crypto::load_master_key(&settings)?);
         let metrics = crate::metrics::install()?;
 
         let db = Db::connect(&settings).await?;
@@ -64,10 +65,6 @@ impl Application {
         let mut registry = JobRegistry::default();
         crate::mail::register_jobs(&mut registry, mailer);
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
-        let runner = settings
-            .jobs
-            .enabled
-            .then(|| Runner::new(&queue, registry, settings.jobs.clone()).spawn(shutdown_timeout));
 
         let templates = Templates::load(settings.templates.dir.as_deref())?;
         let listener = TcpListener::bind(settings.server.listen).with_context(|| {
@@ -80,11 +77,12 @@ impl Application {
         let port = bound.port();
         let state = web::Data::new(AppState {
             public_url: settings.public_url(bound),
+            master_key,
             settings: settings.clone(),
             db,
             templates,
             metrics,
-            queue,
+            queue: queue.clone(),
             client_errors: crate::web::client_errors::ClientErrorLimiter::per_minute(
                 settings.telemetry.client_errors_per_minute,
             ),
@@ -101,7 +99,16 @@ impl Application {
                 settings.server.client_request_timeout_ms,
             ))
             .listen(listener)?
+            // Signals are handled in `run_until_stopped`, so jobs stop being claimed at the
+            // same moment HTTP starts draining.
+            .disable_signals()
             .run();
+        // Last, once nothing else can fail: a runner started earlier would claim jobs (using
+        // up attempts and leaving leases) in a process that is about to exit.
+        let runner = settings
+            .jobs
+            .enabled
+            .then(|| Runner::new(&queue, registry, settings.jobs.clone()).spawn(shutdown_timeout));
         Ok(Self {
             server,
             port,
@@ -123,14 +130,69 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT (handled by actix: stop accepting, drain in-flight requests
-    /// for up to `server.shutdown_timeout_secs`), then lets running jobs finish.
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see [`Self::run_until`]).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await.context("HTTP server failed")?;
-        tracing::info!("HTTP server stopped; waiting for running jobs");
-        if let Some(runner) = self.runner {
-            runner.shutdown(self.shutdown_timeout).await;
+        self.run_until(stop_signal()).await
+    }
+
+    /// Serves until `stop` completes. Then, at the same time and within
+    /// `server.shutdown_timeout_secs`: the listener closes and in-flight requests finish, and
+    /// the job runner stops claiming and lets running jobs finish.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let mut server = std::pin::pin!(self.server);
+        let stopped_by_itself = tokio::select! {
+            result = &mut server => Some(result),
+            () = stop => None,
+        };
+        if stopped_by_itself.is_none() {
+            tracing::info!("stop requested: draining requests and jobs");
         }
+        let drain_jobs = async {
+            if let Some(runner) = self.runner {
+                runner.shutdown(self.shutdown_timeout).await;
+            }
+        };
+        let drain_http = async {
+            match stopped_by_itself {
+                Some(result) => result,
+                None => {
+                    // `stop` sends the command at once; the server acts on it only while it is
+                    // polled, so await the server itself (the two resolve together).
+                    let stopped = handle.stop(true);
+                    let result = server.await;
+                    stopped.await;
+                    result
+                }
+            }
+        };
+        let (http, ()) = tokio::join!(drain_http, drain_jobs);
+        http.context("HTTP server failed")?;
+        tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Completes on SIGTERM (systemd, Kubernetes, docker stop) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::FutureExt as _;
 use rand::Rng as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -136,14 +137,13 @@ impl Runner {
         let kinds = kinds.to_vec();
         let queue = self.queue_name.clone();
         let worker = self.worker_id.clone();
-        let lease =
-            chrono::Duration::seconds(i64::try_from(self.settings.lease_secs).unwrap_or(300));
+        let lease = secs(self.settings.lease_secs);
         let limit = i64::try_from(limit).unwrap_or(1);
         let rows = self
             .db
             .run(move |conn| {
                 let now = Utc::now();
-                store::claim(conn, &queue, &kinds, &worker, limit, now + lease, now)
+                store::claim(conn, &queue, &kinds, &worker, limit, later(now, lease), now)
                     .map_err(DbError::from)
             })
             .await?;
@@ -167,12 +167,20 @@ impl Runner {
             // A job must finish well inside its lease or another node would start it again.
             let limit = Duration::from_secs(self.settings.lease_secs).mul_f64(0.9);
             let outcome = match self.registry.handler(&job.kind) {
-                Some(handler) => match tokio::time::timeout(limit, handler(job.clone())).await {
-                    Ok(result) => result,
-                    Err(_) => Err(JobError::Retry(anyhow::anyhow!(
-                        "timed out after {limit:?}"
-                    ))),
-                },
+                // A panicking handler is a failed attempt like any other, not a lost job.
+                Some(handler) => {
+                    let run = std::panic::AssertUnwindSafe(handler(job.clone())).catch_unwind();
+                    match tokio::time::timeout(limit, run).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(panic)) => Err(JobError::Retry(anyhow::anyhow!(
+                            "the handler panicked: {}",
+                            panic_message(panic.as_ref())
+                        ))),
+                        Err(_) => Err(JobError::Retry(anyhow::anyhow!(
+                            "timed out after {limit:?}"
+                        ))),
+                    }
+                }
                 None => Err(JobError::Permanent(anyhow::anyhow!(
                     "no handler for job kind {}",
                     job.kind
@@ -193,7 +201,11 @@ impl Runner {
             Ok(()) => ("succeeded", None, None),
             Err(JobError::Retry(e)) if job.attempt < job.max_attempts => {
                 let delay = self.backoff(job.attempt);
-                ("retried", Some(Utc::now() + delay), Some(format!("{e:#}")))
+                (
+                    "retried",
+                    Some(later(Utc::now(), delay)),
+                    Some(format!("{e:#}")),
+                )
             }
             Err(JobError::Retry(e) | JobError::Permanent(e)) => {
                 ("dead", None, Some(format!("{e:#}")))
@@ -209,15 +221,18 @@ impl Runner {
         metrics::counter!("jobs_finished_total", "kind" => job.kind.clone(), "outcome" => label)
             .increment(1);
 
-        for attempt in 0..5u32 {
-            let (id, worker, error) = (job.id, self.worker_id.clone(), error.clone());
+        for retry in 0..5u32 {
+            let (id, attempt, worker) = (job.id, job.attempt, self.worker_id.clone());
+            let error = error.clone();
             let written = self
                 .db
                 .run(move |conn| {
                     let now = Utc::now();
                     match error {
-                        None => store::mark_succeeded(conn, id, &worker, now),
-                        Some(e) => store::mark_failed(conn, id, &worker, &e, retry_at, now),
+                        None => store::mark_succeeded(conn, id, attempt, &worker, now),
+                        Some(e) => {
+                            store::mark_failed(conn, id, attempt, &worker, &e, retry_at, now)
+                        }
                     }
                     .map_err(DbError::from)
                 })
@@ -232,7 +247,7 @@ impl Runner {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot record job outcome; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(retry))).await;
                 }
             }
         }
@@ -253,16 +268,20 @@ impl Runner {
         let delay = base.saturating_mul(1u64 << exponent).min(ceiling);
         let half = delay / 2;
         let ms = half + rand::rng().random_range(0..=half.max(1));
-        chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+        chrono::Duration::try_milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+            .unwrap_or(chrono::Duration::MAX)
     }
 
     async fn prune(&self) {
-        let keep = chrono::Duration::hours(
-            i64::try_from(self.settings.keep_succeeded_hours).unwrap_or(168),
-        );
+        let keep = secs(self.settings.keep_succeeded_hours.saturating_mul(3_600));
         let result = self
             .db
-            .run(move |conn| store::prune_succeeded(conn, Utc::now() - keep).map_err(DbError::from))
+            .run(move |conn| {
+                let before = Utc::now()
+                    .checked_sub_signed(keep)
+                    .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+                store::prune_succeeded(conn, before).map_err(DbError::from)
+            })
             .await;
         match result {
             Ok(0) => {}
@@ -270,6 +289,25 @@ impl Runner {
             Err(e) => tracing::warn!(error = %e, "cannot prune old jobs"),
         }
     }
+}
+
+/// Settings are validated to sane ranges, but the runner never panics on time arithmetic.
+fn secs(seconds: u64) -> chrono::Duration {
+    chrono::Duration::try_seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
+        .unwrap_or(chrono::Duration::MAX)
+}
+
+fn later(from: chrono::DateTime<Utc>, by: chrono::Duration) -> chrono::DateTime<Utc> {
+    from.checked_add_signed(by)
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 fn jittered(base: Duration) -> Duration {

@@ -1,6 +1,6 @@
 //! Job rows: insert, claim, finish. Claiming is the one backend-specific statement.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Timelike as _, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
 
@@ -69,8 +69,6 @@ pub(super) fn db_time(at: DateTime<Utc>) -> NaiveDateTime {
         .unwrap_or(naive)
 }
 
-use chrono::Timelike as _;
-
 pub(super) fn insert(
     conn: &mut DbConnection,
     job: &NewJob,
@@ -116,6 +114,7 @@ pub(super) fn claim(
     // The kinds go in as one JSON array so the statement has a fixed shape on both backends.
     let kinds_json = serde_json::Value::from(kinds.to_vec()).to_string();
     let (now, lease_until) = (db_time(now), db_time(lease_until));
+    bury_abandoned(conn, now)?;
     match conn {
         DbConnection::Postgresql(pg) => diesel::sql_query(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1,
@@ -125,7 +124,7 @@ pub(super) fn claim(
                  WHERE queue = $4
                    AND kind IN (SELECT jsonb_array_elements_text($5::jsonb))
                    AND ((state = 'queued' AND run_at <= $3)
-                        OR (state = 'running' AND locked_until < $3))
+                        OR (state = 'running' AND locked_until < $3 AND attempts < max_attempts))
                  ORDER BY run_at, id
                  LIMIT $6
                  FOR UPDATE SKIP LOCKED)
@@ -149,7 +148,7 @@ pub(super) fn claim(
                      WHERE queue = ?4
                        AND kind IN (SELECT value FROM json_each(?5))
                        AND ((state = 'queued' AND run_at <= ?3)
-                            OR (state = 'running' AND locked_until < ?3))
+                            OR (state = 'running' AND locked_until < ?3 AND attempts < max_attempts))
                      ORDER BY run_at, id
                      LIMIT ?6)
                  RETURNING id, kind, payload, attempts, max_attempts",
@@ -165,11 +164,35 @@ pub(super) fn claim(
     }
 }
 
-/// Marks a job done. Guarded by the lease owner: a worker whose lease expired and was
-/// re-claimed elsewhere must not overwrite the new owner's state. Returns false then.
+/// A job whose lease expired after its last attempt (its worker crashed or hung every time)
+/// will not be retried: it is marked dead so an operator sees it.
+fn bury_abandoned(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
+    diesel::update(
+        jobs::table
+            .filter(jobs::state.eq(JobState::Running.as_str()))
+            .filter(jobs::locked_until.lt(now))
+            .filter(jobs::attempts.ge(jobs::max_attempts)),
+    )
+    .set((
+        jobs::state.eq(JobState::Dead.as_str()),
+        jobs::locked_by.eq(None::<String>),
+        jobs::locked_until.eq(None::<NaiveDateTime>),
+        jobs::last_error.eq(Some(
+            "the worker running the last attempt was lost (crash or lease expiry)",
+        )),
+        jobs::finished_at.eq(Some(now)),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)
+}
+
+/// Marks a job done. Guarded by owner and attempt number (a fencing token): if this attempt's
+/// lease expired and the job was claimed again, even by this same node, the late write of
+/// the old attempt must not overwrite the new one's state. Returns false then.
 pub(super) fn mark_succeeded(
     conn: &mut DbConnection,
     id: i64,
+    attempt: i32,
     worker: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<bool> {
@@ -177,6 +200,8 @@ pub(super) fn mark_succeeded(
     let updated = diesel::update(
         jobs::table
             .filter(jobs::id.eq(id))
+            .filter(jobs::state.eq(JobState::Running.as_str()))
+            .filter(jobs::attempts.eq(attempt))
             .filter(jobs::locked_by.eq(worker)),
     )
     .set((
@@ -195,6 +220,7 @@ pub(super) fn mark_succeeded(
 pub(super) fn mark_failed(
     conn: &mut DbConnection,
     id: i64,
+    attempt: i32,
     worker: &str,
     error: &str,
     retry_at: Option<DateTime<Utc>>,
@@ -203,6 +229,8 @@ pub(super) fn mark_failed(
     let now = db_time(now);
     let target = jobs::table
         .filter(jobs::id.eq(id))
+        .filter(jobs::state.eq(JobState::Running.as_str()))
+        .filter(jobs::attempts.eq(attempt))
         .filter(jobs::locked_by.eq(worker));
     let cleared = (
         jobs::locked_by.eq(None::<String>),
@@ -246,5 +274,56 @@ fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::Connection as _;
+    use diesel_migrations::MigrationHarness as _;
+
+    use super::*;
+
+    fn sqlite() -> (tempfile::TempDir, DbConnection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("jobs.db");
+        let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        conn.run_pending_migrations(crate::db::SQLITE_MIGRATIONS)
+            .expect("migrate");
+        (dir, DbConnection::Sqlite(conn))
+    }
+
+    #[test]
+    fn a_late_outcome_of_an_expired_attempt_does_not_overwrite_the_next_attempt() {
+        let (_dir, mut conn) = sqlite();
+        let now = Utc::now();
+        let job = NewJob::new("test.fence", &()).expect("job");
+        let id = insert(&mut conn, &job, 5, now).expect("insert");
+        let kinds = vec!["test.fence".to_owned()];
+        // Attempt 1 claims with a lease that has already run out by the time of attempt 2.
+        let first = claim(&mut conn, "default", &kinds, "node-a", 1, now, now).expect("claim");
+        assert_eq!(first[0].attempts, 1);
+        let later = now + chrono::Duration::seconds(1);
+        let second = claim(
+            &mut conn,
+            "default",
+            &kinds,
+            "node-a",
+            1,
+            later + chrono::Duration::seconds(60),
+            later,
+        )
+        .expect("claim again");
+        assert_eq!(
+            second[0].attempts, 2,
+            "the expired lease was re-claimed by the same node"
+        );
+        // Attempt 1's result arrives late: it must not count.
+        assert!(
+            !mark_failed(&mut conn, id, 1, "node-a", "late failure", None, later).expect("update")
+        );
+        assert!(mark_succeeded(&mut conn, id, 2, "node-a", later).expect("update"));
+        let row = find(&mut conn, id).expect("find").expect("row");
+        assert_eq!((row.state.as_str(), row.attempts), ("succeeded", 2));
     }
 }

@@ -108,15 +108,18 @@ pub async fn report(
         .take(MAX_USER_AGENT_CHARS)
         .collect();
     metrics::counter!("client_errors_total").increment(1);
+    // Everything the client sent is recorded with `?` (Debug, quoted and escaped), so a
+    // report cannot forge log lines with embedded newlines; `js_message` keeps clear of the
+    // event's own `message` field.
     tracing::warn!(
         target: "conclave::client",
-        message = %report.message.trim(),
-        source = report.source.as_deref().unwrap_or(""),
+        js_message = ?report.message.trim(),
+        source = ?report.source.as_deref().unwrap_or(""),
         line = report.line,
         column = report.column,
-        page = report.page.as_deref().unwrap_or(""),
-        stack = report.stack.as_deref().unwrap_or(""),
-        user_agent = %user_agent,
+        page = ?report.page.as_deref().unwrap_or(""),
+        stack = ?report.stack.as_deref().unwrap_or(""),
+        user_agent = ?user_agent,
         client_ip = %ip,
         "browser reported an error"
     );

@@ -25,7 +25,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Err(_) => unavailable(format!(
             "database did not answer within {READINESS_TIMEOUT:?}"
         )),
-        Ok(Err(e)) => unavailable(format!("database unreachable: {e:#}")),
+        Ok(Err(e)) => {
+            // The cause (host, user, driver message) is for the log, not for anonymous callers.
+            tracing::warn!(error = %format!("{e:#}"), "readiness check: database unreachable");
+            unavailable("database unreachable".to_owned())
+        }
         Ok(Ok(0)) => HttpResponse::Ok()
             .json(json!({ "status": "ready", "database": backend, "migrations": "current" })),
         Ok(Ok(n)) => unavailable(format!(

@@ -26,6 +26,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// `server.public_url`, or the address actually bound (port 0 resolved) when unset.
     pub public_url: String,
+    /// The node's secret key; modules derive their own keys from it, never use it directly.
+    pub master_key: Arc<crate::crypto::MasterKey>,
     pub db: Db,
     pub templates: Templates,
     pub metrics: PrometheusHandle,

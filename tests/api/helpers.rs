@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use conclave::settings::Settings;
-use conclave::startup::Application;
+use conclave::startup::{Application, Seams};
 use conclave::web::AppState;
 use diesel::connection::SimpleConnection as _;
 use diesel::{Connection as _, PgConnection};
@@ -128,17 +128,23 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_seams(customize, Seams::default()).await
+}
+
+/// Like `spawn_app_with`, with fakes plugged into the application's seams.
+pub async fn spawn_app_with_seams(customize: impl FnOnce(&mut Settings), seams: Seams) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let db = TestDatabase::new();
     let mut settings = test_settings(data_dir.path().to_path_buf(), &db.url);
     customize(&mut settings);
     settings.validate().expect("test settings are valid");
-    let app = Application::build(settings.clone())
+    let app = Application::build_with(settings, seams)
         .await
         .expect("application builds");
     let port = app.port();
     let state = app.state();
-    tokio::spawn(app.run_until_stopped());
+    // No signal handling inside the test process: the app runs until the runtime ends.
+    tokio::spawn(app.run_until(std::future::pending()));
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(true)
@@ -165,6 +171,25 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// Sends the request line exactly as given (no client-side normalisation of the path).
+    pub async fn raw_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.address.trim_start_matches("http://"))
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, response)
     }
 
     pub async fn get_with_accept(&self, path: &str, accept: &str) -> reqwest::Response {

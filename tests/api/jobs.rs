@@ -350,3 +350,84 @@ async fn two_worker_pools_racing_run_every_job_exactly_once() {
         "both pools should have worked: a={by_a} b={by_b}"
     );
 }
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_failed_attempt_not_a_lost_job() {
+    let f = fixture().await;
+    let mut registry = JobRegistry::default();
+    registry.register("test.panics", |_job| async {
+        let empty: Vec<u8> = Vec::new();
+        if empty.is_empty() {
+            panic!("index out of bounds in a handler");
+        }
+        Ok(())
+    });
+    let runner = start(&f.queue, registry, &f.settings);
+    let id = f
+        .queue
+        .enqueue(NewJob::new("test.panics", &()).unwrap().max_attempts(2))
+        .await
+        .unwrap();
+    let row = wait_for_state(&f.db, id, "dead", Duration::from_secs(10)).await;
+    assert_eq!(row.attempts, 2, "retried once, then dead");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("the handler panicked: index out of bounds in a handler")
+    );
+    // The runner survived the panics and still runs jobs.
+    let mut check = JobRegistry::default();
+    check.register("test.after", |_job| async { Ok(()) });
+    runner.shutdown(Duration::from_secs(1)).await;
+    let runner = start(&f.queue, check, &f.settings);
+    let after = f
+        .queue
+        .enqueue(NewJob::new("test.after", &()).unwrap())
+        .await
+        .unwrap();
+    wait_for_state(&f.db, after, "succeeded", Duration::from_secs(10)).await;
+    runner.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_last_attempt_was_lost_is_marked_dead_not_rerun() {
+    let f = fixture().await;
+    let id = f
+        .queue
+        .enqueue(NewJob::new("test.doomed", &()).unwrap().max_attempts(3))
+        .await
+        .unwrap();
+    let past = (Utc::now() - chrono::Duration::seconds(5)).naive_utc();
+    f.db.run(move |conn| {
+        diesel::update(jobs::table.find(id))
+            .set((
+                jobs::state.eq("running"),
+                jobs::attempts.eq(3),
+                jobs::locked_by.eq(Some("crashed-node")),
+                jobs::locked_until.eq(Some(past)),
+            ))
+            .execute(conn)
+            .map_err(conclave::db::DbError::from)
+    })
+    .await
+    .unwrap();
+    let ran = Arc::new(Mutex::new(0));
+    let counter = ran.clone();
+    let mut registry = JobRegistry::default();
+    registry.register("test.doomed", move |_job| {
+        let counter = counter.clone();
+        async move {
+            *counter.lock().unwrap() += 1;
+            Ok(())
+        }
+    });
+    let runner = start(&f.queue, registry, &f.settings);
+    let row = wait_for_state(&f.db, id, "dead", Duration::from_secs(10)).await;
+    assert_eq!(row.attempts, 3);
+    assert!(
+        row.last_error
+            .unwrap()
+            .contains("worker running the last attempt was lost")
+    );
+    assert_eq!(*ran.lock().unwrap(), 0, "no fourth attempt");
+    runner.shutdown(Duration::from_secs(1)).await;
+}

@@ -70,3 +70,138 @@ async fn mail_to_an_invalid_address_goes_dead_without_retrying() {
     assert_eq!(job.attempts, 1);
     assert!(job.last_error.unwrap().contains("not a valid recipient"));
 }
+
+#[tokio::test]
+async fn a_failed_delivery_is_retried_until_it_succeeds() {
+    use std::sync::Arc;
+
+    use conclave::mail::MemoryMailer;
+    use conclave::startup::Seams;
+
+    let mailer = Arc::new(MemoryMailer::failing_first(2));
+    let app = crate::helpers::spawn_app_with_seams(
+        |_| {},
+        Seams {
+            mailer: Some(mailer.clone()),
+        },
+    )
+    .await;
+    let mail = OutgoingMail {
+        to: "grace@example.com".to_owned(),
+        subject: "Your sign-in code".to_owned(),
+        text: "123456".to_owned(),
+        html: None,
+    };
+    let id = app
+        .state
+        .queue
+        .enqueue(mail.clone().into_job().unwrap())
+        .await
+        .unwrap();
+    let job = eventually(Duration::from_secs(10), || async {
+        let job = app.state.queue.get(id).await.unwrap()?;
+        (job.state == "succeeded").then_some(job)
+    })
+    .await
+    .expect("delivered after the server came back");
+    assert_eq!(job.attempts, 3, "two failures, then success");
+    assert_eq!(mailer.sent(), vec![mail], "delivered exactly once");
+}
+
+/// A minimal SMTP server that answers every RCPT TO with `rcpt_reply`.
+fn fake_smtp(rcpt_reply: &'static str) -> u16 {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let _ = writer.write_all(b"220 fake.test ESMTP\r\n");
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let command = line.to_ascii_uppercase();
+                    let reply = match command.split_whitespace().next().unwrap_or("") {
+                        "EHLO" | "HELO" => "250 fake.test",
+                        "MAIL" | "RSET" | "NOOP" => "250 OK",
+                        "RCPT" => rcpt_reply,
+                        "QUIT" => {
+                            let _ = writer.write_all(b"221 bye\r\n");
+                            break;
+                        }
+                        _ => "502 not implemented",
+                    };
+                    if writer.write_all(format!("{reply}\r\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn app_with_smtp(port: u16) -> crate::helpers::TestApp {
+    crate::helpers::spawn_app_with(move |s| {
+        s.mail.transport = conclave::settings::MailTransportKind::Smtp;
+        s.mail.smtp.host = "127.0.0.1".to_owned();
+        s.mail.smtp.port = port;
+        s.mail.smtp.tls = conclave::settings::SmtpTls::None;
+        s.mail.smtp.timeout_secs = 2;
+    })
+    .await
+}
+
+fn mail_to(to: &str) -> OutgoingMail {
+    OutgoingMail {
+        to: to.to_owned(),
+        subject: "Hello".to_owned(),
+        text: "Hello".to_owned(),
+        html: None,
+    }
+}
+
+#[tokio::test]
+async fn an_smtp_5xx_rejection_goes_dead_without_retrying() {
+    let app = app_with_smtp(fake_smtp("550 5.1.1 no such user")).await;
+    let id = app
+        .state
+        .queue
+        .enqueue(mail_to("nobody@example.com").into_job().unwrap())
+        .await
+        .unwrap();
+    let job = eventually(Duration::from_secs(10), || async {
+        let job = app.state.queue.get(id).await.unwrap()?;
+        (job.state == "dead").then_some(job)
+    })
+    .await
+    .expect("the job is dead");
+    assert_eq!(job.attempts, 1);
+    let error = job.last_error.unwrap();
+    assert!(
+        error.contains("SMTP server refused the mail") && error.contains("no such user"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_smtp_4xx_reply_is_retried() {
+    let app = app_with_smtp(fake_smtp("451 4.3.0 try again later")).await;
+    let id = app
+        .state
+        .queue
+        .enqueue(mail_to("someone@example.com").into_job().unwrap())
+        .await
+        .unwrap();
+    let job = eventually(Duration::from_secs(10), || async {
+        let job = app.state.queue.get(id).await.unwrap()?;
+        (job.attempts >= 2 && job.state == "queued").then_some(job)
+    })
+    .await
+    .expect("the job is retried");
+    let error = job.last_error.unwrap();
+    assert!(
+        error.contains("SMTP delivery failed") && error.contains("try again later"),
+        "{error}"
+    );
+}

@@ -9,6 +9,7 @@
 
 mod cli;
 mod client_errors;
+mod database;
 mod helpers;
 mod jobs;
 mod mail;

@@ -309,3 +309,71 @@ fn malformed_secret_keys_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_secret_file_wins_over_a_plain_variable_whatever_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write(dir.path(), "key", KEY);
+    let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    for pairs in [
+        [
+            (
+                "CONCLAVE__SECURITY__SECRET_KEY_FILE",
+                key_file.to_str().unwrap(),
+            ),
+            ("CONCLAVE__SECURITY__SECRET_KEY", other),
+        ],
+        [
+            ("CONCLAVE__SECURITY__SECRET_KEY", other),
+            (
+                "CONCLAVE__SECURITY__SECRET_KEY_FILE",
+                key_file.to_str().unwrap(),
+            ),
+        ],
+    ] {
+        let settings = Settings::load_from(None, env(&pairs)).unwrap();
+        assert_eq!(settings.security.secret_key.unwrap().expose_secret(), KEY);
+    }
+}
+
+#[test]
+fn string_settings_that_look_like_numbers_stay_strings_and_are_never_echoed() {
+    let settings =
+        Settings::load_from(None, env(&[("CONCLAVE__MAIL__SMTP__PASSWORD", "12345678")])).unwrap();
+    assert_eq!(
+        settings.mail.smtp.password.unwrap().expose_secret(),
+        "12345678"
+    );
+    let settings =
+        Settings::load_from(None, env(&[("CONCLAVE__MAIL__SMTP__USERNAME", "true")])).unwrap();
+    assert_eq!(settings.mail.smtp.username.as_deref(), Some("true"));
+    // Numbers still parse where the field is a number.
+    let settings = Settings::load_from(None, env(&[("CONCLAVE__SERVER__WORKERS", "3")])).unwrap();
+    assert_eq!(settings.server.workers, 3);
+}
+
+#[test]
+fn job_settings_outside_safe_ranges_are_refused() {
+    for (key, value, expected) in [
+        (
+            "CONCLAVE__JOBS__LEASE_SECS",
+            "0",
+            "jobs.lease_secs: must be between 5 and 604800, got 0",
+        ),
+        (
+            "CONCLAVE__JOBS__KEEP_SUCCEEDED_HOURS",
+            "99999999999",
+            "jobs.keep_succeeded_hours: must be between",
+        ),
+        (
+            "CONCLAVE__JOBS__CONCURRENCY",
+            "0",
+            "jobs.concurrency: must be between 1 and 1024, got 0",
+        ),
+    ] {
+        let error = Settings::load_from(None, env(&[(key, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{key}={value}: {error}");
+    }
+}

@@ -281,8 +281,16 @@ async fn static_files_are_served_with_type_and_etag_and_revalidate() {
 
     let missing = app.get("/static/nope.js").await;
     assert_eq!(missing.status(), 404);
-    let traversal = app.get("/static/../Cargo.toml").await;
-    assert_eq!(traversal.status(), 404);
+    // HTTP clients normalise `..` away (even encoded), so send the raw request line.
+    let (status, body) = app.raw_get("/static/%2e%2e/Cargo.toml").await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("No static file ../Cargo.toml."),
+        "answered by the asset route: {body}"
+    );
+    let (status, body) = app.raw_get("/static/../Cargo.toml").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("[package]"), "{body}");
 }
 
 #[tokio::test]
@@ -319,4 +327,52 @@ async fn template_directory_overrides_built_in_templates() {
         .await
         .unwrap();
     assert!(missing.contains("Back to the start page"));
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_bearer_token() {
+    let app = spawn_app_with(|s| {
+        s.telemetry.metrics_token =
+            Some(secrecy::SecretString::from("scrape-me-please".to_owned()));
+    })
+    .await;
+    let anonymous = app.get("/metrics").await;
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    let wrong = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-me-please")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert!(right.text().await.unwrap().contains("http_requests_total"));
+}
+
+#[tokio::test]
+async fn unusual_http_methods_do_not_create_new_metric_series() {
+    let app = spawn_app().await;
+    let method = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let response = app
+        .client
+        .request(method, app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("method=\"BREW\""), "{text}");
+    assert!(
+        text.contains(r#"http_requests_total{method="other",route="/healthz",status="405"}"#),
+        "{text}"
+    );
 }
