@@ -11,19 +11,18 @@ const PATH: &str = "/api/v1/client-errors";
 async fn a_valid_report_is_accepted_and_counted() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .post(app.url(PATH))
-        .json(&json!({
-            "message": "TypeError: rooms is undefined",
-            "source": "/static/js/chat.js",
-            "line": 12,
-            "column": 7,
-            "stack": "at render (chat.js:12:7)",
-            "page": "/rooms/3"
-        }))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            PATH,
+            &json!({
+                "message": "TypeError: rooms is undefined",
+                "source": "/static/js/chat.js",
+                "line": 12,
+                "column": 7,
+                "stack": "at render (chat.js:12:7)",
+                "page": "/rooms/3"
+            }),
+        )
+        .await;
     assert_eq!(response.status(), 204);
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("client_errors_total"), "{metrics}");
@@ -81,13 +80,7 @@ async fn field_rules_are_enforced_with_the_field_named() {
             "page: must be at most 2000 characters",
         ),
     ] {
-        let response = app
-            .client
-            .post(app.url(PATH))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_json(PATH, &body).await;
         assert_eq!(response.status(), 400);
         let problem: serde_json::Value = response.json().await.unwrap();
         assert_eq!(problem["detail"], expected);
@@ -114,13 +107,7 @@ async fn a_body_that_is_not_json_is_415() {
 async fn bodies_over_the_json_limit_are_413_without_being_read() {
     let app = spawn_app_with(|s| s.server.json_limit_bytes = 4 * 1024).await;
     let big = json!({ "message": "x", "stack": "y".repeat(8 * 1024) });
-    let response = app
-        .client
-        .post(app.url(PATH))
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_json(PATH, &big).await;
     assert_eq!(response.status(), 413);
     let problem: serde_json::Value = response.json().await.unwrap();
     let detail = problem["detail"].as_str().unwrap();
@@ -133,13 +120,7 @@ async fn reports_are_rate_limited_per_client_with_retry_after() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..5 {
-        let response = app
-            .client
-            .post(app.url(PATH))
-            .json(&json!({"message": "boom"}))
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_json(PATH, &json!({"message": "boom"})).await;
         statuses.push(response.status().as_u16());
         if response.status() == 429 {
             retry_after = response
@@ -161,12 +142,6 @@ async fn reports_are_rate_limited_per_client_with_retry_after() {
 #[tokio::test]
 async fn reporting_can_be_switched_off() {
     let app = spawn_app_with(|s| s.telemetry.client_errors_per_minute = 0).await;
-    let response = app
-        .client
-        .post(app.url(PATH))
-        .json(&json!({"message": "boom"}))
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_json(PATH, &json!({"message": "boom"})).await;
     assert_eq!(response.status(), 404);
 }

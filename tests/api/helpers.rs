@@ -192,6 +192,15 @@ impl TestApp {
         (status, response)
     }
 
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get_with_accept(&self, path: &str, accept: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
@@ -199,6 +208,23 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+}
+
+/// Waits until job `id` satisfies `done`; panics with the job's last state otherwise.
+pub async fn wait_for_job(
+    queue: &conclave::jobs::Queue,
+    id: i64,
+    done: impl Fn(&conclave::jobs::JobRow) -> bool,
+) -> conclave::jobs::JobRow {
+    let found = eventually(Duration::from_secs(15), || async {
+        let job = queue.get(id).await.expect("read job")?;
+        done(&job).then_some(job)
+    })
+    .await;
+    match found {
+        Some(job) => job,
+        None => panic!("job {id} never got there: {:?}", queue.get(id).await),
     }
 }
 

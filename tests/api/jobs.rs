@@ -12,7 +12,7 @@ use conclave::schema::jobs;
 use conclave::settings::Settings;
 use diesel::prelude::*;
 
-use crate::helpers::{TestDatabase, eventually, test_settings};
+use crate::helpers::{TestDatabase, eventually, test_settings, wait_for_job};
 
 struct Fixture {
     settings: Settings,
@@ -55,16 +55,26 @@ async fn job(db: &Db, id: i64) -> JobRow {
     .unwrap()
 }
 
-async fn wait_for_state(db: &Db, id: i64, state: &str, timeout: Duration) -> JobRow {
-    let found = eventually(timeout, || async {
-        let row = job(db, id).await;
-        (row.state == state).then_some(row)
+async fn wait_for_state(f: &Fixture, id: i64, state: &str) -> JobRow {
+    wait_for_job(&f.queue, id, |job| job.state == state).await
+}
+
+/// Makes job `id` look claimed by a node that died: running, lease expired, `attempts` used.
+async fn simulate_crashed_claim(db: &Db, id: i64, attempts: i32) {
+    let past = (Utc::now() - chrono::Duration::seconds(5)).naive_utc();
+    db.run(move |conn| {
+        diesel::update(jobs::table.find(id))
+            .set((
+                jobs::state.eq("running"),
+                jobs::attempts.eq(attempts),
+                jobs::locked_by.eq(Some("crashed-node")),
+                jobs::locked_until.eq(Some(past)),
+            ))
+            .execute(conn)
+            .map_err(conclave::db::DbError::from)
     })
-    .await;
-    match found {
-        Some(row) => row,
-        None => panic!("job {id} never reached {state}: {:?}", job(db, id).await),
-    }
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -87,7 +97,7 @@ async fn a_job_runs_once_and_is_marked_succeeded() {
         .enqueue(NewJob::new("test.echo", &"hello").unwrap())
         .await
         .unwrap();
-    let row = wait_for_state(&f.db, id, "succeeded", Duration::from_secs(10)).await;
+    let row = wait_for_state(&f, id, "succeeded").await;
     assert_eq!(row.attempts, 1);
     assert!(row.finished_at.is_some());
     assert!(row.locked_by.is_none());
@@ -154,7 +164,7 @@ async fn failures_retry_with_backoff_then_go_dead_after_max_attempts() {
         .enqueue(NewJob::new("test.flaky", &()).unwrap().max_attempts(3))
         .await
         .unwrap();
-    let row = wait_for_state(&f.db, id, "dead", Duration::from_secs(15)).await;
+    let row = wait_for_state(&f, id, "dead").await;
     assert_eq!(row.attempts, 3);
     assert_eq!(
         row.last_error.as_deref(),
@@ -195,10 +205,10 @@ async fn permanent_failures_and_bad_payloads_go_dead_at_once() {
         .enqueue(NewJob::new("test.typed", &"not a number").unwrap())
         .await
         .unwrap();
-    let row = wait_for_state(&f.db, permanent, "dead", Duration::from_secs(10)).await;
+    let row = wait_for_state(&f, permanent, "dead").await;
     assert_eq!(row.attempts, 1);
     assert_eq!(row.last_error.as_deref(), Some("recipient does not exist"));
-    let row = wait_for_state(&f.db, bad_payload, "dead", Duration::from_secs(10)).await;
+    let row = wait_for_state(&f, bad_payload, "dead").await;
     assert_eq!(row.attempts, 1);
     assert!(
         row.last_error
@@ -222,7 +232,7 @@ async fn scheduled_jobs_wait_for_their_time() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(job(&f.db, id).await.state, "queued", "ran before its time");
-    let row = wait_for_state(&f.db, id, "succeeded", Duration::from_secs(10)).await;
+    let row = wait_for_state(&f, id, "succeeded").await;
     let finished = row.finished_at.unwrap().and_utc();
     assert!(
         finished >= at - chrono::Duration::milliseconds(5),
@@ -239,25 +249,11 @@ async fn jobs_of_a_crashed_worker_are_retried_when_the_lease_expires() {
         .enqueue(NewJob::new("test.orphan", &()).unwrap())
         .await
         .unwrap();
-    // Simulate a node that claimed the job and died: running, lease already expired.
-    let past = (Utc::now() - chrono::Duration::seconds(5)).naive_utc();
-    f.db.run(move |conn| {
-        diesel::update(jobs::table.find(id))
-            .set((
-                jobs::state.eq("running"),
-                jobs::attempts.eq(1),
-                jobs::locked_by.eq(Some("dead-node")),
-                jobs::locked_until.eq(Some(past)),
-            ))
-            .execute(conn)
-            .map_err(conclave::db::DbError::from)
-    })
-    .await
-    .unwrap();
+    simulate_crashed_claim(&f.db, id, 1).await;
     let mut registry = JobRegistry::default();
     registry.register("test.orphan", |_job| async { Ok(()) });
     let runner = start(&f.queue, registry, &f.settings);
-    let row = wait_for_state(&f.db, id, "succeeded", Duration::from_secs(10)).await;
+    let row = wait_for_state(&f, id, "succeeded").await;
     assert_eq!(row.attempts, 2, "the crashed attempt counts");
     runner.shutdown(Duration::from_secs(1)).await;
 }
@@ -278,7 +274,7 @@ async fn a_runner_leaves_kinds_it_does_not_know_for_another_node() {
         .enqueue(NewJob::new("test.known", &()).unwrap())
         .await
         .unwrap();
-    wait_for_state(&f.db, known, "succeeded", Duration::from_secs(10)).await;
+    wait_for_state(&f, known, "succeeded").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let row = job(&f.db, unknown).await;
     assert_eq!((row.state.as_str(), row.attempts), ("queued", 0));
@@ -368,7 +364,7 @@ async fn a_panicking_handler_is_a_failed_attempt_not_a_lost_job() {
         .enqueue(NewJob::new("test.panics", &()).unwrap().max_attempts(2))
         .await
         .unwrap();
-    let row = wait_for_state(&f.db, id, "dead", Duration::from_secs(10)).await;
+    let row = wait_for_state(&f, id, "dead").await;
     assert_eq!(row.attempts, 2, "retried once, then dead");
     assert_eq!(
         row.last_error.as_deref(),
@@ -384,7 +380,7 @@ async fn a_panicking_handler_is_a_failed_attempt_not_a_lost_job() {
         .enqueue(NewJob::new("test.after", &()).unwrap())
         .await
         .unwrap();
-    wait_for_state(&f.db, after, "succeeded", Duration::from_secs(10)).await;
+    wait_for_state(&f, after, "succeeded").await;
     runner.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -396,20 +392,7 @@ async fn a_job_whose_last_attempt_was_lost_is_marked_dead_not_rerun() {
         .enqueue(NewJob::new("test.doomed", &()).unwrap().max_attempts(3))
         .await
         .unwrap();
-    let past = (Utc::now() - chrono::Duration::seconds(5)).naive_utc();
-    f.db.run(move |conn| {
-        diesel::update(jobs::table.find(id))
-            .set((
-                jobs::state.eq("running"),
-                jobs::attempts.eq(3),
-                jobs::locked_by.eq(Some("crashed-node")),
-                jobs::locked_until.eq(Some(past)),
-            ))
-            .execute(conn)
-            .map_err(conclave::db::DbError::from)
-    })
-    .await
-    .unwrap();
+    simulate_crashed_claim(&f.db, id, 3).await;
     let ran = Arc::new(Mutex::new(0));
     let counter = ran.clone();
     let mut registry = JobRegistry::default();
@@ -421,7 +404,7 @@ async fn a_job_whose_last_attempt_was_lost_is_marked_dead_not_rerun() {
         }
     });
     let runner = start(&f.queue, registry, &f.settings);
-    let row = wait_for_state(&f.db, id, "dead", Duration::from_secs(10)).await;
+    let row = wait_for_state(&f, id, "dead").await;
     assert_eq!(row.attempts, 3);
     assert!(
         row.last_error

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use conclave::mail::OutgoingMail;
 
-use crate::helpers::{eventually, spawn_app};
+use crate::helpers::{eventually, spawn_app, wait_for_job};
 
 #[tokio::test]
 async fn queued_mail_is_written_as_an_eml_file_in_development() {
@@ -38,12 +38,7 @@ async fn queued_mail_is_written_as_an_eml_file_in_development() {
     assert!(eml.contains("To: Ada <ada@example.com>"), "{eml}");
     assert!(eml.contains("From: Conclave <conclave@localhost>"), "{eml}");
     assert!(eml.contains("Content-Type: multipart/alternative"), "{eml}");
-    let job = eventually(Duration::from_secs(5), || async {
-        let job = app.state.queue.get(id).await.unwrap()?;
-        (job.state == "succeeded").then_some(job)
-    })
-    .await;
-    assert!(job.is_some(), "the mail job is marked succeeded");
+    wait_for_job(&app.state.queue, id, |job| job.state == "succeeded").await;
 }
 
 #[tokio::test]
@@ -61,12 +56,7 @@ async fn mail_to_an_invalid_address_goes_dead_without_retrying() {
         .enqueue(mail.into_job().unwrap())
         .await
         .unwrap();
-    let job = eventually(Duration::from_secs(10), || async {
-        let job = app.state.queue.get(id).await.unwrap()?;
-        (job.state == "dead").then_some(job)
-    })
-    .await
-    .expect("the job is dead");
+    let job = wait_for_job(&app.state.queue, id, |job| job.state == "dead").await;
     assert_eq!(job.attempts, 1);
     assert!(job.last_error.unwrap().contains("not a valid recipient"));
 }
@@ -98,12 +88,7 @@ async fn a_failed_delivery_is_retried_until_it_succeeds() {
         .enqueue(mail.clone().into_job().unwrap())
         .await
         .unwrap();
-    let job = eventually(Duration::from_secs(10), || async {
-        let job = app.state.queue.get(id).await.unwrap()?;
-        (job.state == "succeeded").then_some(job)
-    })
-    .await
-    .expect("delivered after the server came back");
+    let job = wait_for_job(&app.state.queue, id, |job| job.state == "succeeded").await;
     assert_eq!(job.attempts, 3, "two failures, then success");
     assert_eq!(mailer.sent(), vec![mail], "delivered exactly once");
 }
@@ -170,12 +155,7 @@ async fn an_smtp_5xx_rejection_goes_dead_without_retrying() {
         .enqueue(mail_to("nobody@example.com").into_job().unwrap())
         .await
         .unwrap();
-    let job = eventually(Duration::from_secs(10), || async {
-        let job = app.state.queue.get(id).await.unwrap()?;
-        (job.state == "dead").then_some(job)
-    })
-    .await
-    .expect("the job is dead");
+    let job = wait_for_job(&app.state.queue, id, |job| job.state == "dead").await;
     assert_eq!(job.attempts, 1);
     let error = job.last_error.unwrap();
     assert!(
@@ -193,12 +173,10 @@ async fn an_smtp_4xx_reply_is_retried() {
         .enqueue(mail_to("someone@example.com").into_job().unwrap())
         .await
         .unwrap();
-    let job = eventually(Duration::from_secs(10), || async {
-        let job = app.state.queue.get(id).await.unwrap()?;
-        (job.attempts >= 2 && job.state == "queued").then_some(job)
+    let job = wait_for_job(&app.state.queue, id, |job| {
+        job.attempts >= 2 && job.state == "queued"
     })
-    .await
-    .expect("the job is retried");
+    .await;
     let error = job.last_error.unwrap();
     assert!(
         error.contains("SMTP delivery failed") && error.contains("try again later"),
