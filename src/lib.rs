@@ -3,6 +3,8 @@
 //! The library holds every module; `main.rs` only parses the command line. Integration tests
 //! build the same `startup::Application` the binary runs.
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod crypto;
 pub mod db;
@@ -14,4 +16,5 @@ pub mod schema;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;
+pub mod tenancy;
 pub mod web;

@@ -29,6 +29,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub security: SecuritySettings,
+    pub accounts: AccountSettings,
     pub templates: TemplateSettings,
     pub mail: MailSettings,
     pub telemetry: TelemetrySettings,
@@ -81,6 +82,27 @@ pub struct SecuritySettings {
     /// 32 random bytes, base64. Required in production; generated into `data_dir` otherwise.
     #[serde(serialize_with = "redact_opt")]
     pub secret_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountSettings {
+    /// Shortest password accepted, in characters.
+    pub password_min_length: usize,
+    /// Password hashes computed at once; 0 means one per CPU core.
+    pub hash_concurrency: usize,
+    /// Hashes that may wait for a slot; beyond that, sign-ins are refused with 429 at once.
+    pub hash_queue: usize,
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        Self {
+            password_min_length: 10,
+            hash_concurrency: 0,
+            hash_queue: 32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -179,6 +201,7 @@ impl Default for Settings {
             server: ServerSettings::default(),
             database: DatabaseSettings::default(),
             security: SecuritySettings::default(),
+            accounts: AccountSettings::default(),
             templates: TemplateSettings::default(),
             mail: MailSettings::default(),
             telemetry: TelemetrySettings::default(),
@@ -440,6 +463,24 @@ impl Settings {
                 self.server.shutdown_timeout_secs,
                 0,
                 3_600,
+            ),
+            (
+                "accounts.password_min_length",
+                self.accounts.password_min_length as u64,
+                8,
+                128,
+            ),
+            (
+                "accounts.hash_concurrency",
+                self.accounts.hash_concurrency as u64,
+                0,
+                256,
+            ),
+            (
+                "accounts.hash_queue",
+                self.accounts.hash_queue as u64,
+                0,
+                10_000,
             ),
         ] {
             if !(min..=max).contains(&value) {

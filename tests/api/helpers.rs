@@ -211,6 +211,15 @@ impl TestApp {
     }
 }
 
+/// How many migrations the binary embeds (both trees have the same count; the schema test
+/// checks they agree).
+pub fn migration_count() -> usize {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .expect("migrations directory")
+        .filter(|entry| entry.as_ref().is_ok_and(|e| e.path().is_dir()))
+        .count()
+}
+
 /// Waits until job `id` satisfies `done`; panics with the job's last state otherwise.
 pub async fn wait_for_job(
     queue: &conclave::jobs::Queue,

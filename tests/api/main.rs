@@ -7,6 +7,7 @@
     reason = "a test that cannot proceed should fail right there"
 )]
 
+mod accounts_cli;
 mod cli;
 mod client_errors;
 mod database;

@@ -65,7 +65,7 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// Column names of every `table!` in src/schema.rs, read from the SQL diesel generates for a
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
-    use conclave::schema::jobs;
+    use conclave::schema::{audit_events, jobs, memberships, tenants, users};
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
         sql.split(&marker)
@@ -73,9 +73,18 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
             .filter_map(|rest| rest.split('"').next().map(str::to_owned))
             .collect()
     };
-    let jobs_sql = diesel::debug_query::<diesel::pg::Pg, _>(&jobs::table.select(jobs::all_columns))
-        .to_string();
-    vec![("jobs", columns(jobs_sql, "jobs"))]
+    macro_rules! table_columns {
+        ($($table:ident),*) => {
+            vec![$((
+                stringify!($table),
+                columns(
+                    diesel::debug_query::<diesel::pg::Pg, _>(&$table::table.select($table::all_columns)).to_string(),
+                    stringify!($table),
+                ),
+            )),*]
+        };
+    }
+    table_columns!(jobs, tenants, users, memberships, audit_events)
 }
 
 #[test]
@@ -120,7 +129,14 @@ fn sqlite_and_postgres_migrations_produce_the_same_schema() {
     .unwrap();
     let (sqlite_schema, pg_schema) = (collect(sqlite_columns), collect(pg_columns));
     assert!(sqlite_schema.contains_key("jobs"), "{sqlite_schema:?}");
-    // src/schema.rs must name exactly the columns the migrations create.
+    // src/schema.rs must name exactly the tables and columns the migrations create.
+    let declared_tables: Vec<&str> = diesel_tables().iter().map(|(t, _)| *t).collect();
+    for table in pg_schema.keys().filter(|t| !t.starts_with("__diesel")) {
+        assert!(
+            declared_tables.contains(&table.as_str()),
+            "table {table} is missing from src/schema.rs (and from diesel_tables here)"
+        );
+    }
     for (table, diesel_columns) in diesel_tables() {
         let migrated: Vec<&String> = pg_schema
             .get(table)

@@ -1,5 +1,7 @@
 //! The `conclave` command line. Every failure is one line on stderr and a meaningful exit code.
 
+mod accounts;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +36,16 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        action: accounts::UserAction,
+    },
+    /// Read the security audit log.
+    Audit {
+        #[command(subcommand)]
+        action: accounts::AuditAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +62,10 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// Anything else went wrong.
     pub const FAILURE: u8 = 1;
+    /// The input given on the command line is invalid (bad email, weak password, taken email).
+    pub const DATA: u8 = 65;
+    /// The named user does not exist.
+    pub const NO_USER: u8 = 67;
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -91,6 +107,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }),
         Command::Serve => serve(settings),
+        Command::User { action } => with_runtime(|| accounts::user(settings, action)),
+        Command::Audit { action } => with_runtime(|| accounts::audit(settings, action)),
     }
 }
 
@@ -122,7 +140,7 @@ fn serve(settings: Settings) -> ExitCode {
     })
 }
 
-fn with_runtime<F, Fut>(body: F) -> ExitCode
+pub(crate) fn with_runtime<F, Fut>(body: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), (u8, anyhow::Error)>>,

@@ -1,0 +1,12 @@
+//! Accounts: who people are and how they prove it.
+//!
+//! Owns users, email addresses, passwords (policy + argon2id), and user administration (the
+//! `conclave user` commands). Sign-in, sessions, CSRF, 2FA, OIDC and API tokens build on this
+//! module; other modules will reach it only through the `Identity` seam.
+
+mod email;
+pub mod password;
+pub mod users;
+
+pub use email::Email;
+pub use password::{PasswordHasher, PasswordPolicy};

@@ -1,0 +1,246 @@
+//! Passwords: the policy a new password must meet, and argon2id hashing.
+//!
+//! Hashing costs ~20–35 ms of CPU and 19 MiB of memory (OWASP's argon2id minimum: m=19 MiB,
+//! t=2, p=1). It runs on the blocking pool behind a semaphore of `accounts.hash_concurrency`
+//! slots with a bounded queue of `accounts.hash_queue` waiters; past that, callers get
+//! `HashError::Busy` at once (429) instead of piling up and stalling every other request.
+
+use std::sync::Arc;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::sync::Semaphore;
+
+use super::Email;
+
+/// OWASP Password Storage Cheat Sheet, argon2id minimum.
+pub const MEMORY_KIB: u32 = 19 * 1024;
+pub const ITERATIONS: u32 = 2;
+pub const PARALLELISM: u32 = 1;
+/// Long enough for any passphrase; bounds the work an attacker can hand the hasher.
+pub const MAX_LENGTH: usize = 1_024;
+
+/// Common passwords refused outright; compared case-insensitively.
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("password: must be at least {0} characters")]
+    TooShort(usize),
+    #[error("password: must be at most {MAX_LENGTH} characters")]
+    TooLong,
+    #[error("password: is one of the most common passwords; choose another")]
+    Common,
+    #[error("password: must not be your email address")]
+    SameAsEmail,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordPolicy {
+    min_length: usize,
+}
+
+impl PasswordPolicy {
+    pub fn new(min_length: usize) -> Self {
+        Self { min_length }
+    }
+
+    /// Checks a new password. Length counts characters, not bytes, as people do.
+    pub fn check(&self, password: &SecretString, email: &Email) -> Result<(), PolicyError> {
+        let password = password.expose_secret();
+        let length = password.chars().count();
+        if length < self.min_length {
+            return Err(PolicyError::TooShort(self.min_length));
+        }
+        if length > MAX_LENGTH {
+            return Err(PolicyError::TooLong);
+        }
+        let lowered = password.to_lowercase();
+        if COMMON_PASSWORDS
+            .lines()
+            .any(|common| common.trim() == lowered)
+        {
+            return Err(PolicyError::Common);
+        }
+        let local_part = email.as_str().split('@').next().unwrap_or_default();
+        if lowered == email.as_str() || lowered == local_part {
+            return Err(PolicyError::SameAsEmail);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Too many hashes are running or waiting; try again shortly.
+    #[error("the server is busy checking passwords; try again in a moment")]
+    Busy,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+/// Hashes and verifies passwords with a cap on concurrent work. Cheap to clone.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    running: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+}
+
+impl PasswordHasher {
+    /// `concurrency` hashes at once (0: one per core), `queue` more may wait.
+    pub fn new(concurrency: usize, queue: usize) -> Self {
+        let concurrency = match concurrency {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        Self {
+            running: Arc::new(Semaphore::new(concurrency)),
+            waiting: Arc::new(Semaphore::new(concurrency + queue)),
+        }
+    }
+
+    /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) with a fresh random salt.
+    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
+        self.run(move || {
+            argon2()?
+                .hash_password(password.expose_secret().as_bytes())
+                .map(|hash| hash.to_string())
+                .map_err(|e| HashError::Failed(e.to_string()))
+        })
+        .await
+    }
+
+    /// True when `password` matches `phc`. The parameters come from the stored hash, so hashes
+    /// made with older parameters keep working.
+    pub async fn verify(&self, password: SecretString, phc: String) -> Result<bool, HashError> {
+        self.run(move || {
+            match argon2()?.verify_password(password.expose_secret().as_bytes(), phc.as_str()) {
+                Ok(()) => Ok(true),
+                Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+                Err(e) => Err(HashError::Failed(e.to_string())),
+            }
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
+        // Holding a `waiting` slot from arrival to completion bounds running + queued work.
+        let _slot = self.waiting.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("password_hash_rejected_total").increment(1);
+            HashError::Busy
+        })?;
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HashError::Busy)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| HashError::Failed(e.to_string()))?
+    }
+}
+
+fn argon2() -> Result<Argon2<'static>, HashError> {
+    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
+        .map_err(|e| HashError::Failed(e.to_string()))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email() -> Email {
+        Email::parse("ada.lovelace@example.com").expect("valid")
+    }
+
+    fn secret(text: &str) -> SecretString {
+        SecretString::from(text.to_owned())
+    }
+
+    #[test]
+    fn the_policy_names_what_is_wrong() {
+        let policy = PasswordPolicy::new(10);
+        assert_eq!(
+            policy.check(&secret("short"), &email()),
+            Err(PolicyError::TooShort(10))
+        );
+        assert_eq!(
+            policy.check(&secret(&"x".repeat(1_025)), &email()),
+            Err(PolicyError::TooLong)
+        );
+        assert_eq!(
+            policy.check(&secret("Password123"), &email()),
+            Err(PolicyError::Common)
+        );
+        assert_eq!(
+            policy.check(&secret("Ada.Lovelace@example.com"), &email()),
+            Err(PolicyError::SameAsEmail)
+        );
+        assert_eq!(
+            policy.check(&secret("ada.lovelace"), &email()),
+            Err(PolicyError::SameAsEmail)
+        );
+        assert_eq!(
+            policy.check(&secret("correct horse battery staple"), &email()),
+            Ok(())
+        );
+        // Characters, not bytes: ten accented letters are ten characters.
+        assert_eq!(policy.check(&secret("éééééééééé"), &email()), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
+        let hasher = PasswordHasher::new(1, 1);
+        let hash = hasher
+            .hash(secret("correct horse battery staple"))
+            .await
+            .expect("hash");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        let again = hasher
+            .hash(secret("correct horse battery staple"))
+            .await
+            .expect("hash");
+        assert_ne!(hash, again, "every hash has its own salt");
+        assert!(
+            hasher
+                .verify(secret("correct horse battery staple"), hash.clone())
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !hasher
+                .verify(secret("wrong horse battery staple"), hash)
+                .await
+                .expect("verify")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        let hasher = PasswordHasher::new(1, 1);
+        let busy = hasher.clone();
+        // One running and one waiting fill the hasher; a third caller is refused.
+        let first = tokio::spawn({
+            let h = hasher.clone();
+            async move { h.hash(secret("correct horse battery staple")).await }
+        });
+        let second = tokio::spawn({
+            let h = hasher.clone();
+            async move { h.hash(secret("correct horse battery staple")).await }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let third = busy.hash(secret("correct horse battery staple")).await;
+        assert!(matches!(third, Err(HashError::Busy)), "{third:?}");
+        assert!(first.await.expect("join").is_ok());
+        assert!(second.await.expect("join").is_ok());
+    }
+}

@@ -1,0 +1,154 @@
+//! Tenants (workspaces) and memberships: every user belongs to tenants with one role each,
+//! owner > admin > operator > viewer. The `Authorizer` seam that decides permissions from
+//! these roles builds on this module.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use crate::db::DbConnection;
+use crate::schema::{memberships, tenants};
+
+/// The workspace every installation starts with (created by the accounts migration).
+pub const DEFAULT_TENANT_SLUG: &str = "default";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Operator,
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Owner, Role::Admin, Role::Operator, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Viewer => "viewer",
+        }
+    }
+
+    /// Higher is more powerful; a role includes every permission of the roles below it.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Owner => 4,
+            Self::Admin => 3,
+            Self::Operator => 2,
+            Self::Viewer => 1,
+        }
+    }
+
+    pub fn at_least(self, other: Role) -> bool {
+        self.rank() >= other.rank()
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text.trim().to_ascii_lowercase())
+            .ok_or_else(|| format!("role: {text:?} is not one of owner, admin, operator, viewer"))
+    }
+}
+
+/// A user's place in one tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Membership {
+    pub tenant_id: i64,
+    pub tenant_slug: String,
+    pub role: Role,
+}
+
+pub fn default_tenant_id(conn: &mut DbConnection) -> QueryResult<i64> {
+    tenants::table
+        .filter(tenants::slug.eq(DEFAULT_TENANT_SLUG))
+        .select(tenants::id)
+        .first(conn)
+}
+
+/// Serialises decisions about a tenant's members (e.g. "is there an owner yet?") between
+/// concurrent transactions. SQLite already runs one writer at a time.
+pub fn lock_tenant(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<()> {
+    if let DbConnection::Postgresql(pg) = conn {
+        diesel::sql_query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind::<diesel::sql_types::BigInt, _>(tenant_id)
+            .execute(pg)?;
+    }
+    Ok(())
+}
+
+pub fn has_owner(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        memberships::table
+            .filter(memberships::tenant_id.eq(tenant_id))
+            .filter(memberships::role.eq(Role::Owner.as_str())),
+    ))
+    .get_result(conn)
+}
+
+pub fn add_member(
+    conn: &mut DbConnection,
+    tenant_id: i64,
+    user_id: i64,
+    role: Role,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::insert_into(memberships::table)
+        .values((
+            memberships::tenant_id.eq(tenant_id),
+            memberships::user_id.eq(user_id),
+            memberships::role.eq(role.as_str()),
+            memberships::created_at.eq(now),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+/// Every membership of each of `user_ids`, for listings.
+pub fn memberships_of(
+    conn: &mut DbConnection,
+    user_ids: &[i64],
+) -> QueryResult<Vec<(i64, Membership)>> {
+    let rows: Vec<(i64, i64, String, String)> = memberships::table
+        .inner_join(tenants::table)
+        .filter(memberships::user_id.eq_any(user_ids))
+        .order((memberships::user_id, tenants::id))
+        .select((
+            memberships::user_id,
+            tenants::id,
+            tenants::slug,
+            memberships::role,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(user_id, tenant_id, tenant_slug, role)| {
+            let role = role.parse().ok()?;
+            Some((
+                user_id,
+                Membership {
+                    tenant_id,
+                    tenant_slug,
+                    role,
+                },
+            ))
+        })
+        .collect())
+}
