@@ -18,6 +18,12 @@ if [ "$backend" = postgres ]; then
   export CONCLAVE__DATABASE__URL="${TEST_DATABASE_URL%/*}/$db"
 fi
 
+# A person to sign in as, created the way an operator would.
+export CONCLAVE_TEST_EMAIL="ada@example.com"
+export CONCLAVE_TEST_PASSWORD="correct horse battery staple"
+(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_TEST_EMAIL" \
+  --password "$CONCLAVE_TEST_PASSWORD" --name "Ada Lovelace" >/dev/null)
+
 target/debug/conclave serve >"$data/server.log" 2>&1 &
 server=$!
 cleanup() {

@@ -14,6 +14,10 @@ pub mod events {
     pub const USER_CREATED: &str = "user.created";
     pub const USER_DISABLED: &str = "user.disabled";
     pub const USER_ENABLED: &str = "user.enabled";
+    pub const LOGIN_SUCCEEDED: &str = "login.succeeded";
+    pub const LOGIN_FAILED: &str = "login.failed";
+    pub const ACCOUNT_LOCKED: &str = "account.locked";
+    pub const LOGOUT: &str = "logout";
 }
 
 /// An event to record. `subject` names what it is about, e.g. `user:42`.

@@ -35,6 +35,14 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("too many requests; try again later")]
     RateLimited { retry_after_secs: Option<u64> },
+    /// A failure API clients branch on: `code` goes into the problem document as `error`.
+    #[error("{message}")]
+    Coded {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
     /// A dependency (database, provider) is down; the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -50,6 +58,9 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// A stable machine-readable code, e.g. `invalid_credentials`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
@@ -61,6 +72,7 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: detail.into(),
+            error: None,
             request_id: None,
         }
     }
@@ -82,7 +94,11 @@ impl AppError {
     }
 
     pub fn problem(&self) -> Problem {
-        Problem::new(self.status_code(), self.public_detail())
+        let mut problem = Problem::new(self.status_code(), self.public_detail());
+        if let Self::Coded { code, .. } = self {
+            problem.error = Some(code);
+        }
+        problem
     }
 }
 
@@ -98,6 +114,7 @@ impl ResponseError for AppError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Coded { status, .. } => *status,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,6 +125,10 @@ impl ResponseError for AppError {
         response.content_type("application/problem+json");
         if let Self::RateLimited {
             retry_after_secs: Some(secs),
+        }
+        | Self::Coded {
+            retry_after_secs: Some(secs),
+            ..
         } = self
         {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(*secs)));

@@ -30,6 +30,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub security: SecuritySettings,
     pub accounts: AccountSettings,
+    pub sessions: SessionSettings,
     pub templates: TemplateSettings,
     pub mail: MailSettings,
     pub telemetry: TelemetrySettings,
@@ -93,6 +94,32 @@ pub struct AccountSettings {
     pub hash_concurrency: usize,
     /// Hashes that may wait for a slot; beyond that, sign-ins are refused with 429 at once.
     pub hash_queue: usize,
+    /// Accounts whose email address is not verified cannot sign in.
+    pub require_verified_email: bool,
+    /// Failed sign-ins in a row that lock an account.
+    pub lockout_threshold: i32,
+    /// How long a locked account stays locked.
+    pub lockout_minutes: u64,
+    /// Sign-in attempts accepted per client IP and minute; 0 means no limit.
+    pub login_attempts_per_ip_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSettings {
+    /// A session unused for this long ends.
+    pub idle_timeout_hours: u64,
+    /// A session ends this long after sign-in, however busy.
+    pub lifetime_days: u64,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout_hours: 72,
+            lifetime_days: 30,
+        }
+    }
 }
 
 impl Default for AccountSettings {
@@ -101,6 +128,10 @@ impl Default for AccountSettings {
             password_min_length: 10,
             hash_concurrency: 0,
             hash_queue: 32,
+            require_verified_email: true,
+            lockout_threshold: 5,
+            lockout_minutes: 15,
+            login_attempts_per_ip_per_minute: 30,
         }
     }
 }
@@ -202,6 +233,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             security: SecuritySettings::default(),
             accounts: AccountSettings::default(),
+            sessions: SessionSettings::default(),
             templates: TemplateSettings::default(),
             mail: MailSettings::default(),
             telemetry: TelemetrySettings::default(),
@@ -481,6 +513,30 @@ impl Settings {
                 self.accounts.hash_queue as u64,
                 0,
                 10_000,
+            ),
+            (
+                "accounts.lockout_threshold",
+                u64::try_from(self.accounts.lockout_threshold).unwrap_or(0),
+                1,
+                1_000,
+            ),
+            (
+                "accounts.lockout_minutes",
+                self.accounts.lockout_minutes,
+                1,
+                7 * 24 * 60,
+            ),
+            (
+                "sessions.idle_timeout_hours",
+                self.sessions.idle_timeout_hours,
+                1,
+                24 * 365,
+            ),
+            (
+                "sessions.lifetime_days",
+                self.sessions.lifetime_days,
+                1,
+                3 * 365,
             ),
         ] {
             if !(min..=max).contains(&value) {

@@ -9,6 +9,9 @@ use actix_web::dev::Server;
 use actix_web::{HttpServer, web};
 use anyhow::Context as _;
 
+use crate::auth::PasswordHasher;
+use crate::auth::login::LoginService;
+use crate::auth::sessions::Sessions;
 use crate::db::Db;
 use crate::jobs::{JobRegistry, Queue, Runner, RunnerHandle};
 use crate::mail::{LettreMailer, Mailer};
@@ -66,7 +69,20 @@ impl Application {
         crate::mail::register_jobs(&mut registry, mailer);
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
 
-        let templates = Templates::load(settings.templates.dir.as_deref())?;
+        let templates = Arc::new(Templates::load(settings.templates.dir.as_deref())?);
+        let sessions = Sessions::new(db.clone(), &settings.sessions);
+        let hasher = PasswordHasher::new(
+            settings.accounts.hash_concurrency,
+            settings.accounts.hash_queue,
+        );
+        let login = LoginService::new(
+            db.clone(),
+            hasher,
+            sessions.clone(),
+            queue.clone(),
+            templates.clone(),
+            settings.accounts.clone(),
+        );
         let listener = TcpListener::bind(settings.server.listen).with_context(|| {
             format!(
                 "cannot listen on {} (server.listen)",
@@ -86,6 +102,8 @@ impl Application {
             client_errors: crate::web::client_errors::ClientErrorLimiter::per_minute(
                 settings.telemetry.client_errors_per_minute,
             ),
+            sessions,
+            login,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

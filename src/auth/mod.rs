@@ -5,7 +5,11 @@
 //! module; other modules will reach it only through the `Identity` seam.
 
 mod email;
+pub mod handlers;
+pub mod identity;
+pub mod login;
 pub mod password;
+pub mod sessions;
 pub mod users;
 
 pub use email::Email;

@@ -178,6 +178,14 @@ pub fn set_disabled(
                 users::updated_at.eq(now),
             ))
             .execute(tx)?;
+        if disabled {
+            // Signed-in browsers lose access at once on nodes that read the database, and
+            // within the session cache's TTL on the others.
+            diesel::delete(
+                crate::schema::sessions::table.filter(crate::schema::sessions::user_id.eq(user.id)),
+            )
+            .execute(tx)?;
+        }
         audit::record(
             tx,
             &AuditEvent {

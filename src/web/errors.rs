@@ -37,6 +37,9 @@ pub async fn render(
         }
     };
     let mut problem = Problem::new(status, detail);
+    problem.error = error
+        .as_error::<AppError>()
+        .and_then(|app| app.problem().error);
     problem.request_id = response
         .request()
         .extensions()
@@ -44,6 +47,18 @@ pub async fn render(
         .map(ToString::to_string);
 
     let (request, original) = response.into_parts();
+    // A browser that needs to sign in is sent to the sign-in page, and back here afterwards.
+    if wants_html
+        && status == StatusCode::UNAUTHORIZED
+        && request.method() == actix_web::http::Method::GET
+    {
+        let here = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let next: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
+        let redirect = HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, format!("/login?next={next}")))
+            .finish();
+        return Ok(ServiceResponse::new(request, redirect).map_into_right_body());
+    }
     let mut builder = HttpResponse::build(status);
     copy_headers(original.headers(), &mut builder);
     let replacement = if wants_html {
@@ -76,7 +91,12 @@ fn html_page(request: &actix_web::HttpRequest, problem: &Problem) -> Result<Stri
         .get::<CspNonce>()
         .map(|n| n.0.clone())
         .unwrap_or_default();
-    let mut context = super::pages::base_context(state, &nonce);
+    let csrf = request
+        .extensions()
+        .get::<super::csrf::CsrfToken>()
+        .map(|t| t.0.clone())
+        .unwrap_or_default();
+    let mut context = super::pages::base_context(state, &nonce, &csrf);
     context.insert("problem", problem);
     context.insert(
         "is_not_found",

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod client_errors;
+pub mod csrf;
 pub mod errors;
 pub mod health;
 pub mod pages;
@@ -29,10 +30,12 @@ pub struct AppState {
     /// The node's secret key; modules derive their own keys from it, never use it directly.
     pub master_key: Arc<crate::crypto::MasterKey>,
     pub db: Db,
-    pub templates: Templates,
+    pub templates: Arc<Templates>,
     pub metrics: PrometheusHandle,
     pub queue: Queue,
     pub client_errors: client_errors::ClientErrorLimiter,
+    pub sessions: crate::auth::sessions::Sessions,
+    pub login: crate::auth::login::LoginService,
 }
 
 /// A resource that answers 405 (as a problem document) for methods it does not route.
@@ -59,12 +62,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/readyz", health::readyz))
         .service(get("/metrics", crate::metrics::render))
         .service(get("/static/{path:.*}", assets::serve))
-        .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)));
+        .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)))
+        .configure(crate::auth::handlers::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last
 /// `wrap` first, so a request passes tracing → metrics → security headers → compression →
-/// error rendering → handler, and responses go back the same way.
+/// error rendering → CSRF guard → handler, and responses go back the same way.
 pub fn app(
     state: web::Data<AppState>,
 ) -> App<
@@ -91,6 +95,7 @@ pub fn app(
         .app_data(payload)
         .configure(configure)
         .default_service(web::to(errors::not_found))
+        .wrap(from_fn(csrf::guard))
         .wrap(from_fn(errors::render))
         .wrap(Compress::default())
         .wrap(from_fn(security::headers))

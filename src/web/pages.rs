@@ -1,27 +1,80 @@
-//! Public pages.
+//! Public pages, and `Page`: what every server-rendered page needs from its request.
 
-use actix_web::{HttpResponse, web};
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage as _, HttpRequest, HttpResponse, web};
 
 use super::AppState;
+use super::csrf::CsrfToken;
 use super::security::CspNonce;
+use crate::auth::identity::{self, Identity};
 use crate::error::AppError;
 
-/// Values every page's layout uses.
-pub fn base_context(state: &AppState, nonce: &str) -> tera::Context {
+/// The per-request values of the layout: CSP nonce, CSRF token, who is signed in.
+pub struct Page {
+    pub nonce: String,
+    pub csrf: String,
+    pub identity: Option<Identity>,
+}
+
+impl Page {
+    pub fn context(&self, state: &AppState) -> tera::Context {
+        let mut context = base_context(state, &self.nonce, &self.csrf);
+        if let Some(identity) = &self.identity {
+            context.insert("signed_in_as", &identity.session.display_name);
+        }
+        context
+    }
+}
+
+impl FromRequest for Page {
+    type Error = AppError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move {
+            let extensions_value = |request: &HttpRequest| {
+                let extensions = request.extensions();
+                (
+                    extensions
+                        .get::<CspNonce>()
+                        .map(|n| n.0.clone())
+                        .unwrap_or_default(),
+                    extensions
+                        .get::<CsrfToken>()
+                        .map(|t| t.0.clone())
+                        .unwrap_or_default(),
+                )
+            };
+            let (nonce, csrf) = extensions_value(&request);
+            let identity = identity::resolve(&request).await?;
+            Ok(Page {
+                nonce,
+                csrf,
+                identity,
+            })
+        })
+    }
+}
+
+/// Values every page's layout uses; error pages (which have no `Page`) use this directly.
+pub fn base_context(state: &AppState, nonce: &str, csrf: &str) -> tera::Context {
     let mut context = tera::Context::new();
     context.insert("csp_nonce", nonce);
+    context.insert("csrf_token", csrf);
     context.insert("version", env!("CARGO_PKG_VERSION"));
     context.insert("public_url", &state.public_url);
     context
 }
 
-pub async fn landing(
-    state: web::Data<AppState>,
-    nonce: CspNonce,
-) -> Result<HttpResponse, AppError> {
-    let context = base_context(&state, &nonce.0);
-    let page = state.templates.render("index.html", &context)?;
+pub async fn landing(state: web::Data<AppState>, page: Page) -> Result<HttpResponse, AppError> {
+    let body = state
+        .templates
+        .render("index.html", &page.context(&state))?;
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(page))
+        .body(body))
 }

@@ -20,9 +20,11 @@ function report(message, source, line, column, stack) {
     stack: clip(stack, 16000),
     page: clip(location.pathname, 2000),
   });
+  // Signed-in requests must carry the CSRF token the page was rendered with.
+  const csrf = document.querySelector('meta[name="csrf-token"]');
   fetch(endpoint, {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf ? csrf.content : '' },
     body,
     keepalive: true,
     credentials: 'same-origin',

@@ -118,6 +118,7 @@ pub fn test_settings(data_dir: PathBuf, database_url: &str) -> Settings {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    pub cookies: std::sync::Arc<reqwest::cookie::Jar>,
     pub state: actix_web::web::Data<AppState>,
     pub data_dir: tempfile::TempDir,
     _db: TestDatabase,
@@ -145,15 +146,17 @@ pub async fn spawn_app_with_seams(customize: impl FnOnce(&mut Settings), seams: 
     let state = app.state();
     // No signal handling inside the test process: the app runs until the runtime ends.
     tokio::spawn(app.run_until(std::future::pending()));
+    let cookies = std::sync::Arc::new(reqwest::cookie::Jar::default());
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
+        .cookie_provider(cookies.clone())
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         client,
+        cookies,
         state,
         data_dir,
         _db: db,
@@ -190,6 +193,61 @@ impl TestApp {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         (status, response)
+    }
+
+    /// The value of a cookie the client holds for this app.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        use reqwest::cookie::CookieStore as _;
+        let url = self.address.parse().expect("url");
+        let header = self.cookies.cookies(&url)?;
+        header
+            .to_str()
+            .ok()?
+            .split("; ")
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
+    }
+
+    /// The CSRF token the server issued to this client (fetching a page first if needed).
+    pub async fn csrf_token(&self) -> String {
+        if self.cookie("conclave_csrf").is_none() {
+            self.get("/healthz").await;
+        }
+        self.cookie("conclave_csrf")
+            .expect("the server sets a CSRF cookie")
+    }
+
+    /// Creates a user directly through the accounts module.
+    pub async fn create_user(&self, email: &str, password: &str, verified: bool) -> i64 {
+        use conclave::auth::users::{self, CreatedVia, NewUser};
+        let hash = conclave::auth::PasswordHasher::new(1, 4)
+            .hash(secrecy::SecretString::from(password.to_owned()))
+            .await
+            .expect("hash");
+        let new = NewUser {
+            email: conclave::auth::Email::parse(email).expect("email"),
+            display_name: email.split('@').next().unwrap_or("user").to_owned(),
+            password_hash: Some(hash),
+            verified,
+            role: None,
+            via: CreatedVia::Cli,
+        };
+        self.state
+            .db
+            .run(move |conn| Ok::<_, conclave::db::DbError>(users::create(conn, new)))
+            .await
+            .expect("db")
+            .expect("create user")
+            .0
+            .id
+    }
+
+    /// Signs in through the JSON API; the client keeps the session cookie.
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            &serde_json::json!({ "email": email, "password": password }),
+        )
+        .await
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {

@@ -13,6 +13,7 @@ mod client_errors;
 mod database;
 mod helpers;
 mod jobs;
+mod login;
 mod mail;
 mod packaging;
 mod schema;

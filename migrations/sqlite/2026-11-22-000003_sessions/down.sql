@@ -1,0 +1,3 @@
+DROP TABLE sessions;
+ALTER TABLE users DROP COLUMN locked_until;
+ALTER TABLE users DROP COLUMN failed_logins;

@@ -1,0 +1,311 @@
+//! HTTP surface of sign-in: the JSON API and the server-rendered pages.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::identity::{self, Identity};
+use super::login::{Client, LoginError};
+use crate::audit::{self, AuditEvent, events};
+use crate::db::DbError;
+use crate::error::AppError;
+use crate::tenancy;
+use crate::web::AppState;
+use crate::web::pages::Page;
+
+const MAX_USER_AGENT: usize = 300;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::web::{get, resource};
+    cfg.service(resource("/api/v1/auth/login").route(web::post().to(api_login)))
+        .service(resource("/api/v1/auth/logout").route(web::post().to(api_logout)))
+        .service(get("/api/v1/me", api_me))
+        .service(get("/login", login_page).route(web::post().to(login_form)))
+        .service(resource("/logout").route(web::post().to(logout_form)));
+}
+
+fn client(request: &HttpRequest) -> Client {
+    Client {
+        ip: request.peer_addr().map(|addr| addr.ip()),
+        user_agent: request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
+    }
+}
+
+impl From<LoginError> for AppError {
+    fn from(error: LoginError) -> Self {
+        let coded = |status, code, error: &LoginError, retry_after_secs| AppError::Coded {
+            status,
+            code,
+            message: error.to_string(),
+            retry_after_secs,
+        };
+        match &error {
+            LoginError::InvalidCredentials => coded(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                &error,
+                None,
+            ),
+            LoginError::Locked { minutes } => coded(
+                StatusCode::TOO_MANY_REQUESTS,
+                "account_locked",
+                &error,
+                Some(u64::try_from(*minutes).unwrap_or(1).saturating_mul(60)),
+            ),
+            LoginError::EmailUnverified => {
+                coded(StatusCode::FORBIDDEN, "email_unverified", &error, None)
+            }
+            LoginError::RateLimited { retry_after_secs } => coded(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &error,
+                Some(*retry_after_secs),
+            ),
+            LoginError::Hash(super::password::HashError::Busy) => {
+                coded(StatusCode::TOO_MANY_REQUESTS, "busy", &error, Some(1))
+            }
+            LoginError::Hash(_) | LoginError::Database(_) => {
+                AppError::internal(anyhow::anyhow!("{error}"))
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+/// `POST /api/v1/auth/login`: `{"email","password"}` → 200 with the user and a session cookie.
+async fn api_login(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    let session = state
+        .login
+        .login(
+            &body.email,
+            SecretString::from(body.password),
+            &client(&request),
+        )
+        .await?;
+    Ok(HttpResponse::Ok()
+        .cookie(identity::session_cookie(
+            &state,
+            session.token,
+            state.sessions.lifetime(),
+        ))
+        .json(json!({
+            "user": {
+                "id": session.info.user_id,
+                "email": session.info.email,
+                "name": session.info.display_name,
+            },
+            "session_expires_at": session.info.expires_at.and_utc().to_rfc3339(),
+        })))
+}
+
+/// `POST /api/v1/auth/logout`: ends this session.
+async fn api_logout(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    identity: Identity,
+) -> Result<HttpResponse, AppError> {
+    end_session(&state, &request, &identity).await?;
+    Ok(HttpResponse::NoContent()
+        .cookie(identity::expired_session_cookie(&state))
+        .finish())
+}
+
+async fn end_session(
+    state: &AppState,
+    request: &HttpRequest,
+    identity: &Identity,
+) -> Result<(), AppError> {
+    state.sessions.revoke(&identity.session.id).await?;
+    let client = client(request);
+    let user_id = identity.user_id();
+    state
+        .db
+        .run(move |conn| {
+            audit::record(
+                conn,
+                &AuditEvent {
+                    event: events::LOGOUT,
+                    actor_user_id: Some(user_id),
+                    subject: Some(format!("user:{user_id}")),
+                    ip: client.ip.map(|ip| ip.to_string()),
+                    user_agent: client.user_agent,
+                    ..AuditEvent::default()
+                },
+                chrono::Utc::now().naive_utc(),
+            )
+            .map_err(DbError::from)
+        })
+        .await?;
+    Ok(())
+}
+
+/// `GET /api/v1/me`: the signed-in user and their workspaces.
+async fn api_me(state: web::Data<AppState>, identity: Identity) -> Result<HttpResponse, AppError> {
+    let user_id = identity.user_id();
+    let memberships = state
+        .db
+        .run(move |conn| tenancy::memberships_of(conn, &[user_id]).map_err(DbError::from))
+        .await?;
+    let memberships: Vec<_> = memberships.into_iter().map(|(_, m)| m).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "id": user_id,
+        "email": identity.session.email,
+        "name": identity.session.display_name,
+        "memberships": memberships,
+        "session": {
+            "created_at": identity.session.created_at.and_utc().to_rfc3339(),
+            "expires_at": identity.session.expires_at.and_utc().to_rfc3339(),
+        },
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Only paths on this site: `//evil.example` and `/\evil.example` are other sites to a browser.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+            path.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+/// `GET /login`.
+async fn login_page(
+    state: web::Data<AppState>,
+    page: Page,
+    query: web::Query<LoginQuery>,
+) -> Result<HttpResponse, AppError> {
+    let next = safe_next(query.next.as_deref());
+    if page.identity.is_some() {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, next))
+            .finish());
+    }
+    render_login(&state, &page, StatusCode::OK, "", &next, None)
+}
+
+fn render_login(
+    state: &AppState,
+    page: &Page,
+    status: StatusCode,
+    email: &str,
+    next: &str,
+    error: Option<&str>,
+) -> Result<HttpResponse, AppError> {
+    let mut context = page.context(state);
+    context.insert("email", email);
+    context.insert("next", next);
+    context.insert("error", &error);
+    let body = state.templates.render("auth/login.html", &context)?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    email: String,
+    password: String,
+    next: Option<String>,
+}
+
+/// `POST /login`: on success back to where the person was going; on failure the same page
+/// with the reason and the email they typed.
+async fn login_form(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    page: Page,
+    form: web::Form<LoginForm>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    let next = safe_next(form.next.as_deref());
+    match state
+        .login
+        .login(
+            &form.email,
+            SecretString::from(form.password),
+            &client(&request),
+        )
+        .await
+    {
+        Ok(session) => Ok(HttpResponse::SeeOther()
+            .cookie(identity::session_cookie(
+                &state,
+                session.token,
+                state.sessions.lifetime(),
+            ))
+            .insert_header((header::LOCATION, next))
+            .finish()),
+        Err(
+            error @ (LoginError::Hash(super::password::HashError::Failed(_))
+            | LoginError::Database(_)),
+        ) => Err(error.into()),
+        Err(error) => {
+            let message = error.to_string();
+            let status = actix_web::ResponseError::status_code(&AppError::from(error));
+            render_login(
+                &state,
+                &page,
+                status,
+                form.email.trim(),
+                &next,
+                Some(&message),
+            )
+        }
+    }
+}
+
+/// `POST /logout`.
+async fn logout_form(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    page: Page,
+) -> Result<HttpResponse, AppError> {
+    if let Some(identity) = &page.identity {
+        end_session(&state, &request, identity).await?;
+    }
+    Ok(HttpResponse::SeeOther()
+        .cookie(identity::expired_session_cookie(&state))
+        .insert_header((header::LOCATION, "/"))
+        .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_local_paths_are_followed_after_sign_in() {
+        assert_eq!(safe_next(Some("/rooms/3?tab=files")), "/rooms/3?tab=files");
+        for hostile in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "evil",
+        ] {
+            assert_eq!(safe_next(Some(hostile)), "/", "{hostile}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}

@@ -1,0 +1,113 @@
+//! `Identity`: who is making this request. Handlers take it as an extractor; a request without
+//! a live session gets 401 (API) or is sent to the sign-in page (browser).
+//!
+//! Cookies: `__Host-conclave_session` over https (the prefix forces Secure, Path=/ and no
+//! Domain, so no subdomain can set or read it); plain `conclave_session` on http in
+//! development, where browsers refuse `__Host-` cookies. Always HttpOnly and SameSite=Lax.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::cookie::{Cookie, SameSite, time};
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, web};
+
+use super::sessions::SessionInfo;
+use crate::error::AppError;
+use crate::web::AppState;
+
+pub fn secure_cookies(state: &AppState) -> bool {
+    state.public_url.starts_with("https://")
+}
+
+pub fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-conclave_session"
+    } else {
+        "conclave_session"
+    }
+}
+
+/// The cookie that carries a new session's token.
+pub fn session_cookie(
+    state: &AppState,
+    token: String,
+    max_age: chrono::TimeDelta,
+) -> Cookie<'static> {
+    let secure = secure_cookies(state);
+    Cookie::build(session_cookie_name(secure), token)
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::seconds(max_age.num_seconds()))
+        .finish()
+}
+
+/// A cookie that makes the browser forget the session.
+pub fn expired_session_cookie(state: &AppState) -> Cookie<'static> {
+    let secure = secure_cookies(state);
+    let mut cookie = Cookie::build(session_cookie_name(secure), "")
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .finish();
+    cookie.make_removal();
+    cookie
+}
+
+/// The signed-in person behind a request.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub session: Arc<SessionInfo>,
+}
+
+impl Identity {
+    pub fn user_id(&self) -> i64 {
+        self.session.user_id
+    }
+}
+
+/// Resolves the session cookie, if any, to a live session.
+pub async fn resolve(request: &HttpRequest) -> Result<Option<Identity>, AppError> {
+    let Some(state) = request.app_data::<web::Data<AppState>>() else {
+        return Err(AppError::internal(anyhow::anyhow!(
+            "application state missing"
+        )));
+    };
+    let name = session_cookie_name(secure_cookies(state));
+    let Some(cookie) = request.cookie(name) else {
+        return Ok(None);
+    };
+    let session = state.sessions.resolve(cookie.value()).await?;
+    Ok(session.map(|session| Identity { session }))
+}
+
+impl FromRequest for Identity {
+    type Error = AppError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move {
+            resolve(&request)
+                .await?
+                .ok_or_else(|| AppError::Unauthenticated("Sign in first.".to_owned()))
+        })
+    }
+}
+
+/// `Option<Identity>` for pages that look different when signed in.
+pub struct MaybeIdentity(pub Option<Identity>);
+
+impl FromRequest for MaybeIdentity {
+    type Error = AppError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move { Ok(MaybeIdentity(resolve(&request).await?)) })
+    }
+}

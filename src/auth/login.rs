@@ -1,0 +1,358 @@
+//! Signing in with email and password.
+//!
+//! - Unknown email, wrong password and disabled account all give the same answer, after the
+//!   same work (a hash is verified even when there is no account), so neither the message nor
+//!   the timing tells an attacker which addresses exist.
+//! - After `accounts.lockout_threshold` failures in a row the account is locked for
+//!   `accounts.lockout_minutes` (never longer: an attacker cannot keep a person out) and its
+//!   owner is mailed. The lock, the audit event and the mail job commit together.
+//! - Each client IP gets `accounts.login_attempts_per_ip_per_minute` attempts (governor).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use chrono::{NaiveDateTime, Utc};
+use diesel::prelude::*;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use secrecy::SecretString;
+
+use super::password::HashError;
+use super::sessions::{NewSession, Sessions};
+use super::{Email, PasswordHasher};
+use crate::audit::{self, AuditEvent, events};
+use crate::db::{Db, DbError};
+use crate::jobs::Queue;
+use crate::mail::OutgoingMail;
+use crate::schema::users;
+use crate::settings::AccountSettings;
+use crate::web::Templates;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("Email or password is incorrect.")]
+    InvalidCredentials,
+    #[error("Too many failed sign-ins: this account is locked for {minutes} more minute(s).")]
+    Locked { minutes: i64 },
+    #[error("Please verify your email address first: follow the link in the mail we sent you.")]
+    EmailUnverified,
+    #[error(
+        "Too many sign-in attempts from your network; try again in {retry_after_secs} seconds."
+    )]
+    RateLimited { retry_after_secs: u64 },
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+/// Where a sign-in attempt came from, for rate limits and the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct LoginService {
+    db: Db,
+    hasher: PasswordHasher,
+    sessions: Sessions,
+    queue: Queue,
+    templates: Arc<Templates>,
+    settings: AccountSettings,
+    per_ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    dummy_hash: Arc<tokio::sync::OnceCell<String>>,
+}
+
+struct Candidate {
+    id: i64,
+    email: String,
+    password_hash: Option<String>,
+    verified: bool,
+    disabled: bool,
+    locked_until: Option<NaiveDateTime>,
+}
+
+impl LoginService {
+    pub fn new(
+        db: Db,
+        hasher: PasswordHasher,
+        sessions: Sessions,
+        queue: Queue,
+        templates: Arc<Templates>,
+        settings: AccountSettings,
+    ) -> Self {
+        let per_ip = NonZeroU32::new(settings.login_attempts_per_ip_per_minute)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
+        Self {
+            db,
+            hasher,
+            sessions,
+            queue,
+            templates,
+            settings,
+            per_ip,
+            dummy_hash: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        password: SecretString,
+        client: &Client,
+    ) -> Result<NewSession, LoginError> {
+        self.check_rate(client)?;
+        let email = Email::parse(email).ok();
+        let candidate = match &email {
+            Some(email) => self.find(email.clone()).await?,
+            None => None,
+        };
+        let now = Utc::now().naive_utc();
+        if let Some(Candidate {
+            locked_until: Some(until),
+            ..
+        }) = &candidate
+            && *until > now
+        {
+            let minutes = ((*until - now).num_seconds() + 59) / 60;
+            return Err(LoginError::Locked { minutes });
+        }
+        let stored = candidate.as_ref().and_then(|c| c.password_hash.clone());
+        let matches = match stored {
+            Some(hash) => self.hasher.verify(password, hash).await?,
+            None => {
+                // Same work as a real check, so timing does not reveal unknown addresses.
+                let dummy = self.dummy_hash().await?;
+                self.hasher.verify(password, dummy).await?;
+                false
+            }
+        };
+        let Some(user) = candidate else {
+            return Err(LoginError::InvalidCredentials);
+        };
+        if !matches || user.disabled {
+            self.record_failure(
+                &user,
+                client,
+                if user.disabled {
+                    "disabled"
+                } else {
+                    "password"
+                },
+            )
+            .await?;
+            return Err(LoginError::InvalidCredentials);
+        }
+        if self.settings.require_verified_email && !user.verified {
+            return Err(LoginError::EmailUnverified);
+        }
+        let session = self
+            .sessions
+            .create(
+                user.id,
+                client.ip.map(|ip| ip.to_string()),
+                client.user_agent.clone(),
+            )
+            .await?;
+        let (user_id, ip, user_agent) = (
+            user.id,
+            client.ip.map(|ip| ip.to_string()),
+            client.user_agent.clone(),
+        );
+        self.db
+            .run(move |conn| {
+                let now = Utc::now().naive_utc();
+                conn.transaction(|tx| {
+                    diesel::update(users::table.find(user_id))
+                        .set((
+                            users::failed_logins.eq(0),
+                            users::locked_until.eq(None::<NaiveDateTime>),
+                        ))
+                        .execute(tx)?;
+                    audit::record(
+                        tx,
+                        &AuditEvent {
+                            event: events::LOGIN_SUCCEEDED,
+                            actor_user_id: Some(user_id),
+                            subject: Some(format!("user:{user_id}")),
+                            ip,
+                            user_agent,
+                            ..AuditEvent::default()
+                        },
+                        now,
+                    )
+                })
+                .map_err(DbError::from)
+            })
+            .await?;
+        Ok(session)
+    }
+
+    fn check_rate(&self, client: &Client) -> Result<(), LoginError> {
+        let (Some(limiter), Some(ip)) = (&self.per_ip, client.ip) else {
+            return Ok(());
+        };
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&ip).map_err(|not_until| {
+            metrics::counter!("rate_limited_total", "scope" => "login").increment(1);
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            LoginError::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            }
+        })
+    }
+
+    async fn dummy_hash(&self) -> Result<String, HashError> {
+        self.dummy_hash
+            .get_or_try_init(|| async {
+                let mut bytes = [0u8; 24];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+                let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                self.hasher.hash(SecretString::from(random)).await
+            })
+            .await
+            .cloned()
+    }
+
+    async fn find(&self, email: Email) -> Result<Option<Candidate>, DbError> {
+        self.db
+            .run(move |conn| {
+                type Row = (
+                    i64,
+                    String,
+                    Option<String>,
+                    Option<NaiveDateTime>,
+                    Option<NaiveDateTime>,
+                    Option<NaiveDateTime>,
+                );
+                let row: Option<Row> = users::table
+                    .filter(users::email.eq(email.as_str()))
+                    .select((
+                        users::id,
+                        users::email,
+                        users::password_hash,
+                        users::email_verified_at,
+                        users::disabled_at,
+                        users::locked_until,
+                    ))
+                    .first(conn)
+                    .optional()?;
+                Ok(row.map(
+                    |(id, email, password_hash, verified_at, disabled_at, locked_until)| {
+                        Candidate {
+                            id,
+                            email,
+                            password_hash,
+                            verified: verified_at.is_some(),
+                            disabled: disabled_at.is_some(),
+                            locked_until,
+                        }
+                    },
+                ))
+            })
+            .await
+    }
+
+    /// Counts a failure; the one that reaches the threshold locks the account, records it and
+    /// queues the notification, all in one transaction.
+    async fn record_failure(
+        &self,
+        user: &Candidate,
+        client: &Client,
+        reason: &'static str,
+    ) -> Result<(), DbError> {
+        let (user_id, email) = (user.id, user.email.clone());
+        let threshold = self.settings.lockout_threshold;
+        let lock_for = chrono::TimeDelta::try_minutes(
+            i64::try_from(self.settings.lockout_minutes).unwrap_or(15),
+        )
+        .unwrap_or(chrono::TimeDelta::MAX);
+        let (ip, user_agent) = (
+            client.ip.map(|ip| ip.to_string()),
+            client.user_agent.clone(),
+        );
+        let lock_mail = self.lockout_mail(&email, self.settings.lockout_minutes);
+        let queue = self.queue.clone();
+        let locked = self
+            .db
+            .run(move |conn| {
+                let now = Utc::now().naive_utc();
+                conn.transaction(|tx| {
+                    let failures: i32 = diesel::update(users::table.find(user_id))
+                        .set(users::failed_logins.eq(users::failed_logins + 1))
+                        .returning(users::failed_logins)
+                        .get_result(tx)?;
+                    let event = |name: &'static str, details: serde_json::Value| AuditEvent {
+                        event: name,
+                        actor_user_id: None,
+                        subject: Some(format!("user:{user_id}")),
+                        ip: ip.clone(),
+                        user_agent: user_agent.clone(),
+                        details,
+                        ..AuditEvent::default()
+                    };
+                    audit::record(
+                        tx,
+                        &event(
+                            events::LOGIN_FAILED,
+                            serde_json::json!({ "reason": reason, "failures": failures }),
+                        ),
+                        now,
+                    )?;
+                    if failures < threshold {
+                        return Ok::<_, DbError>(false);
+                    }
+                    let until = now
+                        .checked_add_signed(lock_for)
+                        .unwrap_or(NaiveDateTime::MAX);
+                    diesel::update(users::table.find(user_id))
+                        .set((
+                            users::failed_logins.eq(0),
+                            users::locked_until.eq(Some(until)),
+                        ))
+                        .execute(tx)?;
+                    audit::record(
+                        tx,
+                        &event(
+                            events::ACCOUNT_LOCKED,
+                            serde_json::json!({ "until": until.and_utc().to_rfc3339() }),
+                        ),
+                        now,
+                    )?;
+                    if let Some(mail) = lock_mail.and_then(|mail| mail.into_job().ok()) {
+                        queue.enqueue_in(tx, &mail)?;
+                    }
+                    Ok(true)
+                })
+            })
+            .await?;
+        if locked {
+            metrics::counter!("account_lockouts_total").increment(1);
+            self.queue.wake();
+        }
+        Ok(())
+    }
+
+    fn lockout_mail(&self, email: &str, minutes: u64) -> Option<OutgoingMail> {
+        let mut context = tera::Context::new();
+        context.insert("minutes", &minutes);
+        let render = |name: &str| match self.templates.render(name, &context) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                tracing::error!(error = ?e, template = name, "cannot render the lockout mail");
+                None
+            }
+        };
+        Some(OutgoingMail {
+            to: email.to_owned(),
+            subject: render("mail/lockout/subject.txt")?.trim().to_owned(),
+            text: render("mail/lockout/body.txt")?,
+            html: None,
+        })
+    }
+}

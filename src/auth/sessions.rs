@@ -1,0 +1,308 @@
+//! Server-side sessions. The browser holds a random 256-bit token in a cookie; the database
+//! holds only its SHA-256, so a leaked database or backup does not yield working cookies.
+//!
+//! A moka cache (bounded, short TTL) sits in front of the table so resolving a session costs
+//! no query on most requests. Revocation clears this node's cache at once; other nodes notice
+//! within the cache TTL (`CACHE_TTL`).
+//!
+//! Expiry is both idle (`sessions.idle_timeout_hours` since last seen) and absolute
+//! (`sessions.lifetime_days` since sign-in). `last_seen_at` is written at most once a minute per
+//! session, not on every request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{NaiveDateTime, Utc};
+use diesel::prelude::*;
+use rand::RngCore as _;
+use sha2::Digest as _;
+
+use crate::db::{Db, DbError};
+use crate::schema::{sessions, users};
+use crate::settings::SessionSettings;
+
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+const CACHE_CAPACITY: u64 = 100_000;
+const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// What a resolved session says about its user.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: String,
+    pub user_id: i64,
+    pub email: String,
+    pub display_name: String,
+    pub created_at: NaiveDateTime,
+    pub last_seen_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+}
+
+/// A session row, for the "my sessions" listing.
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = sessions)]
+pub struct SessionRow {
+    #[serde(skip)]
+    pub id: String,
+    pub created_at: NaiveDateTime,
+    pub last_seen_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A session joined with its user, as `load` reads it.
+#[derive(Queryable)]
+struct LiveSession {
+    user_id: i64,
+    created_at: NaiveDateTime,
+    last_seen_at: NaiveDateTime,
+    expires_at: NaiveDateTime,
+    email: String,
+    display_name: String,
+    disabled_at: Option<NaiveDateTime>,
+}
+
+#[derive(Clone)]
+pub struct Sessions {
+    db: Db,
+    cache: moka::future::Cache<String, Arc<SessionInfo>>,
+    idle: chrono::TimeDelta,
+    lifetime: chrono::TimeDelta,
+}
+
+/// The token that goes into the cookie, shown to the client once.
+pub struct NewSession {
+    pub token: String,
+    pub info: SessionInfo,
+}
+
+/// SHA-256 of a token, hex: the session's id in the database.
+pub fn token_id(token: &str) -> String {
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Sessions {
+    pub fn new(db: Db, settings: &SessionSettings) -> Self {
+        let hours = i64::try_from(settings.idle_timeout_hours).unwrap_or(i64::MAX / 7_200_000);
+        let days = i64::try_from(settings.lifetime_days).unwrap_or(i64::MAX / 172_800_000);
+        Self {
+            db,
+            cache: moka::future::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .build(),
+            idle: chrono::TimeDelta::try_hours(hours).unwrap_or(chrono::TimeDelta::MAX),
+            lifetime: chrono::TimeDelta::try_days(days).unwrap_or(chrono::TimeDelta::MAX),
+        }
+    }
+
+    pub fn lifetime(&self) -> chrono::TimeDelta {
+        self.lifetime
+    }
+
+    /// Starts a session for `user_id`. Call after the credentials were checked.
+    pub async fn create(
+        &self,
+        user_id: i64,
+        ip: Option<String>,
+        user_agent: Option<String>,
+    ) -> Result<NewSession, DbError> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let id = token_id(&token);
+        let lifetime = self.lifetime;
+        let info = self
+            .db
+            .run(move |conn| {
+                let now = Utc::now().naive_utc();
+                let expires_at = now
+                    .checked_add_signed(lifetime)
+                    .unwrap_or(NaiveDateTime::MAX);
+                diesel::insert_into(sessions::table)
+                    .values((
+                        sessions::id.eq(&id),
+                        sessions::user_id.eq(user_id),
+                        sessions::created_at.eq(now),
+                        sessions::last_seen_at.eq(now),
+                        sessions::expires_at.eq(expires_at),
+                        sessions::ip.eq(ip),
+                        sessions::user_agent.eq(user_agent),
+                    ))
+                    .execute(conn)?;
+                let (email, display_name): (String, String) = users::table
+                    .find(user_id)
+                    .select((users::email, users::display_name))
+                    .first(conn)?;
+                Ok::<_, DbError>(SessionInfo {
+                    id,
+                    user_id,
+                    email,
+                    display_name,
+                    created_at: now,
+                    last_seen_at: now,
+                    expires_at,
+                })
+            })
+            .await?;
+        self.cache
+            .insert(info.id.clone(), Arc::new(info.clone()))
+            .await;
+        Ok(NewSession { token, info })
+    }
+
+    /// The live session a cookie token belongs to, if any. Expired sessions are deleted.
+    pub async fn resolve(&self, token: &str) -> Result<Option<Arc<SessionInfo>>, DbError> {
+        let id = token_id(token);
+        let now = Utc::now().naive_utc();
+        if let Some(info) = self.cache.get(&id).await {
+            if self.is_live(&info, now) {
+                if now - info.last_seen_at >= TOUCH_EVERY {
+                    return self.load(id, now).await;
+                }
+                return Ok(Some(info));
+            }
+            self.cache.invalidate(&id).await;
+        }
+        self.load(id, now).await
+    }
+
+    fn is_live(&self, info: &SessionInfo, now: NaiveDateTime) -> bool {
+        now < info.expires_at && now - info.last_seen_at < self.idle
+    }
+
+    /// Reads the session from the database (refreshing `last_seen_at`), or deletes it if it
+    /// has expired, or the user is disabled.
+    async fn load(
+        &self,
+        id: String,
+        now: NaiveDateTime,
+    ) -> Result<Option<Arc<SessionInfo>>, DbError> {
+        let idle = self.idle;
+        let key = id.clone();
+        let found = self
+            .db
+            .run(move |conn| {
+                let row: Option<LiveSession> = sessions::table
+                    .inner_join(users::table)
+                    .filter(sessions::id.eq(&id))
+                    .select((
+                        sessions::user_id,
+                        sessions::created_at,
+                        sessions::last_seen_at,
+                        sessions::expires_at,
+                        users::email,
+                        users::display_name,
+                        users::disabled_at,
+                    ))
+                    .first(conn)
+                    .optional()?;
+                let Some(LiveSession {
+                    user_id,
+                    created_at,
+                    last_seen_at,
+                    expires_at,
+                    email,
+                    display_name,
+                    disabled_at,
+                }) = row
+                else {
+                    return Ok::<_, DbError>(None);
+                };
+                if now >= expires_at || now - last_seen_at >= idle || disabled_at.is_some() {
+                    diesel::delete(sessions::table.find(&id)).execute(conn)?;
+                    return Ok(None);
+                }
+                diesel::update(sessions::table.find(&id))
+                    .set(sessions::last_seen_at.eq(now))
+                    .execute(conn)?;
+                Ok(Some(SessionInfo {
+                    id,
+                    user_id,
+                    email,
+                    display_name,
+                    created_at,
+                    last_seen_at: now,
+                    expires_at,
+                }))
+            })
+            .await?;
+        match found {
+            Some(info) => {
+                let info = Arc::new(info);
+                self.cache.insert(key, info.clone()).await;
+                Ok(Some(info))
+            }
+            None => {
+                self.cache.invalidate(&key).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ends one session (sign-out or revoke). Returns whether it existed.
+    pub async fn revoke(&self, id: &str) -> Result<bool, DbError> {
+        let target = id.to_owned();
+        let deleted = self
+            .db
+            .run(move |conn| {
+                diesel::delete(sessions::table.find(&target))
+                    .execute(conn)
+                    .map_err(DbError::from)
+            })
+            .await?;
+        self.cache.invalidate(id).await;
+        Ok(deleted > 0)
+    }
+
+    /// Ends every session of `user_id` except `keep` (password change, "sign out elsewhere").
+    pub async fn revoke_all_for_user(
+        &self,
+        user_id: i64,
+        keep: Option<&str>,
+    ) -> Result<usize, DbError> {
+        let keep = keep.map(str::to_owned);
+        let ids: Vec<String> = self
+            .db
+            .run(move |conn| {
+                let mut query = sessions::table
+                    .filter(sessions::user_id.eq(user_id))
+                    .select(sessions::id)
+                    .into_boxed();
+                if let Some(keep) = &keep {
+                    query = query.filter(sessions::id.ne(keep.clone()));
+                }
+                let ids: Vec<String> = query.load(conn)?;
+                diesel::delete(sessions::table.filter(sessions::id.eq_any(&ids))).execute(conn)?;
+                Ok::<_, DbError>(ids)
+            })
+            .await?;
+        for id in &ids {
+            self.cache.invalidate(id).await;
+        }
+        Ok(ids.len())
+    }
+
+    /// The live sessions of a user, newest first.
+    pub async fn list_for_user(&self, user_id: i64) -> Result<Vec<SessionRow>, DbError> {
+        self.db
+            .run(move |conn| {
+                sessions::table
+                    .filter(sessions::user_id.eq(user_id))
+                    .filter(sessions::expires_at.gt(Utc::now().naive_utc()))
+                    .order(sessions::created_at.desc())
+                    .select(SessionRow::as_select())
+                    .load(conn)
+                    .map_err(DbError::from)
+            })
+            .await
+    }
+
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
