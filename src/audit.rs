@@ -18,6 +18,7 @@ pub mod events {
     pub const LOGIN_FAILED: &str = "login.failed";
     pub const ACCOUNT_LOCKED: &str = "account.locked";
     pub const LOGOUT: &str = "logout";
+    pub const EMAIL_VERIFIED: &str = "email.verified";
 }
 
 /// An event to record. `subject` names what it is about, e.g. `user:42`.

@@ -215,6 +215,44 @@ impl Db {
     }
 }
 
+/// Runs `work` in a transaction that will write. On SQLite it starts with `BEGIN IMMEDIATE`,
+/// taking the write lock before the first read: a plain (deferred) transaction that reads and
+/// then writes fails with "database is locked" whenever another writer committed in between
+/// (a WAL snapshot conflict, which the busy timeout does not cover). Nested calls become
+/// savepoints. On PostgreSQL it is an ordinary transaction.
+pub fn write_transaction<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    type Manager = <DbConnection as Connection>::TransactionManager;
+    let nested = Manager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .map_err(E::from)?
+        .is_some();
+    let DbConnection::Sqlite(sqlite) = conn else {
+        return conn.transaction(work);
+    };
+    if nested {
+        return conn.transaction(work);
+    }
+    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE").map_err(E::from)?;
+    match work(conn) {
+        Ok(value) => match Manager::commit_transaction(conn) {
+            Ok(()) => Ok(value),
+            Err(error) => {
+                let _ = Manager::rollback_transaction(conn);
+                Err(error.into())
+            }
+        },
+        Err(error) => {
+            Manager::rollback_transaction(conn).map_err(E::from)?;
+            Err(error)
+        }
+    }
+}
+
 /// Applies the backend's migrations. On PostgreSQL several nodes may start at once, so the
 /// migration runs under an advisory lock; the loser finds nothing left to do.
 pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<Vec<String>> {

@@ -30,6 +30,31 @@ pub struct OutgoingMail {
 }
 
 impl OutgoingMail {
+    /// Renders `templates/mail/<name>/` (`subject.txt`, `body.txt`, optional `body.html`).
+    pub fn compose(
+        templates: &crate::web::Templates,
+        name: &str,
+        to: &str,
+        context: &tera::Context,
+    ) -> anyhow::Result<Self> {
+        let render = |part: &str| {
+            templates
+                .render(&format!("mail/{name}/{part}"), context)
+                .map_err(|e| anyhow::anyhow!("mail template {name}/{part}: {e:?}"))
+        };
+        let html_name = format!("mail/{name}/body.html");
+        Ok(Self {
+            to: to.to_owned(),
+            subject: render("subject.txt")?.trim().to_owned(),
+            text: render("body.txt")?,
+            html: if templates.has(&html_name) {
+                Some(render("body.html")?)
+            } else {
+                None
+            },
+        })
+    }
+
     pub fn into_job(self) -> anyhow::Result<NewJob> {
         NewJob::new(SEND_MAIL_JOB, &self)
     }

@@ -58,6 +58,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    email_tokens (id) {
+        id -> Text,
+        user_id -> BigInt,
+        purpose -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     memberships (tenant_id, user_id) {
         tenant_id -> BigInt,
         user_id -> BigInt,
@@ -83,11 +94,13 @@ diesel::table! {
 diesel::joinable!(memberships -> tenants (tenant_id));
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(email_tokens -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     tenants,
     users,
     sessions,
+    email_tokens,
     memberships,
     audit_events
 );

@@ -94,6 +94,10 @@ pub struct AccountSettings {
     pub hash_concurrency: usize,
     /// Hashes that may wait for a slot; beyond that, sign-ins are refused with 429 at once.
     pub hash_queue: usize,
+    /// People may create their own accounts at /signup.
+    pub signup_enabled: bool,
+    /// How long an email verification link works.
+    pub verification_link_hours: u64,
     /// Accounts whose email address is not verified cannot sign in.
     pub require_verified_email: bool,
     /// Failed sign-ins in a row that lock an account.
@@ -128,6 +132,8 @@ impl Default for AccountSettings {
             password_min_length: 10,
             hash_concurrency: 0,
             hash_queue: 32,
+            signup_enabled: true,
+            verification_link_hours: 24,
             require_verified_email: true,
             lockout_threshold: 5,
             lockout_minutes: 15,
@@ -525,6 +531,12 @@ impl Settings {
                 self.accounts.lockout_minutes,
                 1,
                 7 * 24 * 60,
+            ),
+            (
+                "accounts.verification_link_hours",
+                self.accounts.verification_link_hours,
+                1,
+                24 * 30,
             ),
             (
                 "sessions.idle_timeout_hours",

@@ -77,7 +77,7 @@ impl Application {
         );
         let login = LoginService::new(
             db.clone(),
-            hasher,
+            hasher.clone(),
             sessions.clone(),
             queue.clone(),
             templates.clone(),
@@ -91,8 +91,17 @@ impl Application {
         })?;
         let bound = listener.local_addr()?;
         let port = bound.port();
+        let public_url = settings.public_url(bound);
+        let signup = crate::auth::signup::SignupService::new(
+            db.clone(),
+            hasher,
+            queue.clone(),
+            templates.clone(),
+            settings.accounts.clone(),
+            public_url.clone(),
+        );
         let state = web::Data::new(AppState {
-            public_url: settings.public_url(bound),
+            public_url,
             master_key,
             settings: settings.clone(),
             db,
@@ -104,6 +113,7 @@ impl Application {
             ),
             sessions,
             login,
+            signup,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

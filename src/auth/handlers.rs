@@ -6,8 +6,11 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::email_tokens::TokenError;
 use super::identity::{self, Identity};
 use super::login::{Client, LoginError};
+use super::password::HashError;
+use super::signup::SignupError;
 use crate::audit::{self, AuditEvent, events};
 use crate::db::DbError;
 use crate::error::AppError;
@@ -23,7 +26,217 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/auth/logout").route(web::post().to(api_logout)))
         .service(get("/api/v1/me", api_me))
         .service(get("/login", login_page).route(web::post().to(login_form)))
-        .service(resource("/logout").route(web::post().to(logout_form)));
+        .service(resource("/logout").route(web::post().to(logout_form)))
+        .service(resource("/api/v1/auth/signup").route(web::post().to(api_signup)))
+        .service(resource("/api/v1/auth/verify").route(web::post().to(api_verify)))
+        .service(get("/signup", signup_page).route(web::post().to(signup_form)))
+        .service(get("/verify", verify_page));
+}
+
+impl From<SignupError> for AppError {
+    fn from(error: SignupError) -> Self {
+        match error {
+            SignupError::Invalid(message) => AppError::BadRequest(message),
+            SignupError::Closed => AppError::Forbidden(SignupError::Closed.to_string()),
+            SignupError::Hash(HashError::Busy) => AppError::RateLimited {
+                retry_after_secs: Some(1),
+            },
+            other => AppError::internal(anyhow::anyhow!("{other}")),
+        }
+    }
+}
+
+const SIGNUP_SENT: &str = "If this address can receive mail, a message is on its way: follow the link in it to confirm your address, then sign in.";
+
+#[derive(Deserialize)]
+pub struct SignupRequest {
+    email: String,
+    password: String,
+    name: Option<String>,
+}
+
+/// `POST /api/v1/auth/signup`: 202 whether or not the address already had an account.
+async fn api_signup(
+    state: web::Data<AppState>,
+    body: web::Json<SignupRequest>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    state
+        .signup
+        .sign_up(
+            &body.email,
+            SecretString::from(body.password),
+            body.name.as_deref(),
+        )
+        .await?;
+    Ok(HttpResponse::Accepted()
+        .json(json!({ "status": "verification_sent", "detail": SIGNUP_SENT })))
+}
+
+#[derive(Deserialize)]
+pub struct VerifyRequest {
+    token: String,
+}
+
+fn token_problem(error: TokenError) -> AppError {
+    let (status, code) = match error {
+        TokenError::Unknown => (StatusCode::BAD_REQUEST, "invalid_token"),
+        TokenError::Used => (StatusCode::GONE, "token_used"),
+        TokenError::Expired => (StatusCode::GONE, "token_expired"),
+    };
+    AppError::Coded {
+        status,
+        code,
+        message: error.to_string(),
+        retry_after_secs: None,
+    }
+}
+
+/// `POST /api/v1/auth/verify`: `{"token"}` from the verification link.
+async fn api_verify(
+    state: web::Data<AppState>,
+    body: web::Json<VerifyRequest>,
+) -> Result<HttpResponse, AppError> {
+    match state.signup.verify(body.into_inner().token).await? {
+        Ok(email) => Ok(HttpResponse::Ok().json(json!({ "status": "verified", "email": email }))),
+        Err(error) => Err(token_problem(error)),
+    }
+}
+
+/// `GET /signup`.
+async fn signup_page(state: web::Data<AppState>, page: Page) -> Result<HttpResponse, AppError> {
+    if page.identity.is_some() {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/"))
+            .finish());
+    }
+    render_signup(&state, &page, StatusCode::OK, "", "", None)
+}
+
+fn render_signup(
+    state: &AppState,
+    page: &Page,
+    status: StatusCode,
+    name: &str,
+    email: &str,
+    error: Option<&str>,
+) -> Result<HttpResponse, AppError> {
+    let mut context = page.context(state);
+    context.insert("name", name);
+    context.insert("email", email);
+    context.insert("error", &error);
+    context.insert("min_length", &state.settings.accounts.password_min_length);
+    let body = state.templates.render("auth/signup.html", &context)?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+fn render_message(
+    state: &AppState,
+    page: &Page,
+    status: StatusCode,
+    heading: &str,
+    message: &str,
+    action: Option<(&str, &str)>,
+) -> Result<HttpResponse, AppError> {
+    let mut context = page.context(state);
+    context.insert("heading", heading);
+    context.insert("message", message);
+    context.insert("action_url", &action.map(|(url, _)| url));
+    context.insert("action_label", &action.map(|(_, label)| label));
+    let body = state.templates.render("auth/message.html", &context)?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+#[derive(Deserialize)]
+pub struct SignupForm {
+    email: String,
+    password: String,
+    name: Option<String>,
+}
+
+/// `POST /signup`: "check your inbox", or the form again with the problem and what was typed.
+async fn signup_form(
+    state: web::Data<AppState>,
+    page: Page,
+    form: web::Form<SignupForm>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    let name = form.name.clone().unwrap_or_default();
+    let outcome = state
+        .signup
+        .sign_up(
+            &form.email,
+            SecretString::from(form.password),
+            form.name.as_deref(),
+        )
+        .await;
+    match outcome {
+        Ok(()) => render_message(
+            &state,
+            &page,
+            StatusCode::OK,
+            "Check your inbox",
+            SIGNUP_SENT,
+            None,
+        ),
+        Err(
+            error @ (SignupError::Invalid(_)
+            | SignupError::Closed
+            | SignupError::Hash(HashError::Busy)),
+        ) => {
+            let message = error.to_string();
+            let status = actix_web::ResponseError::status_code(&AppError::from(error));
+            render_signup(
+                &state,
+                &page,
+                status,
+                name.trim(),
+                form.email.trim(),
+                Some(&message),
+            )
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct VerifyQuery {
+    token: Option<String>,
+}
+
+/// `GET /verify?token=…`: the link from the verification mail.
+async fn verify_page(
+    state: web::Data<AppState>,
+    page: Page,
+    query: web::Query<VerifyQuery>,
+) -> Result<HttpResponse, AppError> {
+    let token = query.into_inner().token.unwrap_or_default();
+    match state.signup.verify(token).await? {
+        Ok(_) => render_message(
+            &state,
+            &page,
+            StatusCode::OK,
+            "Address confirmed",
+            "Thank you: your email address is confirmed and your account is ready.",
+            Some(("/login", "Sign in")),
+        ),
+        Err(error) => {
+            let status = actix_web::ResponseError::status_code(&token_problem(error));
+            let message = error.to_string();
+            render_message(
+                &state,
+                &page,
+                status,
+                "This link does not work",
+                &message,
+                Some(("/login", "Go to sign in")),
+            )
+        }
+    }
 }
 
 fn client(request: &HttpRequest) -> Client {

@@ -165,7 +165,7 @@ impl LoginService {
         self.db
             .run(move |conn| {
                 let now = Utc::now().naive_utc();
-                conn.transaction(|tx| {
+                crate::db::write_transaction(conn, |tx| {
                     diesel::update(users::table.find(user_id))
                         .set((
                             users::failed_logins.eq(0),
@@ -282,7 +282,7 @@ impl LoginService {
             .db
             .run(move |conn| {
                 let now = Utc::now().naive_utc();
-                conn.transaction(|tx| {
+                crate::db::write_transaction(conn, |tx| {
                     let failures: i32 = diesel::update(users::table.find(user_id))
                         .set(users::failed_logins.eq(users::failed_logins + 1))
                         .returning(users::failed_logins)
@@ -341,18 +341,8 @@ impl LoginService {
     fn lockout_mail(&self, email: &str, minutes: u64) -> Option<OutgoingMail> {
         let mut context = tera::Context::new();
         context.insert("minutes", &minutes);
-        let render = |name: &str| match self.templates.render(name, &context) {
-            Ok(text) => Some(text),
-            Err(e) => {
-                tracing::error!(error = ?e, template = name, "cannot render the lockout mail");
-                None
-            }
-        };
-        Some(OutgoingMail {
-            to: email.to_owned(),
-            subject: render("mail/lockout/subject.txt")?.trim().to_owned(),
-            text: render("mail/lockout/body.txt")?,
-            html: None,
-        })
+        OutgoingMail::compose(&self.templates, "lockout", email, &context)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot compose the lockout mail"))
+            .ok()
     }
 }

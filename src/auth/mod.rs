@@ -5,11 +5,13 @@
 //! module; other modules will reach it only through the `Identity` seam.
 
 mod email;
+pub mod email_tokens;
 pub mod handlers;
 pub mod identity;
 pub mod login;
 pub mod password;
 pub mod sessions;
+pub mod signup;
 pub mod users;
 
 pub use email::Email;

@@ -76,7 +76,7 @@ pub enum CreateUserError {
 /// Creates the user and their membership in the default tenant, in one transaction. The
 /// first member of a tenant without an owner becomes its owner.
 pub fn create(conn: &mut DbConnection, new: NewUser) -> Result<(User, Role), CreateUserError> {
-    conn.transaction(|tx| {
+    crate::db::write_transaction(conn, |tx| {
         let now = Utc::now().naive_utc();
         let tenant_id = tenancy::default_tenant_id(tx)?;
         tenancy::lock_tenant(tx, tenant_id)?;
@@ -164,7 +164,7 @@ pub fn set_disabled(
     disabled: bool,
     actor_user_id: Option<i64>,
 ) -> QueryResult<Option<bool>> {
-    conn.transaction(|tx| {
+    crate::db::write_transaction(conn, |tx| {
         let Some(user) = find_by_email(tx, email)? else {
             return Ok(None);
         };

@@ -36,6 +36,7 @@ pub struct AppState {
     pub client_errors: client_errors::ClientErrorLimiter,
     pub sessions: crate::auth::sessions::Sessions,
     pub login: crate::auth::login::LoginService,
+    pub signup: crate::auth::signup::SignupService,
 }
 
 /// A resource that answers 405 (as a problem document) for methods it does not route.

@@ -42,6 +42,10 @@ impl Templates {
         Ok(Self { tera })
     }
 
+    pub fn has(&self, name: &str) -> bool {
+        self.tera.get_template_names().any(|known| known == name)
+    }
+
     pub fn render(&self, name: &str, context: &tera::Context) -> Result<String, AppError> {
         self.tera.render(name, context).map_err(|e| {
             AppError::internal(anyhow::anyhow!("cannot render {name}: {}", describe(&e)))

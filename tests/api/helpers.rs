@@ -278,6 +278,57 @@ pub fn migration_count() -> usize {
         .count()
 }
 
+/// The mails dropped by the file transport, oldest first, with quoted-printable undone.
+pub fn read_mails(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort_by_key(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok());
+    files
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|raw| decode_quoted_printable(&raw))
+        .collect()
+}
+
+fn decode_quoted_printable(text: &str) -> String {
+    let joined = text.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits for a mail to `to` whose text contains `needle`, and returns it.
+pub async fn wait_for_mail(app: &TestApp, to: &str, needle: &str) -> String {
+    let dir = app.data_dir.path().join("mail");
+    let to_line = format!("To: {to}");
+    eventually(Duration::from_secs(10), || {
+        let dir = dir.clone();
+        let (to_line, needle) = (to_line.clone(), needle.to_owned());
+        async move {
+            read_mails(&dir)
+                .into_iter()
+                .find(|m| m.contains(&to_line) && m.contains(&needle))
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no mail to {to} containing {needle:?}"))
+}
+
 /// Waits until job `id` satisfies `done`; panics with the job's last state otherwise.
 pub async fn wait_for_job(
     queue: &conclave::jobs::Queue,

@@ -18,4 +18,5 @@ mod mail;
 mod packaging;
 mod schema;
 mod settings;
+mod signup;
 mod web;

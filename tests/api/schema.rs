@@ -65,7 +65,9 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// Column names of every `table!` in src/schema.rs, read from the SQL diesel generates for a
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
-    use conclave::schema::{audit_events, jobs, memberships, sessions, tenants, users};
+    use conclave::schema::{
+        audit_events, email_tokens, jobs, memberships, sessions, tenants, users,
+    };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
         sql.split(&marker)
@@ -84,7 +86,15 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
             )),*]
         };
     }
-    table_columns!(jobs, tenants, users, sessions, memberships, audit_events)
+    table_columns!(
+        jobs,
+        tenants,
+        users,
+        sessions,
+        email_tokens,
+        memberships,
+        audit_events
+    )
 }
 
 #[test]
