@@ -67,6 +67,13 @@ impl Application {
         let queue = Queue::new(db.clone(), settings.jobs.max_attempts);
         let mut registry = JobRegistry::default();
         crate::mail::register_jobs(&mut registry, mailer);
+        crate::auth::sweep::register_jobs(
+            &mut registry,
+            db.clone(),
+            queue.clone(),
+            settings.sessions.clone(),
+        );
+        crate::auth::sweep::schedule(&queue).await?;
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
 
         let templates = Arc::new(Templates::load(settings.templates.dir.as_deref())?);

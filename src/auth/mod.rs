@@ -12,6 +12,7 @@ pub mod login;
 pub mod password;
 pub mod sessions;
 pub mod signup;
+pub mod sweep;
 pub mod users;
 
 pub use email::Email;

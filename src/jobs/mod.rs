@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use diesel::RunQueryDsl as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -177,6 +178,37 @@ impl Queue {
 
     pub(crate) fn wake_signal(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// Makes sure one job of `kind` is waiting to run (at `run_at`), for recurring work such
+    /// as clean-ups. Safe to call from every node at start-up: the check and the insert happen
+    /// under a lock, so exactly one job is scheduled. A job rescheduling itself passes
+    /// `count_running = false`, since it is itself the running one.
+    pub fn ensure_scheduled_in(
+        &self,
+        conn: &mut DbConnection,
+        kind: &str,
+        run_at: DateTime<Utc>,
+        count_running: bool,
+    ) -> diesel::QueryResult<bool> {
+        crate::db::write_transaction(conn, |tx| {
+            if let DbConnection::Postgresql(pg) = tx {
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind::<diesel::sql_types::Text, _>(kind)
+                    .execute(pg)?;
+            }
+            if store::pending_of_kind(tx, kind, count_running)? {
+                return Ok(false);
+            }
+            let job = NewJob {
+                kind: kind.to_owned(),
+                payload: serde_json::Value::Null,
+                queue: DEFAULT_QUEUE.to_owned(),
+                run_at: Some(run_at),
+                max_attempts: None,
+            };
+            store::insert(tx, &job, self.default_max_attempts, Utc::now()).map(|_| true)
+        })
     }
 
     /// One job row, for admin pages and tests.

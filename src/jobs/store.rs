@@ -92,6 +92,24 @@ pub(super) fn insert(
         .get_result(conn)
 }
 
+/// Whether a job of `kind` is queued (or, with `count_running`, running).
+pub(super) fn pending_of_kind(
+    conn: &mut DbConnection,
+    kind: &str,
+    count_running: bool,
+) -> QueryResult<bool> {
+    let mut states = vec![JobState::Queued.as_str()];
+    if count_running {
+        states.push(JobState::Running.as_str());
+    }
+    diesel::select(diesel::dsl::exists(
+        jobs::table
+            .filter(jobs::kind.eq(kind))
+            .filter(jobs::state.eq_any(states)),
+    ))
+    .get_result(conn)
+}
+
 pub(super) fn find(conn: &mut DbConnection, id: i64) -> QueryResult<Option<JobRow>> {
     jobs::table
         .find(id)

@@ -19,4 +19,5 @@ mod packaging;
 mod schema;
 mod settings;
 mod signup;
+mod sweep;
 mod web;
