@@ -19,6 +19,7 @@ pub mod events {
     pub const ACCOUNT_LOCKED: &str = "account.locked";
     pub const LOGOUT: &str = "logout";
     pub const EMAIL_VERIFIED: &str = "email.verified";
+    pub const SESSION_REVOKED: &str = "session.revoked";
 }
 
 /// An event to record. `subject` names what it is about, e.g. `user:42`.

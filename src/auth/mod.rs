@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod identity;
 pub mod login;
 pub mod password;
+pub mod session_handlers;
 pub mod sessions;
 pub mod signup;
 pub mod sweep;

@@ -259,6 +259,25 @@ impl Sessions {
         Ok(deleted > 0)
     }
 
+    /// Ends session `id` if it belongs to `user_id`. Returns whether it did.
+    pub async fn revoke_own(&self, user_id: i64, id: &str) -> Result<bool, DbError> {
+        let target = id.to_owned();
+        let deleted = self
+            .db
+            .run(move |conn| {
+                diesel::delete(
+                    sessions::table
+                        .filter(sessions::id.eq(&target))
+                        .filter(sessions::user_id.eq(user_id)),
+                )
+                .execute(conn)
+                .map_err(DbError::from)
+            })
+            .await?;
+        self.cache.invalidate(id).await;
+        Ok(deleted > 0)
+    }
+
     /// Ends every session of `user_id` except `keep` (password change, "sign out elsewhere").
     pub async fn revoke_all_for_user(
         &self,

@@ -64,7 +64,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/metrics", crate::metrics::render))
         .service(get("/static/{path:.*}", assets::serve))
         .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)))
-        .configure(crate::auth::handlers::configure);
+        .configure(crate::auth::handlers::configure)
+        .configure(crate::auth::session_handlers::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

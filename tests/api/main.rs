@@ -17,6 +17,7 @@ mod login;
 mod mail;
 mod packaging;
 mod schema;
+mod sessions;
 mod settings;
 mod signup;
 mod sweep;

@@ -90,3 +90,29 @@ test('a page that needs a session sends the browser to sign in and then back', a
   assert.equal(me.memberships[0].role, 'owner');
   await context.close();
 });
+
+test('the security page shows where I am signed in and can sign out other devices', async () => {
+  const first = await fresh();
+  const second = await fresh();
+  for (const { page } of [first, second]) {
+    await page.goto(base + '/login');
+    await page.getByLabel('Email').fill(email);
+    await page.getByLabel('Password').fill(password);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.waitForURL(base + '/');
+  }
+  const { page } = first;
+  await page.getByRole('link', { name: 'Security' }).click();
+  await page.waitForURL(base + '/settings/security');
+  assert.equal(await page.locator('.session.current').count(), 1);
+  assert.ok(await page.locator('.session').count() >= 2);
+  await page.screenshot({ path: `${artifacts}security-${backend}.png`, fullPage: true });
+  await page.getByRole('button', { name: 'Sign out everywhere else' }).click();
+  await page.waitForURL(base + '/settings/security');
+  assert.equal(await page.locator('.session').count(), 1);
+  // The other browser has been signed out.
+  await second.page.goto(base + '/');
+  assert.equal(await second.page.getByRole('link', { name: 'Sign in' }).count(), 1);
+  await first.context.close();
+  await second.context.close();
+});
