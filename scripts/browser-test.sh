@@ -21,8 +21,11 @@ fi
 # A person to sign in as, created the way an operator would.
 export CONCLAVE_TEST_EMAIL="ada@example.com"
 export CONCLAVE_TEST_PASSWORD="correct horse battery staple"
-(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_TEST_EMAIL" \
-  --password "$CONCLAVE_TEST_PASSWORD" --name "Ada Lovelace" >/dev/null)
+export CONCLAVE_RESET_EMAIL="katherine@example.com"
+for who in "$CONCLAVE_TEST_EMAIL:Ada Lovelace" "$CONCLAVE_RESET_EMAIL:Katherine Johnson"; do
+  (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "${who%%:*}" \
+    --password "$CONCLAVE_TEST_PASSWORD" --name "${who#*:}" >/dev/null)
+done
 
 target/debug/conclave serve >"$data/server.log" 2>&1 &
 server=$!
@@ -50,4 +53,4 @@ fi
 
 export CONCLAVE_URL="http://127.0.0.1:$port"
 export CONCLAVE_BACKEND="$backend"
-node --test --test-reporter=spec tests/browser/
+node --test --test-concurrency=1 --test-reporter=spec tests/browser/

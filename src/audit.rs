@@ -20,6 +20,9 @@ pub mod events {
     pub const LOGOUT: &str = "logout";
     pub const EMAIL_VERIFIED: &str = "email.verified";
     pub const SESSION_REVOKED: &str = "session.revoked";
+    pub const PASSWORD_CHANGED: &str = "password.changed";
+    pub const PASSWORD_RESET_REQUESTED: &str = "password.reset_requested";
+    pub const PASSWORD_RESET: &str = "password.reset";
 }
 
 /// An event to record. `subject` names what it is about, e.g. `user:42`.

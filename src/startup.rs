@@ -9,9 +9,9 @@ use actix_web::dev::Server;
 use actix_web::{HttpServer, web};
 use anyhow::Context as _;
 
-use crate::auth::PasswordHasher;
 use crate::auth::login::LoginService;
 use crate::auth::sessions::Sessions;
+use crate::auth::{PasswordHasher, PasswordPolicy};
 use crate::db::Db;
 use crate::jobs::{JobRegistry, Queue, Runner, RunnerHandle};
 use crate::mail::{LettreMailer, Mailer};
@@ -99,6 +99,15 @@ impl Application {
         let bound = listener.local_addr()?;
         let port = bound.port();
         let public_url = settings.public_url(bound);
+        let passwords = crate::auth::passwords::PasswordService::new(
+            db.clone(),
+            hasher.clone(),
+            PasswordPolicy::new(settings.accounts.password_min_length),
+            sessions.clone(),
+            queue.clone(),
+            templates.clone(),
+            public_url.clone(),
+        );
         let signup = crate::auth::signup::SignupService::new(
             db.clone(),
             hasher,
@@ -121,6 +130,7 @@ impl Application {
             sessions,
             login,
             signup,
+            passwords,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

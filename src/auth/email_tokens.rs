@@ -70,16 +70,15 @@ pub fn issue(
     Ok(token)
 }
 
-/// Marks the token used and returns its user. Call inside the transaction that acts on it.
-pub fn consume(
+/// Checks a token without using it (to decide whether to show a form) and returns its user.
+pub fn peek(
     conn: &mut DbConnection,
     token: &str,
     purpose: Purpose,
     now: NaiveDateTime,
 ) -> QueryResult<Result<i64, TokenError>> {
-    let id = token_id(token.trim());
     let row: Option<(i64, NaiveDateTime, Option<NaiveDateTime>)> = email_tokens::table
-        .filter(email_tokens::id.eq(&id))
+        .filter(email_tokens::id.eq(token_id(token.trim())))
         .filter(email_tokens::purpose.eq(purpose.as_str()))
         .select((
             email_tokens::user_id,
@@ -88,15 +87,26 @@ pub fn consume(
         ))
         .first(conn)
         .optional()?;
-    let Some((user_id, expires_at, used_at)) = row else {
-        return Ok(Err(TokenError::Unknown));
+    Ok(match row {
+        None => Err(TokenError::Unknown),
+        Some((_, _, Some(_))) => Err(TokenError::Used),
+        Some((_, expires_at, None)) if now >= expires_at => Err(TokenError::Expired),
+        Some((user_id, _, None)) => Ok(user_id),
+    })
+}
+
+/// Marks the token used and returns its user. Call inside the transaction that acts on it.
+pub fn consume(
+    conn: &mut DbConnection,
+    token: &str,
+    purpose: Purpose,
+    now: NaiveDateTime,
+) -> QueryResult<Result<i64, TokenError>> {
+    let user_id = match peek(conn, token, purpose, now)? {
+        Ok(user_id) => user_id,
+        Err(e) => return Ok(Err(e)),
     };
-    if used_at.is_some() {
-        return Ok(Err(TokenError::Used));
-    }
-    if now >= expires_at {
-        return Ok(Err(TokenError::Expired));
-    }
+    let id = token_id(token.trim());
     // Guarded on `used_at IS NULL`, so of two concurrent uses only one wins.
     let marked = diesel::update(
         email_tokens::table

@@ -78,7 +78,7 @@ pub struct VerifyRequest {
     token: String,
 }
 
-fn token_problem(error: TokenError) -> AppError {
+pub(crate) fn token_problem(error: TokenError) -> AppError {
     let (status, code) = match error {
         TokenError::Unknown => (StatusCode::BAD_REQUEST, "invalid_token"),
         TokenError::Used => (StatusCode::GONE, "token_used"),
@@ -391,6 +391,8 @@ async fn api_me(state: web::Data<AppState>, identity: Identity) -> Result<HttpRe
 #[derive(Deserialize)]
 pub struct LoginQuery {
     next: Option<String>,
+    /// A message from the step before, e.g. `password_reset`.
+    notice: Option<String>,
 }
 
 /// Only paths on this site: `//evil.example` and `/\evil.example` are other sites to a browser.
@@ -415,7 +417,20 @@ async fn login_page(
             .insert_header((header::LOCATION, next))
             .finish());
     }
-    render_login(&state, &page, StatusCode::OK, "", &next, None)
+    let mut response = render_login(
+        &state,
+        &page,
+        StatusCode::OK,
+        "",
+        &next,
+        None,
+        query.notice.as_deref(),
+    )?;
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 fn render_login(
@@ -425,8 +440,10 @@ fn render_login(
     email: &str,
     next: &str,
     error: Option<&str>,
+    notice: Option<&str>,
 ) -> Result<HttpResponse, AppError> {
     let mut context = page.context(state);
+    context.insert("notice", &notice);
     context.insert("email", email);
     context.insert("next", next);
     context.insert("error", &error);
@@ -484,6 +501,7 @@ async fn login_form(
                 form.email.trim(),
                 &next,
                 Some(&message),
+                None,
             )
         }
     }

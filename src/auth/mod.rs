@@ -10,6 +10,8 @@ pub mod handlers;
 pub mod identity;
 pub mod login;
 pub mod password;
+pub mod password_handlers;
+pub mod passwords;
 pub mod session_handlers;
 pub mod sessions;
 pub mod signup;

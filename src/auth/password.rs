@@ -35,6 +35,18 @@ pub enum PolicyError {
     SameAsEmail,
 }
 
+impl PolicyError {
+    /// A stable code for the problem, for pages and clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooShort(_) => "too_short",
+            Self::TooLong => "too_long",
+            Self::Common => "common",
+            Self::SameAsEmail => "same_as_email",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PasswordPolicy {
     min_length: usize,

@@ -141,10 +141,16 @@ async fn revoke_other_sessions(
     Ok(HttpResponse::Ok().json(json!({ "revoked": revoked })))
 }
 
+#[derive(serde::Deserialize)]
+pub struct SecurityQuery {
+    notice: Option<String>,
+}
+
 async fn security_page(
     state: web::Data<AppState>,
     page: Page,
     identity: Identity,
+    query: web::Query<SecurityQuery>,
 ) -> Result<HttpResponse, AppError> {
     let rows = state.sessions.list_for_user(identity.user_id()).await?;
     let sessions: Vec<_> = rows
@@ -162,6 +168,8 @@ async fn security_page(
         .collect();
     let mut context = page.context(&state);
     context.insert("sessions", &sessions);
+    context.insert("notice", &query.notice);
+    context.insert("min_length", &state.settings.accounts.password_min_length);
     let body = state.templates.render("settings/security.html", &context)?;
     Ok(HttpResponse::build(StatusCode::OK)
         .content_type("text/html; charset=utf-8")

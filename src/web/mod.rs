@@ -37,6 +37,7 @@ pub struct AppState {
     pub sessions: crate::auth::sessions::Sessions,
     pub login: crate::auth::login::LoginService,
     pub signup: crate::auth::signup::SignupService,
+    pub passwords: crate::auth::passwords::PasswordService,
 }
 
 /// A resource that answers 405 (as a problem document) for methods it does not route.
@@ -65,7 +66,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/static/{path:.*}", assets::serve))
         .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)))
         .configure(crate::auth::handlers::configure)
-        .configure(crate::auth::session_handlers::configure);
+        .configure(crate::auth::session_handlers::configure)
+        .configure(crate::auth::password_handlers::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

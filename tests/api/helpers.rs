@@ -242,12 +242,16 @@ impl TestApp {
     }
 
     /// Signs in through the JSON API; the client keeps the session cookie.
+    /// (While already signed in, the request carries the CSRF token, as a page's script would.)
     pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
-        self.post_json(
-            "/api/v1/auth/login",
-            &serde_json::json!({ "email": email, "password": password }),
-        )
-        .await
+        let mut request = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "email": email, "password": password }));
+        if let Some(token) = self.cookie("conclave_csrf") {
+            request = request.header("X-CSRF-Token", token);
+        }
+        request.send().await.expect("request sent")
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {

@@ -16,6 +16,7 @@ mod jobs;
 mod login;
 mod mail;
 mod packaging;
+mod passwords;
 mod schema;
 mod sessions;
 mod settings;

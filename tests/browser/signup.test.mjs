@@ -27,6 +27,10 @@ after(async () => {
 
 /** Waits for the mail to `to` and returns its verification link (quoted-printable undone). */
 async function verificationLink(to) {
+  return linkInMail(to, /https?:\/\/\S+\/verify\?token=[A-Za-z0-9_-]+/);
+}
+
+async function linkInMail(to, pattern) {
   for (let i = 0; i < 100; i += 1) {
     let files = [];
     try { files = readdirSync(mailDir).filter((f) => f.endsWith('.eml')); } catch { /* not yet */ }
@@ -35,7 +39,7 @@ async function verificationLink(to) {
         .replace(/=\r?\n/g, '')
         .replace(/=([0-9A-F]{2})/g, (_, hex) => String.fromCharCode(parseInt(hex, 16)));
       if (raw.includes(`To: ${to}`)) {
-        const match = raw.match(/https?:\/\/\S+\/verify\?token=[A-Za-z0-9_-]+/);
+        const match = raw.match(pattern);
         if (match) return match[0];
       }
     }
@@ -76,5 +80,29 @@ test('a new person creates an account, confirms it from the mail, and signs in',
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.waitForURL(base + '/');
   assert.match(await page.locator('.signed-in').innerText(), /Grace Hopper/);
+  await context.close();
+});
+
+test('a person who forgot their password gets a link by mail and chooses a new one', async () => {
+  const email = process.env.CONCLAVE_RESET_EMAIL;
+  const newPassword = `a brand new passphrase for ${backend}`;
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  await page.goto(base + '/login');
+  await page.getByRole('link', { name: 'Forgot your password?' }).click();
+  await page.getByLabel('Email').fill(email);
+  await page.getByRole('button', { name: 'Send the link' }).click();
+  await page.waitForSelector('h1:has-text("Check your inbox")');
+
+  await page.goto(await linkInMail(email, /https?:\/\/\S+\/reset\?token=[A-Za-z0-9_-]+/));
+  await page.locator('#password').fill(newPassword);
+  await page.getByRole('button', { name: 'Set the new password' }).click();
+  await page.waitForURL(/\/login\?notice=password_reset/);
+  assert.match(await page.locator('.form-notice').innerText(), /Your password was changed/);
+  await page.getByLabel('Email').fill(email);
+  await page.getByLabel('Password').fill(newPassword);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.waitForURL(base + '/');
+  assert.match(await page.locator('.signed-in').innerText(), /Katherine Johnson/);
   await context.close();
 });

@@ -1,0 +1,275 @@
+//! HTTP surface of password change and reset.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::email_tokens::TokenError;
+use super::identity::{self, Identity};
+use super::password::HashError;
+use super::passwords::PasswordError;
+use crate::error::AppError;
+use crate::web::AppState;
+use crate::web::pages::Page;
+
+const RESET_SENT: &str = "If this address has an account, a link to choose a new password is on its way. It works for 30 minutes.";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::web::{get, resource};
+    cfg.service(resource("/api/v1/me/password").route(web::post().to(api_change)))
+        .service(resource("/api/v1/auth/password/forgot").route(web::post().to(api_forgot)))
+        .service(resource("/api/v1/auth/password/reset").route(web::post().to(api_reset)))
+        .service(resource("/settings/password").route(web::post().to(change_form)))
+        .service(get("/forgot", forgot_page).route(web::post().to(forgot_form)))
+        .service(get("/reset", reset_page).route(web::post().to(reset_form)));
+}
+
+impl From<PasswordError> for AppError {
+    fn from(error: PasswordError) -> Self {
+        match error {
+            PasswordError::WrongCurrent | PasswordError::Policy(_) => {
+                AppError::BadRequest(error.to_string())
+            }
+            PasswordError::Token(token) => super::handlers::token_problem(token),
+            PasswordError::Hash(HashError::Busy) => AppError::RateLimited {
+                retry_after_secs: Some(1),
+            },
+            other => AppError::internal(anyhow::anyhow!("{other}")),
+        }
+    }
+}
+
+/// A new session replaces the current one after a privilege change, so a token captured before
+/// the change is worthless afterwards.
+async fn rotate_session(
+    state: &AppState,
+    request: &HttpRequest,
+    identity: &Identity,
+) -> Result<actix_web::cookie::Cookie<'static>, AppError> {
+    state.sessions.revoke(&identity.session.id).await?;
+    let ip = request.peer_addr().map(|a| a.ip().to_string());
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(300).collect());
+    let session = state
+        .sessions
+        .create(identity.user_id(), ip, user_agent)
+        .await?;
+    Ok(identity::session_cookie(
+        state,
+        session.token,
+        state.sessions.lifetime(),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct ChangeRequest {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /api/v1/me/password`.
+async fn api_change(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    identity: Identity,
+    body: web::Json<ChangeRequest>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    state
+        .passwords
+        .change(
+            identity.user_id(),
+            SecretString::from(body.current_password),
+            SecretString::from(body.new_password),
+            &identity.session.id,
+        )
+        .await?;
+    let cookie = rotate_session(&state, &request, &identity).await?;
+    Ok(HttpResponse::Ok()
+        .cookie(cookie)
+        .json(json!({ "status": "changed" })))
+}
+
+/// `POST /settings/password`: back to the security page with the outcome.
+async fn change_form(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    identity: Identity,
+    form: web::Form<ChangeRequest>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    let outcome = state
+        .passwords
+        .change(
+            identity.user_id(),
+            SecretString::from(form.current_password),
+            SecretString::from(form.new_password),
+            &identity.session.id,
+        )
+        .await;
+    let (cookie, notice) = match outcome {
+        Ok(()) => (
+            Some(rotate_session(&state, &request, &identity).await?),
+            "password_changed".to_owned(),
+        ),
+        // Codes, not text: the page must not display words taken from a URL.
+        Err(PasswordError::WrongCurrent) => (None, "wrong_current".to_owned()),
+        Err(PasswordError::Policy(policy)) => (None, policy.code().to_owned()),
+        Err(other) => return Err(other.into()),
+    };
+    let mut response = HttpResponse::SeeOther();
+    if let Some(cookie) = cookie {
+        response.cookie(cookie);
+    }
+    Ok(response
+        .insert_header((
+            header::LOCATION,
+            format!("/settings/security?notice={notice}"),
+        ))
+        .finish())
+}
+
+#[derive(Deserialize)]
+pub struct ForgotRequest {
+    email: String,
+}
+
+/// `POST /api/v1/auth/password/forgot`: 202 whatever the address.
+async fn api_forgot(
+    state: web::Data<AppState>,
+    body: web::Json<ForgotRequest>,
+) -> Result<HttpResponse, AppError> {
+    state.passwords.forgot(&body.email).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "status": "reset_link_sent", "detail": RESET_SENT })))
+}
+
+#[derive(Deserialize)]
+pub struct ResetRequest {
+    token: String,
+    password: String,
+}
+
+/// `POST /api/v1/auth/password/reset`.
+async fn api_reset(
+    state: web::Data<AppState>,
+    body: web::Json<ResetRequest>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    state
+        .passwords
+        .reset(body.token, SecretString::from(body.password))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "password_reset" })))
+}
+
+fn render(
+    state: &AppState,
+    page: &Page,
+    status: StatusCode,
+    template: &str,
+    values: &[(&str, &str)],
+) -> Result<HttpResponse, AppError> {
+    let mut context = page.context(state);
+    for (key, value) in values {
+        context.insert(*key, value);
+    }
+    context.insert("min_length", &state.settings.accounts.password_min_length);
+    let body = state.templates.render(template, &context)?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+async fn forgot_page(state: web::Data<AppState>, page: Page) -> Result<HttpResponse, AppError> {
+    render(&state, &page, StatusCode::OK, "auth/forgot.html", &[])
+}
+
+async fn forgot_form(
+    state: web::Data<AppState>,
+    page: Page,
+    form: web::Form<ForgotRequest>,
+) -> Result<HttpResponse, AppError> {
+    state.passwords.forgot(&form.email).await?;
+    render(
+        &state,
+        &page,
+        StatusCode::OK,
+        "auth/message.html",
+        &[("heading", "Check your inbox"), ("message", RESET_SENT)],
+    )
+}
+
+#[derive(Deserialize)]
+pub struct ResetQuery {
+    token: Option<String>,
+}
+
+fn link_broken(state: &AppState, page: &Page, error: TokenError) -> Result<HttpResponse, AppError> {
+    let status = actix_web::ResponseError::status_code(&super::handlers::token_problem(error));
+    let message = format!("{error} You can ask for a new link.");
+    render(
+        state,
+        page,
+        status,
+        "auth/message.html",
+        &[
+            ("heading", "This link does not work"),
+            ("message", &message),
+            ("action_url", "/forgot"),
+            ("action_label", "Ask for a new link"),
+        ],
+    )
+}
+
+async fn reset_page(
+    state: web::Data<AppState>,
+    page: Page,
+    query: web::Query<ResetQuery>,
+) -> Result<HttpResponse, AppError> {
+    let token = query.into_inner().token.unwrap_or_default();
+    match state.passwords.check_reset_token(token.clone()).await? {
+        Ok(_) => render(
+            &state,
+            &page,
+            StatusCode::OK,
+            "auth/reset.html",
+            &[("token", &token)],
+        ),
+        Err(error) => link_broken(&state, &page, error),
+    }
+}
+
+async fn reset_form(
+    state: web::Data<AppState>,
+    page: Page,
+    form: web::Form<ResetRequest>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    match state
+        .passwords
+        .reset(form.token.clone(), SecretString::from(form.password))
+        .await
+    {
+        Ok(()) => Ok(HttpResponse::SeeOther()
+            .cookie(identity::expired_session_cookie(&state))
+            .insert_header((header::LOCATION, "/login?notice=password_reset"))
+            .finish()),
+        Err(PasswordError::Token(error)) => link_broken(&state, &page, error),
+        Err(error @ PasswordError::Policy(_)) => {
+            let message = error.to_string();
+            render(
+                &state,
+                &page,
+                StatusCode::BAD_REQUEST,
+                "auth/reset.html",
+                &[("token", &form.token), ("error", &message)],
+            )
+        }
+        Err(other) => Err(other.into()),
+    }
+}
