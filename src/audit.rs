@@ -23,6 +23,10 @@ pub mod events {
     pub const PASSWORD_CHANGED: &str = "password.changed";
     pub const PASSWORD_RESET_REQUESTED: &str = "password.reset_requested";
     pub const PASSWORD_RESET: &str = "password.reset";
+    pub const TWO_FACTOR_ENABLED: &str = "2fa.enabled";
+    pub const TWO_FACTOR_DISABLED: &str = "2fa.disabled";
+    pub const RECOVERY_CODES_REGENERATED: &str = "2fa.recovery_codes_regenerated";
+    pub const RECOVERY_CODE_USED: &str = "2fa.recovery_code_used";
 }
 
 /// An event to record. `subject` names what it is about, e.g. `user:42`.

@@ -91,3 +91,108 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.write_all(b"\n")?;
     file.sync_all()
 }
+
+/// Seals secrets at rest (TOTP secrets now; OAuth tokens and message keys later) with
+/// AES-256-GCM under a key derived from the master key for one purpose (HKDF-SHA256), so a
+/// key never serves two purposes. Sealed values are `v1:` + base64(nonce ‖ ciphertext); the
+/// associated data binds a value to its row (e.g. the user id), so it cannot be moved.
+pub struct Sealer {
+    cipher: aes_gcm::Aes256Gcm,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("sealed value cannot be opened (wrong key, wrong row, or damaged)")]
+pub struct SealError;
+
+impl Sealer {
+    pub fn for_purpose(master: &MasterKey, purpose: &str) -> Self {
+        use aes_gcm::KeyInit as _;
+        let mut key = [0u8; KEY_LEN];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(b"conclave"), master.expose())
+            .expand(format!("conclave/seal/{purpose}").as_bytes(), &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let cipher = aes_gcm::Aes256Gcm::new(&key.into());
+        key.iter_mut().for_each(|b| *b = 0);
+        Self { cipher }
+    }
+
+    pub fn seal(&self, plaintext: &[u8], associated: &[u8]) -> String {
+        use aes_gcm::aead::{Aead as _, Payload};
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let payload = Payload {
+            msg: plaintext,
+            aad: associated,
+        };
+        // Encryption only fails for inputs over 64 GiB.
+        let ciphertext = self
+            .cipher
+            .encrypt(&nonce.into(), payload)
+            .expect("AES-GCM encrypts any input under 64 GiB");
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&ciphertext);
+        format!("v1:{}", STANDARD.encode(sealed))
+    }
+
+    pub fn open(&self, sealed: &str, associated: &[u8]) -> Result<Vec<u8>, SealError> {
+        use aes_gcm::aead::{Aead as _, Payload};
+        let encoded = sealed.strip_prefix("v1:").ok_or(SealError)?;
+        let bytes = STANDARD.decode(encoded).map_err(|_| SealError)?;
+        if bytes.len() < 12 + 16 {
+            return Err(SealError);
+        }
+        let (nonce, ciphertext) = bytes.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| SealError)?;
+        self.cipher
+            .decrypt(
+                &nonce.into(),
+                Payload {
+                    msg: ciphertext,
+                    aad: associated,
+                },
+            )
+            .map_err(|_| SealError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> MasterKey {
+        MasterKey(SecretBox::new(Box::new([byte; KEY_LEN])))
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_key_purpose_and_row() {
+        let sealer = Sealer::for_purpose(&key(7), "totp");
+        let sealed = sealer.seal(b"JBSWY3DPEHPK3PXP", b"user:1");
+        assert!(sealed.starts_with("v1:"));
+        assert!(!sealed.contains("JBSWY3DPEHPK3PXP"));
+        assert_ne!(
+            sealed,
+            sealer.seal(b"JBSWY3DPEHPK3PXP", b"user:1"),
+            "fresh nonce each time"
+        );
+        assert_eq!(
+            sealer.open(&sealed, b"user:1").unwrap(),
+            b"JBSWY3DPEHPK3PXP"
+        );
+        assert!(sealer.open(&sealed, b"user:2").is_err(), "bound to its row");
+        assert!(
+            Sealer::for_purpose(&key(7), "oauth")
+                .open(&sealed, b"user:1")
+                .is_err(),
+            "bound to its purpose"
+        );
+        assert!(
+            Sealer::for_purpose(&key(8), "totp")
+                .open(&sealed, b"user:1")
+                .is_err(),
+            "bound to its key"
+        );
+        let mut damaged = sealed.clone();
+        damaged.pop();
+        assert!(sealer.open(&damaged, b"user:1").is_err());
+    }
+}

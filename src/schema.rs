@@ -69,6 +69,43 @@ diesel::table! {
 }
 
 diesel::table! {
+    totp_secrets (user_id) {
+        user_id -> BigInt,
+        secret_sealed -> Text,
+        confirmed_at -> Nullable<Timestamp>,
+        last_used_step -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    recovery_codes (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        code_hash -> Text,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    remembered_devices (id) {
+        id -> Text,
+        user_id -> BigInt,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    mfa_challenges (id) {
+        id -> Text,
+        user_id -> BigInt,
+        expires_at -> Timestamp,
+        attempts -> Integer,
+    }
+}
+
+diesel::table! {
     memberships (tenant_id, user_id) {
         tenant_id -> BigInt,
         user_id -> BigInt,
@@ -101,6 +138,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     users,
     sessions,
     email_tokens,
+    totp_secrets,
+    recovery_codes,
+    remembered_devices,
+    mfa_challenges,
     memberships,
     audit_events
 );

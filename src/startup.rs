@@ -82,10 +82,16 @@ impl Application {
             settings.accounts.hash_concurrency,
             settings.accounts.hash_queue,
         );
+        let two_factor = crate::auth::two_factor::TwoFactor::new(
+            db.clone(),
+            crate::crypto::Sealer::for_purpose(&master_key, "totp"),
+        );
+        let password_hasher = hasher.clone();
         let login = LoginService::new(
             db.clone(),
             hasher.clone(),
             sessions.clone(),
+            two_factor.clone(),
             queue.clone(),
             templates.clone(),
             settings.accounts.clone(),
@@ -131,6 +137,8 @@ impl Application {
             login,
             signup,
             passwords,
+            two_factor,
+            hasher: password_hasher,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

@@ -8,9 +8,11 @@ use serde_json::json;
 
 use super::email_tokens::TokenError;
 use super::identity::{self, Identity};
-use super::login::{Client, LoginError};
+use super::login::{Client, LoginError, LoginOutcome};
 use super::password::HashError;
+use super::sessions::NewSession;
 use super::signup::SignupError;
+use super::two_factor::TwoFactorError;
 use crate::audit::{self, AuditEvent, events};
 use crate::db::DbError;
 use crate::error::AppError;
@@ -26,6 +28,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/auth/logout").route(web::post().to(api_logout)))
         .service(get("/api/v1/me", api_me))
         .service(get("/login", login_page).route(web::post().to(login_form)))
+        .service(resource("/api/v1/auth/login/mfa").route(web::post().to(api_login_mfa)))
+        .service(get("/login/2fa", second_factor_page).route(web::post().to(second_factor_form)))
         .service(resource("/logout").route(web::post().to(logout_form)))
         .service(resource("/api/v1/auth/signup").route(web::post().to(api_signup)))
         .service(resource("/api/v1/auth/verify").route(web::post().to(api_verify)))
@@ -240,6 +244,9 @@ async fn verify_page(
 }
 
 fn client(request: &HttpRequest) -> Client {
+    let secure = request
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|state| identity::secure_cookies(state));
     Client {
         ip: request.peer_addr().map(|addr| addr.ip()),
         user_agent: request
@@ -247,7 +254,52 @@ fn client(request: &HttpRequest) -> Client {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
+        remembered_device: request
+            .cookie(identity::device_cookie_name(secure))
+            .map(|c| c.value().to_owned()),
     }
+}
+
+/// The response to a right password when a second step is needed: the challenge travels in
+/// a short-lived cookie, so the code form needs nothing else.
+fn second_factor_needed(
+    state: &AppState,
+    builder: &mut actix_web::HttpResponseBuilder,
+    challenge: String,
+) {
+    builder.cookie(identity::challenge_cookie(state, challenge));
+}
+
+/// Sets the session (and remembered-device) cookies of a finished sign-in.
+fn signed_in(
+    state: &AppState,
+    builder: &mut actix_web::HttpResponseBuilder,
+    session: &NewSession,
+    device: Option<String>,
+) {
+    builder.cookie(identity::session_cookie(
+        state,
+        session.token.clone(),
+        state.sessions.lifetime(),
+    ));
+    builder.cookie(identity::expired_cookie(
+        state,
+        identity::challenge_cookie_name(identity::secure_cookies(state)),
+    ));
+    if let Some(device) = device {
+        builder.cookie(identity::device_cookie(state, device));
+    }
+}
+
+fn user_json(session: &NewSession) -> serde_json::Value {
+    json!({
+        "user": {
+            "id": session.info.user_id,
+            "email": session.info.email,
+            "name": session.info.display_name,
+        },
+        "session_expires_at": session.info.expires_at.and_utc().to_rfc3339(),
+    })
 }
 
 impl From<LoginError> for AppError {
@@ -283,7 +335,13 @@ impl From<LoginError> for AppError {
             LoginError::Hash(super::password::HashError::Busy) => {
                 coded(StatusCode::TOO_MANY_REQUESTS, "busy", &error, Some(1))
             }
-            LoginError::Hash(_) | LoginError::Database(_) => {
+            LoginError::SecondFactor(TwoFactorError::InvalidCode) => {
+                coded(StatusCode::UNAUTHORIZED, "invalid_code", &error, None)
+            }
+            LoginError::SecondFactor(TwoFactorError::ChallengeExpired) => {
+                coded(StatusCode::UNAUTHORIZED, "mfa_expired", &error, None)
+            }
+            LoginError::SecondFactor(_) | LoginError::Hash(_) | LoginError::Database(_) => {
                 AppError::internal(anyhow::anyhow!("{error}"))
             }
         }
@@ -303,7 +361,7 @@ async fn api_login(
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
-    let session = state
+    let outcome = state
         .login
         .login(
             &body.email,
@@ -311,20 +369,143 @@ async fn api_login(
             &client(&request),
         )
         .await?;
-    Ok(HttpResponse::Ok()
-        .cookie(identity::session_cookie(
-            &state,
-            session.token,
-            state.sessions.lifetime(),
-        ))
-        .json(json!({
-            "user": {
-                "id": session.info.user_id,
-                "email": session.info.email,
-                "name": session.info.display_name,
-            },
-            "session_expires_at": session.info.expires_at.and_utc().to_rfc3339(),
-        })))
+    match outcome {
+        LoginOutcome::Session(session) => {
+            let mut response = HttpResponse::Ok();
+            signed_in(&state, &mut response, &session, None);
+            Ok(response.json(user_json(&session)))
+        }
+        LoginOutcome::SecondFactor { challenge } => {
+            let mut response = HttpResponse::Unauthorized();
+            second_factor_needed(&state, &mut response, challenge);
+            let mut problem = crate::error::Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "Enter the code from your authenticator app (or a recovery code) at POST /api/v1/auth/login/mfa.",
+            );
+            problem.error = Some("mfa_required");
+            Ok(response
+                .content_type("application/problem+json")
+                .json(problem))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SecondFactorRequest {
+    code: String,
+    #[serde(default)]
+    remember_device: bool,
+    next: Option<String>,
+}
+
+fn challenge_of(request: &HttpRequest, state: &AppState) -> Result<String, AppError> {
+    request
+        .cookie(identity::challenge_cookie_name(identity::secure_cookies(
+            state,
+        )))
+        .map(|c| c.value().to_owned())
+        .ok_or_else(|| AppError::from(LoginError::SecondFactor(TwoFactorError::ChallengeExpired)))
+}
+
+/// `POST /api/v1/auth/login/mfa`: `{"code", "remember_device"}` after `mfa_required`.
+async fn api_login_mfa(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<SecondFactorRequest>,
+) -> Result<HttpResponse, AppError> {
+    let challenge = challenge_of(&request, &state)?;
+    let (session, device) = state
+        .login
+        .complete_second_factor(
+            &challenge,
+            &body.code,
+            body.remember_device,
+            &client(&request),
+        )
+        .await?;
+    let mut response = HttpResponse::Ok();
+    signed_in(&state, &mut response, &session, device);
+    Ok(response.json(user_json(&session)))
+}
+
+/// `GET /login/2fa`: the code form of the second step.
+async fn second_factor_page(
+    state: web::Data<AppState>,
+    page: Page,
+    query: web::Query<LoginQuery>,
+) -> Result<HttpResponse, AppError> {
+    render_second_factor(
+        &state,
+        &page,
+        StatusCode::OK,
+        &safe_next(query.next.as_deref()),
+        None,
+    )
+}
+
+fn render_second_factor(
+    state: &AppState,
+    page: &Page,
+    status: StatusCode,
+    next: &str,
+    error: Option<&str>,
+) -> Result<HttpResponse, AppError> {
+    let mut context = page.context(state);
+    context.insert("next", next);
+    context.insert("error", &error);
+    context.insert("remember_days", &super::two_factor::REMEMBER_DAYS);
+    let body = state
+        .templates
+        .render("auth/second_factor.html", &context)?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+/// `POST /login/2fa`.
+async fn second_factor_form(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    page: Page,
+    form: web::Form<SecondFactorRequest>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    let next = safe_next(form.next.as_deref());
+    let Ok(challenge) = challenge_of(&request, &state) else {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/login"))
+            .finish());
+    };
+    match state
+        .login
+        .complete_second_factor(
+            &challenge,
+            &form.code,
+            form.remember_device,
+            &client(&request),
+        )
+        .await
+    {
+        Ok((session, device)) => {
+            let mut response = HttpResponse::SeeOther();
+            signed_in(&state, &mut response, &session, device);
+            Ok(response.insert_header((header::LOCATION, next)).finish())
+        }
+        Err(LoginError::SecondFactor(TwoFactorError::ChallengeExpired)) => {
+            Ok(HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, "/login"))
+                .finish())
+        }
+        Err(
+            error @ (LoginError::SecondFactor(TwoFactorError::InvalidCode)
+            | LoginError::RateLimited { .. }),
+        ) => {
+            let message = error.to_string();
+            let status = actix_web::ResponseError::status_code(&AppError::from(error));
+            render_second_factor(&state, &page, status, &next, Some(&message))
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// `POST /api/v1/auth/logout`: ends this session.
@@ -479,14 +660,19 @@ async fn login_form(
         )
         .await
     {
-        Ok(session) => Ok(HttpResponse::SeeOther()
-            .cookie(identity::session_cookie(
-                &state,
-                session.token,
-                state.sessions.lifetime(),
-            ))
-            .insert_header((header::LOCATION, next))
-            .finish()),
+        Ok(LoginOutcome::Session(session)) => {
+            let mut response = HttpResponse::SeeOther();
+            signed_in(&state, &mut response, &session, None);
+            Ok(response.insert_header((header::LOCATION, next)).finish())
+        }
+        Ok(LoginOutcome::SecondFactor { challenge }) => {
+            let mut response = HttpResponse::SeeOther();
+            second_factor_needed(&state, &mut response, challenge);
+            let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+            Ok(response
+                .insert_header((header::LOCATION, format!("/login/2fa?next={next}")))
+                .finish())
+        }
         Err(
             error @ (LoginError::Hash(super::password::HashError::Failed(_))
             | LoginError::Database(_)),

@@ -45,6 +45,74 @@ pub fn session_cookie(
         .finish()
 }
 
+pub fn challenge_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-conclave_mfa"
+    } else {
+        "conclave_mfa"
+    }
+}
+
+pub fn device_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-conclave_device"
+    } else {
+        "conclave_device"
+    }
+}
+
+fn cookie(
+    state: &AppState,
+    name: &'static str,
+    value: String,
+    max_age: time::Duration,
+    same_site: SameSite,
+) -> Cookie<'static> {
+    Cookie::build(name, value)
+        .path("/")
+        .http_only(true)
+        .secure(secure_cookies(state))
+        .same_site(same_site)
+        .max_age(max_age)
+        .finish()
+}
+
+/// Carries a pending second step (5 minutes).
+pub fn challenge_cookie(state: &AppState, token: String) -> Cookie<'static> {
+    cookie(
+        state,
+        challenge_cookie_name(secure_cookies(state)),
+        token,
+        time::Duration::minutes(5),
+        SameSite::Strict,
+    )
+}
+
+/// Marks this browser as remembered for the second step.
+pub fn device_cookie(state: &AppState, token: String) -> Cookie<'static> {
+    let days = super::two_factor::REMEMBER_DAYS;
+    cookie(
+        state,
+        device_cookie_name(secure_cookies(state)),
+        token,
+        time::Duration::days(days),
+        SameSite::Lax,
+    )
+}
+
+/// A removal cookie for `name`.
+pub fn expired_cookie(state: &AppState, name: &'static str) -> Cookie<'static> {
+    let mut removal = cookie(
+        state,
+        name,
+        String::new(),
+        time::Duration::ZERO,
+        SameSite::Lax,
+    );
+    removal.make_removal();
+    removal
+}
+
 /// A cookie that makes the browser forget the session.
 pub fn expired_session_cookie(state: &AppState) -> Cookie<'static> {
     let secure = secure_cookies(state);

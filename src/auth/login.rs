@@ -20,6 +20,7 @@ use secrecy::SecretString;
 
 use super::password::HashError;
 use super::sessions::{NewSession, Sessions};
+use super::two_factor::{CodeKind, TwoFactor, TwoFactorError};
 use super::{Email, PasswordHasher};
 use crate::audit::{self, AuditEvent, events};
 use crate::db::{Db, DbError};
@@ -42,6 +43,8 @@ pub enum LoginError {
     )]
     RateLimited { retry_after_secs: u64 },
     #[error(transparent)]
+    SecondFactor(#[from] TwoFactorError),
+    #[error(transparent)]
     Hash(#[from] HashError),
     #[error(transparent)]
     Database(#[from] DbError),
@@ -52,6 +55,14 @@ pub enum LoginError {
 pub struct Client {
     pub ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// The remembered-device cookie, if the browser sent one.
+    pub remembered_device: Option<String>,
+}
+
+/// A right password either signs in, or (with 2FA on) asks for the second step.
+pub enum LoginOutcome {
+    Session(NewSession),
+    SecondFactor { challenge: String },
 }
 
 #[derive(Clone)]
@@ -59,6 +70,7 @@ pub struct LoginService {
     db: Db,
     hasher: PasswordHasher,
     sessions: Sessions,
+    two_factor: TwoFactor,
     queue: Queue,
     templates: Arc<Templates>,
     settings: AccountSettings,
@@ -80,6 +92,7 @@ impl LoginService {
         db: Db,
         hasher: PasswordHasher,
         sessions: Sessions,
+        two_factor: TwoFactor,
         queue: Queue,
         templates: Arc<Templates>,
         settings: AccountSettings,
@@ -90,6 +103,7 @@ impl LoginService {
             db,
             hasher,
             sessions,
+            two_factor,
             queue,
             templates,
             settings,
@@ -103,7 +117,7 @@ impl LoginService {
         email: &str,
         password: SecretString,
         client: &Client,
-    ) -> Result<NewSession, LoginError> {
+    ) -> Result<LoginOutcome, LoginError> {
         self.check_rate(client)?;
         let email = Email::parse(email).ok();
         let candidate = match &email {
@@ -149,42 +163,97 @@ impl LoginService {
         if self.settings.require_verified_email && !user.verified {
             return Err(LoginError::EmailUnverified);
         }
-        let session = self
-            .sessions
-            .create(
-                user.id,
-                client.ip.map(|ip| ip.to_string()),
-                client.user_agent.clone(),
-            )
+        // The password is right: the failure count starts over, whatever comes next.
+        let user_id = user.id;
+        self.db
+            .run(move |conn| {
+                diesel::update(users::table.find(user_id))
+                    .set((
+                        users::failed_logins.eq(0),
+                        users::locked_until.eq(None::<NaiveDateTime>),
+                    ))
+                    .execute(conn)
+                    .map_err(DbError::from)
+            })
             .await?;
-        let (user_id, ip, user_agent) = (
-            user.id,
+        if self.two_factor.is_enabled(user.id).await? {
+            let remembered = match &client.remembered_device {
+                Some(token) => self.two_factor.is_remembered(user.id, token).await?,
+                None => false,
+            };
+            if !remembered {
+                let challenge = self.two_factor.start_challenge(user.id).await?;
+                return Ok(LoginOutcome::SecondFactor { challenge });
+            }
+            return self
+                .finish(user.id, client, "remembered_device")
+                .await
+                .map(LoginOutcome::Session);
+        }
+        self.finish(user.id, client, "password")
+            .await
+            .map(LoginOutcome::Session)
+    }
+
+    /// The second step: a TOTP or recovery code for the challenge the first step issued.
+    /// Returns the session and, when asked to remember the device, its cookie token.
+    pub async fn complete_second_factor(
+        &self,
+        challenge: &str,
+        code: &str,
+        remember_device: bool,
+        client: &Client,
+    ) -> Result<(NewSession, Option<String>), LoginError> {
+        self.check_rate(client)?;
+        let user_id = self.two_factor.challenge_user(challenge).await?;
+        let kind = self
+            .two_factor
+            .verify_code(user_id, code.to_owned())
+            .await?;
+        self.two_factor.finish_challenge(challenge).await?;
+        let method = match kind {
+            CodeKind::Totp => "totp",
+            CodeKind::Recovery => "recovery_code",
+        };
+        let session = self.finish(user_id, client, method).await?;
+        let device = if remember_device {
+            Some(self.two_factor.remember_device(user_id).await?)
+        } else {
+            None
+        };
+        Ok((session, device))
+    }
+
+    /// Signs the user in: a new session, and the audit event saying how they proved it.
+    async fn finish(
+        &self,
+        user_id: i64,
+        client: &Client,
+        method: &'static str,
+    ) -> Result<NewSession, LoginError> {
+        let (ip, user_agent) = (
             client.ip.map(|ip| ip.to_string()),
             client.user_agent.clone(),
         );
+        let session = self
+            .sessions
+            .create(user_id, ip.clone(), user_agent.clone())
+            .await?;
         self.db
             .run(move |conn| {
-                let now = Utc::now().naive_utc();
-                crate::db::write_transaction(conn, |tx| {
-                    diesel::update(users::table.find(user_id))
-                        .set((
-                            users::failed_logins.eq(0),
-                            users::locked_until.eq(None::<NaiveDateTime>),
-                        ))
-                        .execute(tx)?;
-                    audit::record(
-                        tx,
-                        &AuditEvent {
-                            event: events::LOGIN_SUCCEEDED,
-                            actor_user_id: Some(user_id),
-                            subject: Some(format!("user:{user_id}")),
-                            ip,
-                            user_agent,
-                            ..AuditEvent::default()
-                        },
-                        now,
-                    )
-                })
+                audit::record(
+                    conn,
+                    &AuditEvent {
+                        event: events::LOGIN_SUCCEEDED,
+                        actor_user_id: Some(user_id),
+                        subject: Some(format!("user:{user_id}")),
+                        ip,
+                        user_agent,
+                        details: serde_json::json!({ "method": method }),
+                        ..AuditEvent::default()
+                    },
+                    Utc::now().naive_utc(),
+                )
                 .map_err(DbError::from)
             })
             .await?;

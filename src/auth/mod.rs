@@ -16,6 +16,8 @@ pub mod session_handlers;
 pub mod sessions;
 pub mod signup;
 pub mod sweep;
+pub mod two_factor;
+pub mod two_factor_handlers;
 pub mod users;
 
 pub use email::Email;

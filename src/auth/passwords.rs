@@ -134,6 +134,7 @@ impl PasswordService {
                 write_transaction(conn, |tx| {
                     let now = Utc::now().naive_utc();
                     set_password(tx, user_id, &hash, now)?;
+                    super::two_factor::forget_remembered_devices(tx, user_id)?;
                     audit::record(tx, &event(events::PASSWORD_CHANGED, user_id), now)?;
                     if let Some(mail) = &mail {
                         queue.enqueue_in(tx, mail)?;
@@ -228,6 +229,7 @@ impl PasswordService {
                     // Consumed here, in the transaction that uses it: two tabs cannot both win.
                     let user_id = email_tokens::consume(tx, &token, Purpose::Reset, now)??;
                     set_password(tx, user_id, &hash, now)?;
+                    super::two_factor::forget_remembered_devices(tx, user_id)?;
                     diesel::update(users::table.find(user_id))
                         .set((
                             users::failed_logins.eq(0),

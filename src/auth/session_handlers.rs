@@ -169,6 +169,10 @@ async fn security_page(
     let mut context = page.context(&state);
     context.insert("sessions", &sessions);
     context.insert("notice", &query.notice);
+    context.insert(
+        "two_factor_on",
+        &state.two_factor.is_enabled(identity.user_id()).await?,
+    );
     context.insert("min_length", &state.settings.accounts.password_min_length);
     let body = state.templates.render("settings/security.html", &context)?;
     Ok(HttpResponse::build(StatusCode::OK)

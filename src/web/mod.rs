@@ -38,6 +38,8 @@ pub struct AppState {
     pub login: crate::auth::login::LoginService,
     pub signup: crate::auth::signup::SignupService,
     pub passwords: crate::auth::passwords::PasswordService,
+    pub two_factor: crate::auth::two_factor::TwoFactor,
+    pub hasher: crate::auth::PasswordHasher,
 }
 
 /// A resource that answers 405 (as a problem document) for methods it does not route.
@@ -67,7 +69,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)))
         .configure(crate::auth::handlers::configure)
         .configure(crate::auth::session_handlers::configure)
-        .configure(crate::auth::password_handlers::configure);
+        .configure(crate::auth::password_handlers::configure)
+        .configure(crate::auth::two_factor_handlers::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

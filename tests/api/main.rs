@@ -22,4 +22,5 @@ mod sessions;
 mod settings;
 mod signup;
 mod sweep;
+mod two_factor;
 mod web;

@@ -66,7 +66,8 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
-        audit_events, email_tokens, jobs, memberships, sessions, tenants, users,
+        audit_events, email_tokens, jobs, memberships, mfa_challenges, recovery_codes,
+        remembered_devices, sessions, tenants, totp_secrets, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -92,6 +93,10 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         users,
         sessions,
         email_tokens,
+        totp_secrets,
+        recovery_codes,
+        remembered_devices,
+        mfa_challenges,
         memberships,
         audit_events
     )

@@ -1,0 +1,250 @@
+//! Setting up and managing two-factor authentication: the JSON API under `/api/v1/me/2fa` and
+//! the pages under `/settings/2fa`.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, web};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::identity::Identity;
+use super::two_factor::TwoFactorError;
+use crate::db::DbError;
+use crate::error::AppError;
+use crate::schema::users;
+use crate::web::AppState;
+use crate::web::pages::Page;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::web::resource;
+    cfg.service(resource("/api/v1/me/2fa/totp").route(web::post().to(api_enrol)))
+        .service(resource("/api/v1/me/2fa/totp/confirm").route(web::post().to(api_confirm)))
+        .service(resource("/api/v1/me/2fa/totp/disable").route(web::post().to(api_disable)))
+        .service(
+            resource("/api/v1/me/2fa/recovery-codes").route(web::post().to(api_recovery_codes)),
+        )
+        .service(resource("/settings/2fa/start").route(web::post().to(start_form)))
+        .service(resource("/settings/2fa/confirm").route(web::post().to(confirm_form)))
+        .service(
+            resource("/settings/2fa/recovery-codes").route(web::post().to(recovery_codes_form)),
+        )
+        .service(resource("/settings/2fa/disable").route(web::post().to(disable_form)));
+}
+
+impl From<TwoFactorError> for AppError {
+    fn from(error: TwoFactorError) -> Self {
+        match error {
+            TwoFactorError::AlreadyOn | TwoFactorError::NotOn | TwoFactorError::NotEnrolling => {
+                AppError::Conflict(error.to_string())
+            }
+            TwoFactorError::InvalidCode => AppError::BadRequest(error.to_string()),
+            TwoFactorError::ChallengeExpired => AppError::Unauthenticated(error.to_string()),
+            TwoFactorError::Secret(_) | TwoFactorError::Database(_) => {
+                AppError::internal(anyhow::anyhow!("{error}"))
+            }
+        }
+    }
+}
+
+/// Turning 2FA off needs the password: a borrowed, unlocked laptop must not be enough.
+async fn check_password(state: &AppState, user_id: i64, password: String) -> Result<(), AppError> {
+    let stored: Option<String> = state
+        .db
+        .run(move |conn| {
+            use diesel::prelude::*;
+            users::table
+                .find(user_id)
+                .select(users::password_hash)
+                .first(conn)
+                .map_err(DbError::from)
+        })
+        .await?;
+    let matches = match stored {
+        Some(hash) => state
+            .hasher
+            .verify(SecretString::from(password), hash)
+            .await
+            .map_err(|e| AppError::internal(anyhow::anyhow!("{e}")))?,
+        None => false,
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(AppError::BadRequest("password: is not correct".to_owned()))
+    }
+}
+
+async fn api_enrol(
+    state: web::Data<AppState>,
+    identity: Identity,
+) -> Result<HttpResponse, AppError> {
+    let enrolment = state
+        .two_factor
+        .enrol(identity.user_id(), &identity.session.email)
+        .await?;
+    Ok(HttpResponse::Created().json(enrolment))
+}
+
+#[derive(Deserialize)]
+pub struct CodeRequest {
+    code: String,
+}
+
+async fn api_confirm(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<CodeRequest>,
+) -> Result<HttpResponse, AppError> {
+    let codes = state
+        .two_factor
+        .confirm(identity.user_id(), body.into_inner().code)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "enabled", "recovery_codes": codes })))
+}
+
+async fn api_recovery_codes(
+    state: web::Data<AppState>,
+    identity: Identity,
+) -> Result<HttpResponse, AppError> {
+    let codes = state
+        .two_factor
+        .regenerate_recovery_codes(identity.user_id())
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "codes": codes })))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordRequest {
+    password: String,
+}
+
+async fn api_disable(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<PasswordRequest>,
+) -> Result<HttpResponse, AppError> {
+    check_password(&state, identity.user_id(), body.into_inner().password).await?;
+    state.two_factor.disable(identity.user_id()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+fn render(
+    state: &AppState,
+    page: &Page,
+    status: StatusCode,
+    values: serde_json::Value,
+) -> Result<HttpResponse, AppError> {
+    let mut context = page.context(state);
+    if let serde_json::Value::Object(map) = values {
+        for (key, value) in map {
+            context.insert(key, &value);
+        }
+    }
+    let body = state
+        .templates
+        .render("settings/two_factor.html", &context)?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+fn back(notice: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((
+            header::LOCATION,
+            format!("/settings/security?notice={notice}"),
+        ))
+        .finish()
+}
+
+/// `POST /settings/2fa/start`: the QR code and key to scan, and the confirm form.
+async fn start_form(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+) -> Result<HttpResponse, AppError> {
+    let enrolment = match state
+        .two_factor
+        .enrol(identity.user_id(), &identity.session.email)
+        .await
+    {
+        Err(TwoFactorError::AlreadyOn) => return Ok(back("2fa_already_on")),
+        other => other?,
+    };
+    render(
+        &state,
+        &page,
+        StatusCode::OK,
+        json!({ "step": "scan", "enrolment": enrolment }),
+    )
+}
+
+/// `POST /settings/2fa/confirm`: on success the recovery codes, shown this once.
+async fn confirm_form(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+    form: web::Form<CodeRequest>,
+) -> Result<HttpResponse, AppError> {
+    match state
+        .two_factor
+        .confirm(identity.user_id(), form.into_inner().code)
+        .await
+    {
+        Ok(codes) => render(
+            &state,
+            &page,
+            StatusCode::OK,
+            json!({ "step": "codes", "codes": codes, "enabled": true }),
+        ),
+        Err(TwoFactorError::InvalidCode) => {
+            let enrolment = state
+                .two_factor
+                .pending_enrolment(identity.user_id(), &identity.session.email)
+                .await?;
+            match enrolment {
+                Some(enrolment) => render(
+                    &state,
+                    &page,
+                    StatusCode::BAD_REQUEST,
+                    json!({ "step": "scan", "enrolment": enrolment, "error": TwoFactorError::InvalidCode.to_string() }),
+                ),
+                None => Ok(back("2fa_restart")),
+            }
+        }
+        Err(TwoFactorError::NotEnrolling | TwoFactorError::AlreadyOn) => Ok(back("2fa_restart")),
+        Err(other) => Err(other.into()),
+    }
+}
+
+async fn recovery_codes_form(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+) -> Result<HttpResponse, AppError> {
+    let codes = state
+        .two_factor
+        .regenerate_recovery_codes(identity.user_id())
+        .await?;
+    render(
+        &state,
+        &page,
+        StatusCode::OK,
+        json!({ "step": "codes", "codes": codes }),
+    )
+}
+
+async fn disable_form(
+    state: web::Data<AppState>,
+    identity: Identity,
+    form: web::Form<PasswordRequest>,
+) -> Result<HttpResponse, AppError> {
+    if check_password(&state, identity.user_id(), form.into_inner().password)
+        .await
+        .is_err()
+    {
+        return Ok(back("2fa_wrong_password"));
+    }
+    state.two_factor.disable(identity.user_id()).await?;
+    Ok(back("2fa_disabled"))
+}
