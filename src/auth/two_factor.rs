@@ -179,6 +179,27 @@ fn forget_devices(conn: &mut DbConnection, user_id: i64) -> QueryResult<usize> {
         .execute(conn)
 }
 
+/// Turns 2FA off for `user_id`: secret, recovery codes and remembered devices go. Needs no
+/// key, so operators can do it from the CLI (`conclave user reset-2fa`).
+pub fn disable_in(conn: &mut DbConnection, user_id: i64) -> Result<(), TwoFactorError> {
+    write_transaction(conn, |tx| {
+        let removed = diesel::delete(totp_secrets::table.find(user_id)).execute(tx)?;
+        if removed == 0 {
+            return Err(TwoFactorError::NotOn);
+        }
+        diesel::delete(recovery_codes::table.filter(recovery_codes::user_id.eq(user_id)))
+            .execute(tx)?;
+        forget_devices(tx, user_id)?;
+        record(
+            tx,
+            events::TWO_FACTOR_DISABLED,
+            user_id,
+            Utc::now().naive_utc(),
+        )?;
+        Ok(())
+    })
+}
+
 /// Forgets every remembered device of a user (their password or 2FA settings changed).
 pub fn forget_remembered_devices(conn: &mut DbConnection, user_id: i64) -> QueryResult<usize> {
     forget_devices(conn, user_id)
@@ -325,28 +346,7 @@ impl TwoFactor {
 
     /// Turns 2FA off (the caller checked the password).
     pub async fn disable(&self, user_id: i64) -> Result<(), TwoFactorError> {
-        self.db
-            .run(move |conn| {
-                write_transaction(conn, |tx| {
-                    let removed = diesel::delete(totp_secrets::table.find(user_id)).execute(tx)?;
-                    if removed == 0 {
-                        return Err(TwoFactorError::NotOn);
-                    }
-                    diesel::delete(
-                        recovery_codes::table.filter(recovery_codes::user_id.eq(user_id)),
-                    )
-                    .execute(tx)?;
-                    forget_devices(tx, user_id)?;
-                    record(
-                        tx,
-                        events::TWO_FACTOR_DISABLED,
-                        user_id,
-                        Utc::now().naive_utc(),
-                    )?;
-                    Ok(())
-                })
-            })
-            .await
+        self.db.run(move |conn| disable_in(conn, user_id)).await
     }
 
     /// Checks a second-step code: a TOTP code not used before, or an unused recovery code.

@@ -36,6 +36,12 @@ pub enum UserAction {
         #[arg(long)]
         email: String,
     },
+    /// Turn off a user's two-factor authentication (they lost their phone and their codes).
+    #[command(name = "reset-2fa")]
+    ResetTwoFactor {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +114,36 @@ pub async fn user(settings: Settings, action: UserAction) -> Outcome {
         UserAction::List { format } => list(settings, format).await,
         UserAction::Disable { email } => set_disabled(settings, &email, true).await,
         UserAction::Enable { email } => set_disabled(settings, &email, false).await,
+        UserAction::ResetTwoFactor { email } => reset_two_factor(settings, &email).await,
+    }
+}
+
+async fn reset_two_factor(settings: Settings, email: &str) -> Outcome {
+    let email = Email::parse(email).map_err(bad_input)?;
+    let db = database(&settings).await?;
+    let target = email.clone();
+    let user = db
+        .run(move |conn| users::find_by_email(conn, &target).map_err(DbError::from))
+        .await
+        .map_err(failure)?
+        .ok_or_else(|| (exit::NO_USER, anyhow::anyhow!("no user with email {email}")))?;
+    let user_id = user.id;
+    let outcome = db
+        .run(move |conn| Ok::<_, DbError>(crate::auth::two_factor::disable_in(conn, user_id)))
+        .await
+        .map_err(failure)?;
+    match outcome {
+        Ok(()) => {
+            println!(
+                "two-factor authentication is off for {email}; they can sign in with their password"
+            );
+            Ok(())
+        }
+        Err(crate::auth::two_factor::TwoFactorError::NotOn) => {
+            println!("{email} does not use two-factor authentication");
+            Ok(())
+        }
+        Err(e) => Err(failure(e)),
     }
 }
 

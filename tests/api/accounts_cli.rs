@@ -308,3 +308,44 @@ fn the_audit_log_exports_every_account_change_as_json_lines() {
         "{stderr}"
     );
 }
+
+#[test]
+fn reset_2fa_turns_off_two_factor_for_a_user_who_lost_everything() {
+    let cli = Cli::new();
+    cli.create("ada@example.com", &[]);
+    let db_url = cli.connect_url();
+    let mut conn = conclave::db::DbConnection::establish(&db_url).unwrap();
+    let user_id: i64 = users::table
+        .filter(users::email.eq("ada@example.com"))
+        .select(users::id)
+        .first(&mut conn)
+        .unwrap();
+    diesel::insert_into(conclave::schema::totp_secrets::table)
+        .values((
+            conclave::schema::totp_secrets::user_id.eq(user_id),
+            conclave::schema::totp_secrets::secret_sealed.eq("v1:irrelevant"),
+            conclave::schema::totp_secrets::confirmed_at.eq(Some(chrono::Utc::now().naive_utc())),
+            conclave::schema::totp_secrets::created_at.eq(chrono::Utc::now().naive_utc()),
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    let out = cli.ok(&["user", "reset-2fa", "--email", "ada@example.com"]);
+    assert!(
+        out.contains("two-factor authentication is off for ada@example.com"),
+        "{out}"
+    );
+    let left: i64 = conclave::schema::totp_secrets::table
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(left, 0);
+    let again = cli.ok(&["user", "reset-2fa", "--email", "ada@example.com"]);
+    assert!(
+        again.contains("does not use two-factor authentication"),
+        "{again}"
+    );
+    let events = cli.ok(&["audit", "export"]);
+    assert!(events.contains("\"event\":\"2fa.disabled\""), "{events}");
+    let (code, _) = failure(&cli.run(&["user", "reset-2fa", "--email", "nobody@example.com"]));
+    assert_eq!(code, Some(67));
+}
