@@ -27,6 +27,8 @@ pub mod events {
     pub const TWO_FACTOR_DISABLED: &str = "2fa.disabled";
     pub const RECOVERY_CODES_REGENERATED: &str = "2fa.recovery_codes_regenerated";
     pub const RECOVERY_CODE_USED: &str = "2fa.recovery_code_used";
+    pub const TOKEN_CREATED: &str = "token.created";
+    pub const TOKEN_REVOKED: &str = "token.revoked";
 }
 
 /// An event to record. `subject` names what it is about, e.g. `user:42`.

@@ -106,6 +106,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    api_tokens (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        name -> Text,
+        token_hash -> Text,
+        scopes -> Text,
+        created_at -> Timestamp,
+        expires_at -> Nullable<Timestamp>,
+        last_used_at -> Nullable<Timestamp>,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     memberships (tenant_id, user_id) {
         tenant_id -> BigInt,
         user_id -> BigInt,
@@ -132,6 +146,7 @@ diesel::joinable!(memberships -> tenants (tenant_id));
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(email_tokens -> users (user_id));
+diesel::joinable!(api_tokens -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     tenants,
@@ -142,6 +157,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     recovery_codes,
     remembered_devices,
     mfa_challenges,
+    api_tokens,
     memberships,
     audit_events
 );

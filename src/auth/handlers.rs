@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::email_tokens::TokenError;
-use super::identity::{self, Identity};
+use super::identity::{self, Caller, Identity};
 use super::login::{Client, LoginError, LoginOutcome};
 use super::password::HashError;
 use super::sessions::NewSession;
@@ -549,24 +549,30 @@ async fn end_session(
     Ok(())
 }
 
-/// `GET /api/v1/me`: the signed-in user and their workspaces.
-async fn api_me(state: web::Data<AppState>, identity: Identity) -> Result<HttpResponse, AppError> {
-    let user_id = identity.user_id();
+/// `GET /api/v1/me`: the signed-in user (by session or API token) and their workspaces.
+async fn api_me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AppError> {
+    let user_id = caller.user_id;
     let memberships = state
         .db
         .run(move |conn| tenancy::memberships_of(conn, &[user_id]).map_err(DbError::from))
         .await?;
     let memberships: Vec<_> = memberships.into_iter().map(|(_, m)| m).collect();
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "id": user_id,
-        "email": identity.session.email,
-        "name": identity.session.display_name,
+        "email": caller.email,
+        "name": caller.display_name,
         "memberships": memberships,
-        "session": {
-            "created_at": identity.session.created_at.and_utc().to_rfc3339(),
-            "expires_at": identity.session.expires_at.and_utc().to_rfc3339(),
-        },
-    })))
+    });
+    if let Some(session) = &caller.session {
+        body["session"] = json!({
+            "created_at": session.created_at.and_utc().to_rfc3339(),
+            "expires_at": session.expires_at.and_utc().to_rfc3339(),
+        });
+    }
+    if let Some(token) = &caller.token {
+        body["token"] = json!({ "id": token.token_id, "scopes": token.scopes });
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[derive(Deserialize)]

@@ -153,6 +153,18 @@ pub async fn resolve(request: &HttpRequest) -> Result<Option<Identity>, AppError
     Ok(session.map(|session| Identity { session }))
 }
 
+fn bearer(request: &HttpRequest) -> Option<String> {
+    request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| token.trim().to_owned())
+}
+
+/// `Identity` is a signed-in browser session. Endpoints that manage the account's own
+/// security (password, 2FA, sessions, tokens) take it, so a leaked API token cannot be used
+/// to take over the account.
 impl FromRequest for Identity {
     type Error = AppError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
@@ -160,9 +172,87 @@ impl FromRequest for Identity {
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let request = request.clone();
         Box::pin(async move {
-            resolve(&request)
+            if let Some(identity) = resolve(&request).await? {
+                return Ok(identity);
+            }
+            if bearer(&request).is_some() {
+                return Err(AppError::Forbidden(
+                    "This needs a signed-in session; API tokens cannot manage account security."
+                        .to_owned(),
+                ));
+            }
+            Err(AppError::Unauthenticated("Sign in first.".to_owned()))
+        })
+    }
+}
+
+/// Whoever is calling an API endpoint: a signed-in session, or an API token (`Authorization:
+/// Bearer cnv_…`). A token with only the `read` scope may not use unsafe methods.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: i64,
+    pub email: String,
+    pub display_name: String,
+    pub session: Option<Arc<SessionInfo>>,
+    pub token: Option<super::api_tokens::TokenIdentity>,
+}
+
+impl FromRequest for Caller {
+    type Error = AppError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move {
+            if let Some(presented) = bearer(&request) {
+                let Some(state) = request.app_data::<web::Data<AppState>>() else {
+                    return Err(AppError::internal(anyhow::anyhow!(
+                        "application state missing"
+                    )));
+                };
+                let token = state
+                    .db
+                    .run(move |conn| {
+                        super::api_tokens::resolve(conn, &presented)
+                            .map_err(crate::db::DbError::from)
+                    })
+                    .await?
+                    .ok_or_else(|| AppError::Coded {
+                        status: actix_web::http::StatusCode::UNAUTHORIZED,
+                        code: "invalid_token",
+                        message: "The API token is not valid, expired or was revoked.".to_owned(),
+                        retry_after_secs: None,
+                    })?;
+                let safe = matches!(
+                    *request.method(),
+                    actix_web::http::Method::GET | actix_web::http::Method::HEAD
+                );
+                if !safe && !token.scopes.iter().any(|s| s == "write") {
+                    return Err(AppError::Coded {
+                        status: actix_web::http::StatusCode::FORBIDDEN,
+                        code: "insufficient_scope",
+                        message: "This token has only the read scope.".to_owned(),
+                        retry_after_secs: None,
+                    });
+                }
+                return Ok(Caller {
+                    user_id: token.user_id,
+                    email: token.email.clone(),
+                    display_name: token.display_name.clone(),
+                    session: None,
+                    token: Some(token),
+                });
+            }
+            let identity = resolve(&request)
                 .await?
-                .ok_or_else(|| AppError::Unauthenticated("Sign in first.".to_owned()))
+                .ok_or_else(|| AppError::Unauthenticated("Sign in first.".to_owned()))?;
+            Ok(Caller {
+                user_id: identity.session.user_id,
+                email: identity.session.email.clone(),
+                display_name: identity.session.display_name.clone(),
+                session: Some(identity.session),
+                token: None,
+            })
         })
     }
 }

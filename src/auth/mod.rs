@@ -4,6 +4,7 @@
 //! `conclave user` commands). Sign-in, sessions, CSRF, 2FA, OIDC and API tokens build on this
 //! module; other modules will reach it only through the `Identity` seam.
 
+pub mod api_tokens;
 mod email;
 pub mod email_tokens;
 pub mod handlers;
@@ -16,6 +17,7 @@ pub mod session_handlers;
 pub mod sessions;
 pub mod signup;
 pub mod sweep;
+pub mod token_handlers;
 pub mod two_factor;
 pub mod two_factor_handlers;
 pub mod users;

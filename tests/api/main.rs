@@ -22,5 +22,6 @@ mod sessions;
 mod settings;
 mod signup;
 mod sweep;
+mod tokens;
 mod two_factor;
 mod web;

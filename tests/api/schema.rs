@@ -66,7 +66,7 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
-        audit_events, email_tokens, jobs, memberships, mfa_challenges, recovery_codes,
+        api_tokens, audit_events, email_tokens, jobs, memberships, mfa_challenges, recovery_codes,
         remembered_devices, sessions, tenants, totp_secrets, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
@@ -97,6 +97,7 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         recovery_codes,
         remembered_devices,
         mfa_challenges,
+        api_tokens,
         memberships,
         audit_events
     )

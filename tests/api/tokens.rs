@@ -1,0 +1,262 @@
+//! Personal API tokens through HTTP.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn signed_in() -> TestApp {
+    let app = spawn_app().await;
+    app.create_user("ada@example.com", PASSWORD, true).await;
+    assert_eq!(app.login("ada@example.com", PASSWORD).await.status(), 200);
+    app
+}
+
+async fn create(app: &TestApp, body: Value) -> reqwest::Response {
+    let csrf = app.csrf_token().await;
+    app.client
+        .post(app.url("/api/v1/me/tokens"))
+        .header("X-CSRF-Token", csrf)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A client with no cookies, as a script would be.
+fn script() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test]
+async fn a_token_is_shown_once_stored_hashed_and_works_as_a_bearer() {
+    let app = signed_in().await;
+    let response = create(
+        &app,
+        json!({"name": "backup script", "scopes": ["read"], "expires_at": "2999-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("cnv_") && token.len() > 40, "{token}");
+    assert_eq!(created["scopes"], json!(["read"]));
+
+    let listing: Value = app.get("/api/v1/me/tokens").await.json().await.unwrap();
+    assert_eq!(listing["tokens"][0]["name"], "backup script");
+    assert!(
+        listing["tokens"][0].get("token").is_none(),
+        "never shown again"
+    );
+    let stored: Vec<String> = app
+        .state
+        .db
+        .run(|conn| {
+            use diesel::prelude::*;
+            conclave::schema::api_tokens::table
+                .select(conclave::schema::api_tokens::token_hash)
+                .load(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert!(!stored[0].contains(&token[4..]), "only a hash is stored");
+
+    let me = script()
+        .get(app.url("/api/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["email"], "ada@example.com");
+    assert_eq!(me["token"]["scopes"], json!(["read"]));
+
+    let bogus = script()
+        .get(app.url("/api/v1/me"))
+        .bearer_auth("cnv_nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bogus.status(), 401);
+    let problem: Value = bogus.json().await.unwrap();
+    assert_eq!(problem["error"], "invalid_token");
+}
+
+#[tokio::test]
+async fn scopes_limit_what_a_token_may_do_and_tokens_cannot_manage_security() {
+    let app = signed_in().await;
+    let read: Value = create(&app, json!({"name": "reader", "scopes": ["read"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let write: Value = create(&app, json!({"name": "writer", "scopes": ["read", "write"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (read_token, write_token) = (
+        read["token"].as_str().unwrap(),
+        write["token"].as_str().unwrap(),
+    );
+
+    let refused = script()
+        .delete(app.url(&format!("/api/v1/me/tokens/{}", read["id"])))
+        .bearer_auth(read_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["error"], "insufficient_scope");
+
+    // A leaked token cannot mint tokens or change the password.
+    for (path, body) in [
+        (
+            "/api/v1/me/tokens",
+            json!({"name": "more", "scopes": ["write"]}),
+        ),
+        (
+            "/api/v1/me/password",
+            json!({"current_password": PASSWORD, "new_password": "owned by the attacker now"}),
+        ),
+    ] {
+        let response = script()
+            .post(app.url(path))
+            .bearer_auth(write_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+    }
+
+    // A write token may retire a token, its own included.
+    let revoked = script()
+        .delete(app.url(&format!("/api/v1/me/tokens/{}", read["id"])))
+        .bearer_auth(write_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let after = script()
+        .get(app.url("/api/v1/me"))
+        .bearer_auth(read_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401, "revoked tokens stop working at once");
+}
+
+#[tokio::test]
+async fn expired_tokens_and_tokens_of_disabled_users_stop_working() {
+    let app = signed_in().await;
+    let created: Value = create(&app, json!({"name": "ci", "scopes": ["read"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        script()
+            .get(app.url("/api/v1/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.state
+        .db
+        .run(|conn| {
+            use diesel::prelude::*;
+            diesel::update(conclave::schema::api_tokens::table)
+                .set(
+                    conclave::schema::api_tokens::expires_at
+                        .eq(Some(chrono::Utc::now().naive_utc())),
+                )
+                .execute(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        script()
+            .get(app.url("/api/v1/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let fresh: Value = create(&app, json!({"name": "ci2", "scopes": ["read"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let fresh = fresh["token"].as_str().unwrap().to_owned();
+    app.state
+        .db
+        .run(|conn| {
+            let email = conclave::auth::Email::parse("ada@example.com").unwrap();
+            conclave::auth::users::set_disabled(conn, &email, true, None)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        script()
+            .get(app.url("/api/v1/me"))
+            .bearer_auth(&fresh)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn invalid_token_requests_name_the_field() {
+    let app = signed_in().await;
+    for (body, expected) in [
+        (
+            json!({"name": "", "scopes": ["read"]}),
+            "name: must be 1 to 80 printable characters",
+        ),
+        (
+            json!({"name": "x", "scopes": []}),
+            "scopes: choose at least one of read, write",
+        ),
+        (
+            json!({"name": "x", "scopes": ["admin"]}),
+            "scopes: \"admin\" is not one of read, write",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at: must be in the future",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_at": "tomorrow"}),
+            "expires_at: \"tomorrow\" is not an RFC 3339 time",
+        ),
+    ] {
+        let response = create(&app, body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["detail"], expected);
+    }
+    let audit = app
+        .state
+        .db
+        .run(|conn| conclave::audit::page(conn, 0, None, 100).map_err(conclave::db::DbError::from))
+        .await
+        .unwrap();
+    assert!(!audit.iter().any(|e| e.event == "token.created"));
+}
