@@ -12,6 +12,7 @@ command -v node >/dev/null 2>&1 || apt_packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || apt_packages+=(python3-aiosmtpd)
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then

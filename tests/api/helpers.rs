@@ -296,6 +296,11 @@ pub fn read_mails(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// One raw mail with quoted-printable undone.
+pub fn read_mails_text(raw: &str) -> String {
+    decode_quoted_printable(raw)
+}
+
 fn decode_quoted_printable(text: &str) -> String {
     let joined = text.replace("=\r\n", "").replace("=\n", "");
     let bytes = joined.as_bytes();

@@ -183,3 +183,85 @@ async fn an_smtp_4xx_reply_is_retried() {
         "{error}"
     );
 }
+
+/// A real SMTP server (Debian's python3-aiosmtpd) delivering into a maildir.
+struct RealSmtp {
+    child: std::process::Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Drop for RealSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn real_smtp() -> RealSmtp {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let maildir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        // Maildir creates its folders only for a path that does not exist yet.
+        .arg(maildir.path().join("box"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3-aiosmtpd is installed (scripts/ensure-tools.sh)");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "aiosmtpd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    RealSmtp {
+        child,
+        port,
+        maildir,
+    }
+}
+
+#[tokio::test]
+async fn a_verification_mail_is_delivered_through_a_real_smtp_server() {
+    let smtp = real_smtp();
+    let app = app_with_smtp(smtp.port).await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/signup",
+            &serde_json::json!({"email": "grace@example.com", "password": "correct horse battery staple"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let new_mail = smtp.maildir.path().join("box/new");
+    let delivered = eventually(Duration::from_secs(15), || {
+        let dir = new_mail.clone();
+        async move {
+            let entry = std::fs::read_dir(&dir).ok()?.flatten().next()?;
+            std::fs::read_to_string(entry.path()).ok()
+        }
+    })
+    .await
+    .expect("the SMTP server received the mail");
+    let decoded = crate::helpers::read_mails_text(&delivered);
+    assert!(
+        decoded.contains("Subject: Confirm your email address for Conclave"),
+        "{decoded}"
+    );
+    assert!(decoded.contains("To: grace@example.com"), "{decoded}");
+    assert!(decoded.contains("/verify?token="), "{decoded}");
+}
