@@ -120,6 +120,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    invitations (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        email -> Text,
+        role -> Text,
+        token_hash -> Text,
+        invited_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        accepted_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     memberships (tenant_id, user_id) {
         tenant_id -> BigInt,
         user_id -> BigInt,
@@ -147,6 +161,7 @@ diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(api_tokens -> users (user_id));
+diesel::joinable!(invitations -> tenants (tenant_id));
 diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     tenants,
@@ -158,6 +173,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     remembered_devices,
     mfa_challenges,
     api_tokens,
+    invitations,
     memberships,
     audit_events
 );

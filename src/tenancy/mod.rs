@@ -2,6 +2,8 @@
 //! owner > admin > operator > viewer. The `Authorizer` seam that decides permissions from
 //! these roles builds on this module.
 
+pub mod handlers;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -66,6 +68,54 @@ impl FromStr for Role {
             .find(|role| role.as_str() == text.trim().to_ascii_lowercase())
             .ok_or_else(|| format!("role: {text:?} is not one of owner, admin, operator, viewer"))
     }
+}
+
+/// What someone may do in a tenant. Every permission check in Conclave goes through
+/// [`Authorizer::can`]; pages offer an action only when it says yes, and the API answers 403
+/// when called anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// See the tenant, its members and its rooms.
+    View,
+    /// Operate devices and day-to-day resources.
+    Operate,
+    /// Invite people and change members' roles (never above one's own).
+    ManageMembers,
+    /// Rename or delete the tenant, manage billing.
+    ManageTenant,
+}
+
+/// The one place that decides permissions from roles.
+pub struct Authorizer;
+
+impl Authorizer {
+    pub fn minimum_role(permission: Permission) -> Role {
+        match permission {
+            Permission::View => Role::Viewer,
+            Permission::Operate => Role::Operator,
+            Permission::ManageMembers => Role::Admin,
+            Permission::ManageTenant => Role::Owner,
+        }
+    }
+
+    pub fn can(role: Role, permission: Permission) -> bool {
+        role.at_least(Self::minimum_role(permission))
+    }
+
+    /// Whether `inviter` may hand out `role`: never a role above their own.
+    pub fn may_grant(inviter: Role, role: Role) -> bool {
+        Self::can(inviter, Permission::ManageMembers) && inviter.at_least(role)
+    }
+}
+
+/// `user_id`'s role in `tenant_id`, if they are a member.
+pub fn role_of(conn: &mut DbConnection, tenant_id: i64, user_id: i64) -> QueryResult<Option<Role>> {
+    let role: Option<String> = memberships::table
+        .find((tenant_id, user_id))
+        .select(memberships::role)
+        .first(conn)
+        .optional()?;
+    Ok(role.and_then(|r| r.parse().ok()))
 }
 
 /// A user's place in one tenant.
@@ -151,4 +201,34 @@ pub fn memberships_of(
             ))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_include_the_permissions_of_the_roles_below() {
+        use Permission::*;
+        let table = [
+            (Role::Viewer, [true, false, false, false]),
+            (Role::Operator, [true, true, false, false]),
+            (Role::Admin, [true, true, true, false]),
+            (Role::Owner, [true, true, true, true]),
+        ];
+        for (role, expected) in table {
+            let actual =
+                [View, Operate, ManageMembers, ManageTenant].map(|p| Authorizer::can(role, p));
+            assert_eq!(actual, expected, "{role}");
+        }
+        assert!(Authorizer::may_grant(Role::Admin, Role::Admin));
+        assert!(
+            !Authorizer::may_grant(Role::Admin, Role::Owner),
+            "never above one's own role"
+        );
+        assert!(
+            !Authorizer::may_grant(Role::Operator, Role::Viewer),
+            "operators cannot invite"
+        );
+    }
 }

@@ -71,7 +71,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::auth::session_handlers::configure)
         .configure(crate::auth::password_handlers::configure)
         .configure(crate::auth::two_factor_handlers::configure)
-        .configure(crate::auth::token_handlers::configure);
+        .configure(crate::auth::token_handlers::configure)
+        .configure(crate::tenancy::handlers::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

@@ -22,6 +22,7 @@ mod sessions;
 mod settings;
 mod signup;
 mod sweep;
+mod tenants;
 mod tokens;
 mod two_factor;
 mod web;

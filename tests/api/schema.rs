@@ -66,8 +66,8 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
-        api_tokens, audit_events, email_tokens, jobs, memberships, mfa_challenges, recovery_codes,
-        remembered_devices, sessions, tenants, totp_secrets, users,
+        api_tokens, audit_events, email_tokens, invitations, jobs, memberships, mfa_challenges,
+        recovery_codes, remembered_devices, sessions, tenants, totp_secrets, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -98,6 +98,7 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         remembered_devices,
         mfa_challenges,
         api_tokens,
+        invitations,
         memberships,
         audit_events
     )

@@ -1,0 +1,396 @@
+//! Workspaces over HTTP: `GET|POST /api/v1/tenants`, `POST /api/v1/tenants/{id}/invitations`,
+//! `POST /api/v1/invitations/accept`, and the `/invite` page the invitation mail links to.
+//!
+//! Isolation: a tenant id that the caller is not a member of answers 404, exactly like one
+//! that does not exist, so ids cannot be probed.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use chrono::{NaiveDateTime, TimeDelta, Utc};
+use diesel::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Authorizer, Permission, Role};
+use crate::audit::{self, AuditEvent};
+use crate::auth::Email;
+use crate::auth::identity::{Caller, Identity};
+use crate::auth::sessions::token_id;
+use crate::db::{DbError, write_transaction};
+use crate::error::AppError;
+use crate::mail::OutgoingMail;
+use crate::schema::{invitations, memberships, tenants};
+use crate::web::AppState;
+use crate::web::pages::Page;
+
+const INVITATION_DAYS: i64 = 7;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::web::{get, resource};
+    cfg.service(get("/api/v1/tenants", list_tenants).route(web::post().to(create_tenant)))
+        .service(resource("/api/v1/tenants/{id}/invitations").route(web::post().to(invite)))
+        .service(resource("/api/v1/invitations/accept").route(web::post().to(api_accept)))
+        .service(get("/invite", invite_page).route(web::post().to(accept_form)));
+}
+
+fn event(name: &'static str, actor: i64, tenant_id: i64, details: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        event: name,
+        actor_user_id: Some(actor),
+        tenant_id: Some(tenant_id),
+        subject: Some(format!("tenant:{tenant_id}")),
+        details,
+        ..AuditEvent::default()
+    }
+}
+
+async fn list_tenants(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, AppError> {
+    let user_id = caller.user_id;
+    let rows: Vec<(i64, String, String, String)> = state
+        .db
+        .run(move |conn| {
+            memberships::table
+                .inner_join(tenants::table)
+                .filter(memberships::user_id.eq(user_id))
+                .order(tenants::id)
+                .select((tenants::id, tenants::slug, tenants::name, memberships::role))
+                .load(conn)
+                .map_err(DbError::from)
+        })
+        .await?;
+    let tenants: Vec<_> = rows
+        .into_iter()
+        .map(|(id, slug, name, role)| json!({ "id": id, "slug": slug, "name": name, "role": role }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "tenants": tenants })))
+}
+
+#[derive(Deserialize)]
+pub struct NewTenant {
+    name: String,
+    slug: String,
+}
+
+fn parse_slug(slug: &str) -> Result<String, AppError> {
+    let slug = slug.trim().to_ascii_lowercase();
+    let valid = (2..=40).contains(&slug.len())
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-');
+    if valid {
+        Ok(slug)
+    } else {
+        Err(AppError::BadRequest(
+            "slug: must be 2 to 40 lower-case letters, digits or dashes, not starting or ending with a dash".to_owned(),
+        ))
+    }
+}
+
+/// `POST /api/v1/tenants`: a new workspace, owned by its creator.
+async fn create_tenant(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<NewTenant>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    let name = crate::auth::users::parse_display_name(&body.name).map_err(AppError::BadRequest)?;
+    let slug = parse_slug(&body.slug)?;
+    let user_id = caller.user_id;
+    let created = state
+        .db
+        .run(move |conn| {
+            write_transaction(conn, |tx| {
+                let now = Utc::now().naive_utc();
+                let id: i64 = match diesel::insert_into(tenants::table)
+                    .values((
+                        tenants::slug.eq(&slug),
+                        tenants::name.eq(&name),
+                        tenants::created_at.eq(now),
+                    ))
+                    .returning(tenants::id)
+                    .get_result(tx)
+                {
+                    Ok(id) => id,
+                    Err(diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(DbError::from(e)),
+                };
+                super::add_member(tx, id, user_id, Role::Owner, now)?;
+                audit::record(
+                    tx,
+                    &event("tenant.created", user_id, id, json!({ "slug": slug })),
+                    now,
+                )?;
+                Ok(Some((id, slug, name)))
+            })
+        })
+        .await?;
+    match created {
+        Some((id, slug, name)) => Ok(HttpResponse::Created()
+            .json(json!({ "id": id, "slug": slug, "name": name, "role": "owner" }))),
+        None => Err(AppError::Conflict(
+            "slug: is taken; choose another".to_owned(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct NewInvitation {
+    email: String,
+    role: String,
+}
+
+/// `POST /api/v1/tenants/{id}/invitations`: admins and owners invite by mail, never to a role
+/// above their own.
+async fn invite(
+    state: web::Data<AppState>,
+    caller: Caller,
+    tenant: web::Path<i64>,
+    body: web::Json<NewInvitation>,
+) -> Result<HttpResponse, AppError> {
+    let tenant_id = tenant.into_inner();
+    let user_id = caller.user_id;
+    let (my_role, tenant_name) = state
+        .db
+        .run(move |conn| {
+            let role = super::role_of(conn, tenant_id, user_id)?;
+            let name: Option<String> = tenants::table
+                .find(tenant_id)
+                .select(tenants::name)
+                .first(conn)
+                .optional()?;
+            Ok::<_, DbError>(role.zip(name))
+        })
+        .await?
+        .ok_or_else(|| AppError::NotFound("No such workspace.".to_owned()))?;
+    if !Authorizer::can(my_role, Permission::ManageMembers) {
+        return Err(AppError::Forbidden(format!(
+            "Your role ({my_role}) cannot invite people."
+        )));
+    }
+    let body = body.into_inner();
+    let role: Role = body.role.parse().map_err(AppError::BadRequest)?;
+    if !Authorizer::may_grant(my_role, role) {
+        return Err(AppError::Forbidden(format!(
+            "You cannot give a role ({role}) above your own ({my_role})."
+        )));
+    }
+    let email = Email::parse(&body.email).map_err(AppError::BadRequest)?;
+
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+    let mut context = tera::Context::new();
+    context.insert("inviter", &caller.display_name);
+    context.insert("tenant", &tenant_name);
+    context.insert("role", role.as_str());
+    context.insert(
+        "invite_url",
+        &format!("{}/invite?token={token}", state.public_url),
+    );
+    context.insert("days", &INVITATION_DAYS);
+    let mail = OutgoingMail::compose(&state.templates, "invitation", email.as_str(), &context)
+        .and_then(OutgoingMail::into_job)
+        .map_err(AppError::internal)?;
+    let queue = state.queue.clone();
+    let outcome = state
+        .db
+        .run(move |conn| {
+            write_transaction(conn, |tx| {
+                let already: bool = diesel::select(diesel::dsl::exists(
+                    memberships::table
+                        .inner_join(crate::schema::users::table)
+                        .filter(memberships::tenant_id.eq(tenant_id))
+                        .filter(crate::schema::users::email.eq(email.as_str())),
+                ))
+                .get_result(tx)?;
+                if already {
+                    return Ok(None);
+                }
+                let now = Utc::now().naive_utc();
+                let expires_at = now + TimeDelta::days(INVITATION_DAYS);
+                let id: i64 = diesel::insert_into(invitations::table)
+                    .values((
+                        invitations::tenant_id.eq(tenant_id),
+                        invitations::email.eq(email.as_str()),
+                        invitations::role.eq(role.as_str()),
+                        invitations::token_hash.eq(token_id(&token)),
+                        invitations::invited_by.eq(Some(user_id)),
+                        invitations::created_at.eq(now),
+                        invitations::expires_at.eq(expires_at),
+                    ))
+                    .returning(invitations::id)
+                    .get_result(tx)?;
+                queue.enqueue_in(tx, &mail)?;
+                audit::record(
+                    tx,
+                    &event(
+                        "invitation.created",
+                        user_id,
+                        tenant_id,
+                        json!({ "email": email.as_str(), "role": role.as_str() }),
+                    ),
+                    now,
+                )?;
+                Ok::<_, DbError>(Some((id, email, expires_at)))
+            })
+        })
+        .await?;
+    state.queue.wake();
+    match outcome {
+        Some((id, email, expires_at)) => Ok(HttpResponse::Created().json(json!({
+            "id": id,
+            "email": email.as_str(),
+            "role": role.as_str(),
+            "expires_at": expires_at.and_utc().to_rfc3339(),
+        }))),
+        None => Err(AppError::Conflict(
+            "email: is already a member of this workspace".to_owned(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AcceptRequest {
+    token: String,
+}
+
+/// Joins the tenant of invitation `token` as the signed-in user, whose address it must be for.
+async fn accept(
+    state: &AppState,
+    identity: &Identity,
+    token: String,
+) -> Result<(i64, String, Role), AppError> {
+    let (user_id, email) = (identity.user_id(), identity.session.email.clone());
+    state
+        .db
+        .run(move |conn| {
+            write_transaction(conn, |tx| {
+                let now = Utc::now().naive_utc();
+                let row: Option<(
+                    i64,
+                    i64,
+                    String,
+                    String,
+                    NaiveDateTime,
+                    Option<NaiveDateTime>,
+                )> = invitations::table
+                    .filter(invitations::token_hash.eq(token_id(token.trim())))
+                    .select((
+                        invitations::id,
+                        invitations::tenant_id,
+                        invitations::email,
+                        invitations::role,
+                        invitations::expires_at,
+                        invitations::accepted_at,
+                    ))
+                    .first(tx)
+                    .optional()?;
+                let Some((id, tenant_id, invited, role, expires_at, accepted_at)) = row else {
+                    return Ok(Err(AppError::NotFound(
+                        "This invitation does not exist.".to_owned(),
+                    )));
+                };
+                if accepted_at.is_some() || expires_at <= now {
+                    return Ok(Err(AppError::Coded {
+                        status: actix_web::http::StatusCode::GONE,
+                        code: "invitation_spent",
+                        message:
+                            "This invitation was already used or has expired; ask for a new one."
+                                .to_owned(),
+                        retry_after_secs: None,
+                    }));
+                }
+                if invited != email {
+                    return Ok(Err(AppError::Forbidden(format!(
+                        "This invitation is for {invited}; sign in with that address to accept it."
+                    ))));
+                }
+                // The CHECK constraint keeps stored roles valid; anything else is a bug.
+                let Ok(role) = role.parse::<Role>() else {
+                    return Ok(Err(AppError::internal(anyhow::anyhow!(
+                        "invitation {id} has invalid role {role:?}"
+                    ))));
+                };
+                if super::role_of(tx, tenant_id, user_id)?.is_some() {
+                    return Ok(Err(AppError::Conflict(
+                        "You are already a member of this workspace.".to_owned(),
+                    )));
+                }
+                super::add_member(tx, tenant_id, user_id, role, now)?;
+                diesel::update(invitations::table.find(id))
+                    .set(invitations::accepted_at.eq(Some(now)))
+                    .execute(tx)?;
+                audit::record(
+                    tx,
+                    &event(
+                        "membership.added",
+                        user_id,
+                        tenant_id,
+                        json!({ "role": role.as_str(), "via": "invitation" }),
+                    ),
+                    now,
+                )?;
+                let name: String = tenants::table
+                    .find(tenant_id)
+                    .select(tenants::name)
+                    .first(tx)?;
+                Ok::<_, DbError>(Ok((tenant_id, name, role)))
+            })
+        })
+        .await?
+}
+
+async fn api_accept(
+    state: web::Data<AppState>,
+    identity: Identity,
+    body: web::Json<AcceptRequest>,
+) -> Result<HttpResponse, AppError> {
+    let (tenant_id, name, role) = accept(&state, &identity, body.into_inner().token).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "tenant": { "id": tenant_id, "name": name }, "role": role.as_str() })))
+}
+
+#[derive(Deserialize)]
+pub struct InviteQuery {
+    token: Option<String>,
+}
+
+/// `GET /invite?token=…`: the link in the invitation mail.
+async fn invite_page(
+    state: web::Data<AppState>,
+    page: Page,
+    query: web::Query<InviteQuery>,
+) -> Result<HttpResponse, AppError> {
+    let token = query.into_inner().token.unwrap_or_default();
+    let here: String =
+        url::form_urlencoded::byte_serialize(format!("/invite?token={token}").as_bytes()).collect();
+    let mut context = page.context(&state);
+    context.insert("token", &token);
+    context.insert("signed_in", &page.identity.is_some());
+    context.insert("login_url", &format!("/login?next={here}"));
+    let body = state.templates.render("tenancy/invite.html", &context)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(body))
+}
+
+async fn accept_form(
+    state: web::Data<AppState>,
+    identity: Identity,
+    form: web::Form<AcceptRequest>,
+) -> Result<HttpResponse, AppError> {
+    accept(&state, &identity, form.into_inner().token).await?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/"))
+        .finish())
+}
