@@ -18,9 +18,7 @@ use crate::db::DbError;
 use crate::error::AppError;
 use crate::tenancy;
 use crate::web::AppState;
-use crate::web::pages::Page;
-
-const MAX_USER_AGENT: usize = 300;
+use crate::web::pages::{Page, TokenQuery, html};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
@@ -130,10 +128,7 @@ fn render_signup(
     context.insert("email", email);
     context.insert("error", &error);
     context.insert("min_length", &state.settings.accounts.password_min_length);
-    let body = state.templates.render("auth/signup.html", &context)?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    html(state, "auth/signup.html", &context, status)
 }
 
 fn render_message(
@@ -149,10 +144,7 @@ fn render_message(
     context.insert("message", message);
     context.insert("action_url", &action.map(|(url, _)| url));
     context.insert("action_label", &action.map(|(_, label)| label));
-    let body = state.templates.render("auth/message.html", &context)?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    html(state, "auth/message.html", &context, status)
 }
 
 #[derive(Deserialize)]
@@ -207,16 +199,11 @@ async fn signup_form(
     }
 }
 
-#[derive(Deserialize)]
-pub struct VerifyQuery {
-    token: Option<String>,
-}
-
 /// `GET /verify?token=…`: the link from the verification mail.
 async fn verify_page(
     state: web::Data<AppState>,
     page: Page,
-    query: web::Query<VerifyQuery>,
+    query: web::Query<TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
     let token = query.into_inner().token.unwrap_or_default();
     match state.signup.verify(token).await? {
@@ -247,13 +234,10 @@ fn client(request: &HttpRequest) -> Client {
     let secure = request
         .app_data::<web::Data<AppState>>()
         .is_some_and(|state| identity::secure_cookies(state));
+    let (ip, user_agent) = crate::web::client_info(request);
     Client {
-        ip: request.peer_addr().map(|addr| addr.ip()),
-        user_agent: request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
+        ip,
+        user_agent,
         remembered_device: request
             .cookie(identity::device_cookie_name(secure))
             .map(|c| c.value().to_owned()),
@@ -454,12 +438,7 @@ fn render_second_factor(
     context.insert("next", next);
     context.insert("error", &error);
     context.insert("remember_days", &super::two_factor::REMEMBER_DAYS);
-    let body = state
-        .templates
-        .render("auth/second_factor.html", &context)?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    html(state, "auth/second_factor.html", &context, status)
 }
 
 /// `POST /login/2fa`.
@@ -634,10 +613,7 @@ fn render_login(
     context.insert("email", email);
     context.insert("next", next);
     context.insert("error", &error);
-    let body = state.templates.render("auth/login.html", &context)?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    html(state, "auth/login.html", &context, status)
 }
 
 #[derive(Deserialize)]

@@ -12,7 +12,7 @@ use super::password::HashError;
 use super::passwords::PasswordError;
 use crate::error::AppError;
 use crate::web::AppState;
-use crate::web::pages::Page;
+use crate::web::pages::{Page, TokenQuery, html};
 
 const RESET_SENT: &str = "If this address has an account, a link to choose a new password is on its way. It works for 30 minutes.";
 
@@ -49,12 +49,8 @@ async fn rotate_session(
     identity: &Identity,
 ) -> Result<actix_web::cookie::Cookie<'static>, AppError> {
     state.sessions.revoke(&identity.session.id).await?;
-    let ip = request.peer_addr().map(|a| a.ip().to_string());
-    let user_agent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(300).collect());
+    let (ip, user_agent) = crate::web::client_info(request);
+    let ip = ip.map(|ip| ip.to_string());
     let session = state
         .sessions
         .create(identity.user_id(), ip, user_agent)
@@ -179,10 +175,7 @@ fn render(
         context.insert(*key, value);
     }
     context.insert("min_length", &state.settings.accounts.password_min_length);
-    let body = state.templates.render(template, &context)?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    html(state, template, &context, status)
 }
 
 async fn forgot_page(state: web::Data<AppState>, page: Page) -> Result<HttpResponse, AppError> {
@@ -202,11 +195,6 @@ async fn forgot_form(
         "auth/message.html",
         &[("heading", "Check your inbox"), ("message", RESET_SENT)],
     )
-}
-
-#[derive(Deserialize)]
-pub struct ResetQuery {
-    token: Option<String>,
 }
 
 fn link_broken(state: &AppState, page: &Page, error: TokenError) -> Result<HttpResponse, AppError> {
@@ -229,7 +217,7 @@ fn link_broken(state: &AppState, page: &Page, error: TokenError) -> Result<HttpR
 async fn reset_page(
     state: web::Data<AppState>,
     page: Page,
-    query: web::Query<ResetQuery>,
+    query: web::Query<TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
     let token = query.into_inner().token.unwrap_or_default();
     match state.passwords.check_reset_token(token.clone()).await? {

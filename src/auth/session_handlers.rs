@@ -56,12 +56,8 @@ async fn audit_revoked(
     user_id: i64,
     details: serde_json::Value,
 ) -> Result<(), AppError> {
-    let ip = request.peer_addr().map(|a| a.ip().to_string());
-    let user_agent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(300).collect::<String>());
+    let (ip, user_agent) = crate::web::client_info(request);
+    let ip = ip.map(|ip| ip.to_string());
     state
         .db
         .run(move |conn| {
@@ -174,10 +170,7 @@ async fn security_page(
         &state.two_factor.is_enabled(identity.user_id()).await?,
     );
     context.insert("min_length", &state.settings.accounts.password_min_length);
-    let body = state.templates.render("settings/security.html", &context)?;
-    Ok(HttpResponse::build(StatusCode::OK)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    crate::web::pages::html(&state, "settings/security.html", &context, StatusCode::OK)
 }
 
 fn back_to_security() -> HttpResponse {

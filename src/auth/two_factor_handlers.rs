@@ -140,12 +140,7 @@ fn render(
             context.insert(key, &value);
         }
     }
-    let body = state
-        .templates
-        .render("settings/two_factor.html", &context)?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    crate::web::pages::html(state, "settings/two_factor.html", &context, status)
 }
 
 fn back(notice: &str) -> HttpResponse {

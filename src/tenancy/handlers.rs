@@ -360,16 +360,11 @@ async fn api_accept(
         .json(json!({ "tenant": { "id": tenant_id, "name": name }, "role": role.as_str() })))
 }
 
-#[derive(Deserialize)]
-pub struct InviteQuery {
-    token: Option<String>,
-}
-
 /// `GET /invite?token=…`: the link in the invitation mail.
 async fn invite_page(
     state: web::Data<AppState>,
     page: Page,
-    query: web::Query<InviteQuery>,
+    query: web::Query<crate::web::pages::TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
     let token = query.into_inner().token.unwrap_or_default();
     let here: String =
@@ -378,10 +373,12 @@ async fn invite_page(
     context.insert("token", &token);
     context.insert("signed_in", &page.identity.is_some());
     context.insert("login_url", &format!("/login?next={here}"));
-    let body = state.templates.render("tenancy/invite.html", &context)?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    crate::web::pages::html(
+        &state,
+        "tenancy/invite.html",
+        &context,
+        actix_web::http::StatusCode::OK,
+    )
 }
 
 async fn accept_form(

@@ -20,7 +20,6 @@ use crate::error::AppError;
 const MAX_MESSAGE_CHARS: usize = 2_000;
 const MAX_STACK_CHARS: usize = 16_000;
 const MAX_LOCATION_CHARS: usize = 2_000;
-const MAX_USER_AGENT_CHARS: usize = 300;
 /// Forget idle clients once this many are tracked, so the limiter's memory stays bounded.
 const RETAIN_ABOVE_KEYS: usize = 10_000;
 
@@ -99,14 +98,7 @@ pub async fn report(
         .ok_or_else(|| AppError::BadRequest("The client address is unknown.".to_owned()))?;
     state.client_errors.check(ip)?;
     report.validate()?;
-    let user_agent: String = request
-        .headers()
-        .get(actix_web::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .take(MAX_USER_AGENT_CHARS)
-        .collect();
+    let user_agent = super::client_info(&request).1.unwrap_or_default();
     metrics::counter!("client_errors_total").increment(1);
     // Everything the client sent is recorded with `?` (Debug, quoted and escaped), so a
     // report cannot forge log lines with embedded newlines; `js_message` keeps clear of the

@@ -42,6 +42,19 @@ pub struct AppState {
     pub hasher: crate::auth::PasswordHasher,
 }
 
+/// Longest User-Agent kept for logs and the audit log.
+pub const MAX_USER_AGENT: usize = 300;
+
+/// The client's address and (shortened) User-Agent, for rate limits and the audit log.
+pub fn client_info(request: &actix_web::HttpRequest) -> (Option<std::net::IpAddr>, Option<String>) {
+    let user_agent = request
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    (request.peer_addr().map(|addr| addr.ip()), user_agent)
+}
+
 /// A resource that answers 405 (as a problem document) for methods it does not route.
 pub fn resource(path: &str) -> Resource {
     web::resource(path).default_service(web::to(errors::method_not_allowed))

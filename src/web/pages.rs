@@ -70,11 +70,30 @@ pub fn base_context(state: &AppState, nonce: &str, csrf: &str) -> tera::Context 
     context
 }
 
-pub async fn landing(state: web::Data<AppState>, page: Page) -> Result<HttpResponse, AppError> {
-    let body = state
-        .templates
-        .render("index.html", &page.context(&state))?;
-    Ok(HttpResponse::Ok()
+/// Renders `template` as an HTML response with `status`.
+pub fn html(
+    state: &AppState,
+    template: &str,
+    context: &tera::Context,
+    status: actix_web::http::StatusCode,
+) -> Result<HttpResponse, AppError> {
+    let body = state.templates.render(template, context)?;
+    Ok(HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .body(body))
+}
+
+/// `?token=…` of the links sent by mail.
+#[derive(serde::Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+pub async fn landing(state: web::Data<AppState>, page: Page) -> Result<HttpResponse, AppError> {
+    html(
+        &state,
+        "index.html",
+        &page.context(&state),
+        actix_web::http::StatusCode::OK,
+    )
 }
