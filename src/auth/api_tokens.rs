@@ -152,7 +152,18 @@ struct LiveToken {
     display_name: String,
 }
 
-/// The live token behind a bearer value: not revoked, not expired, its user not disabled.
+/// Revokes every live token of `user_id` (their password changed or was reset).
+pub fn revoke_all(conn: &mut DbConnection, user_id: i64) -> QueryResult<usize> {
+    diesel::update(
+        api_tokens::table
+            .filter(api_tokens::user_id.eq(user_id))
+            .filter(api_tokens::revoked_at.is_null()),
+    )
+    .set(api_tokens::revoked_at.eq(Some(Utc::now().naive_utc())))
+    .execute(conn)
+}
+
+/// A live token joined with its user: not revoked, not expired, its user not disabled.
 pub fn resolve(conn: &mut DbConnection, presented: &str) -> QueryResult<Option<TokenIdentity>> {
     if !presented.starts_with(PREFIX) {
         return Ok(None);

@@ -32,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/auth/signup").route(web::post().to(api_signup)))
         .service(resource("/api/v1/auth/verify").route(web::post().to(api_verify)))
         .service(get("/signup", signup_page).route(web::post().to(signup_form)))
-        .service(get("/verify", verify_page));
+        .service(get("/verify", verify_page).route(web::post().to(verify_form)));
 }
 
 impl From<SignupError> for AppError {
@@ -199,14 +199,52 @@ async fn signup_form(
     }
 }
 
-/// `GET /verify?token=…`: the link from the verification mail.
+/// `GET /verify?token=…`: the link from the verification mail. It only shows a button: mail
+/// scanners fetch links, and a GET must not verify an address on their behalf.
 async fn verify_page(
     state: web::Data<AppState>,
     page: Page,
     query: web::Query<TokenQuery>,
 ) -> Result<HttpResponse, AppError> {
     let token = query.into_inner().token.unwrap_or_default();
-    match state.signup.verify(token).await? {
+    match state.signup.check_verify_token(token.clone()).await? {
+        Ok(_) => {
+            let mut context = page.context(&state);
+            context.insert("token", &token);
+            html(&state, "auth/verify.html", &context, StatusCode::OK)
+        }
+        Err(error) => broken_verify_link(&state, &page, error),
+    }
+}
+
+fn broken_verify_link(
+    state: &AppState,
+    page: &Page,
+    error: TokenError,
+) -> Result<HttpResponse, AppError> {
+    let status = actix_web::ResponseError::status_code(&token_problem(error));
+    render_message(
+        state,
+        page,
+        status,
+        "This link does not work",
+        &error.to_string(),
+        Some(("/login", "Go to sign in")),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct VerifyForm {
+    token: String,
+}
+
+/// `POST /verify`: the button on the verification page.
+async fn verify_form(
+    state: web::Data<AppState>,
+    page: Page,
+    form: web::Form<VerifyForm>,
+) -> Result<HttpResponse, AppError> {
+    match state.signup.verify(form.into_inner().token).await? {
         Ok(_) => render_message(
             &state,
             &page,
@@ -215,18 +253,7 @@ async fn verify_page(
             "Thank you: your email address is confirmed and your account is ready.",
             Some(("/login", "Sign in")),
         ),
-        Err(error) => {
-            let status = actix_web::ResponseError::status_code(&token_problem(error));
-            let message = error.to_string();
-            render_message(
-                &state,
-                &page,
-                status,
-                "This link does not work",
-                &message,
-                Some(("/login", "Go to sign in")),
-            )
-        }
+        Err(error) => broken_verify_link(&state, &page, error),
     }
 }
 
@@ -562,11 +589,19 @@ pub struct LoginQuery {
 }
 
 /// Only paths on this site: `//evil.example` and `/\evil.example` are other sites to a browser.
+/// Browsers drop tabs and newlines from URLs, so `/\t/evil.example` means `//evil.example`:
+/// any whitespace or control character, or a second character that starts an authority,
+/// makes the path unsafe.
 fn safe_next(next: Option<&str>) -> String {
+    let is_local = |path: &str| {
+        path.starts_with('/')
+            && !matches!(path.chars().nth(1), Some('/' | '\\'))
+            && !path
+                .chars()
+                .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    };
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
-            path.to_owned()
-        }
+        Some(path) if is_local(path) => path.to_owned(),
         _ => "/".to_owned(),
     }
 }
@@ -702,6 +737,10 @@ mod tests {
             "//evil.example/",
             "/\\evil.example",
             "evil",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "\t//evil.example",
         ] {
             assert_eq!(safe_next(Some(hostile)), "/", "{hostile}");
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use actix_web::cookie::{Cookie, SameSite, time};
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage as _, HttpRequest, web};
 
 use super::sessions::SessionInfo;
 use crate::error::AppError;
@@ -138,8 +138,22 @@ impl Identity {
     }
 }
 
-/// Resolves the session cookie, if any, to a live session.
+/// Resolves the session cookie, if any, to a live session. The answer is kept in the
+/// request's extensions, so `Page` and `Identity` in one handler cost one lookup.
 pub async fn resolve(request: &HttpRequest) -> Result<Option<Identity>, AppError> {
+    if let Some(resolved) = request.extensions().get::<Resolved>() {
+        return Ok(resolved.0.clone());
+    }
+    let resolved = lookup(request).await?;
+    request.extensions_mut().insert(Resolved(resolved.clone()));
+    Ok(resolved)
+}
+
+/// The session this request resolved to (or that it has none).
+#[derive(Clone)]
+struct Resolved(Option<Identity>);
+
+async fn lookup(request: &HttpRequest) -> Result<Option<Identity>, AppError> {
     let Some(state) = request.app_data::<web::Data<AppState>>() else {
         return Err(AppError::internal(anyhow::anyhow!(
             "application state missing"

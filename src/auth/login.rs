@@ -125,15 +125,14 @@ impl LoginService {
             None => None,
         };
         let now = Utc::now().naive_utc();
-        if let Some(Candidate {
-            locked_until: Some(until),
-            ..
-        }) = &candidate
-            && *until > now
-        {
-            let minutes = ((*until - now).num_seconds() + 59) / 60;
-            return Err(LoginError::Locked { minutes });
-        }
+        // The password is checked even for a locked account, and the lock is only mentioned
+        // to someone who knows it: otherwise five wrong guesses would reveal that an address
+        // has an account.
+        let locked_minutes = candidate
+            .as_ref()
+            .and_then(|c| c.locked_until)
+            .filter(|until| *until > now)
+            .map(|until| ((until - now).num_seconds() + 59) / 60);
         let stored = candidate.as_ref().and_then(|c| c.password_hash.clone());
         let matches = match stored {
             Some(hash) => self.hasher.verify(password, hash).await?,
@@ -147,9 +146,18 @@ impl LoginService {
         let Some(user) = candidate else {
             return Err(LoginError::InvalidCredentials);
         };
+        if let Some(minutes) = locked_minutes {
+            // Failures while locked neither extend the lock nor count towards another.
+            return Err(if matches && !user.disabled {
+                LoginError::Locked { minutes }
+            } else {
+                LoginError::InvalidCredentials
+            });
+        }
         if !matches || user.disabled {
             self.record_failure(
-                &user,
+                user.id,
+                user.email.clone(),
                 client,
                 if user.disabled {
                     "disabled"
@@ -163,19 +171,6 @@ impl LoginService {
         if self.settings.require_verified_email && !user.verified {
             return Err(LoginError::EmailUnverified);
         }
-        // The password is right: the failure count starts over, whatever comes next.
-        let user_id = user.id;
-        self.db
-            .run(move |conn| {
-                diesel::update(users::table.find(user_id))
-                    .set((
-                        users::failed_logins.eq(0),
-                        users::locked_until.eq(None::<NaiveDateTime>),
-                    ))
-                    .execute(conn)
-                    .map_err(DbError::from)
-            })
-            .await?;
         if self.two_factor.is_enabled(user.id).await? {
             let remembered = match &client.remembered_device {
                 Some(token) => self.two_factor.is_remembered(user.id, token).await?,
@@ -206,10 +201,21 @@ impl LoginService {
     ) -> Result<(NewSession, Option<String>), LoginError> {
         self.check_rate(client)?;
         let user_id = self.two_factor.challenge_user(challenge).await?;
-        let kind = self
-            .two_factor
-            .verify_code(user_id, code.to_owned())
-            .await?;
+        let kind = match self.two_factor.verify_code(user_id, code.to_owned()).await {
+            Ok(kind) => kind,
+            Err(TwoFactorError::InvalidCode) => {
+                // Wrong codes count towards the same lockout as wrong passwords, so guessing
+                // codes across fresh sign-ins is bounded too.
+                let email: String = self
+                    .db
+                    .run(move |conn| super::users::email_of(conn, user_id).map_err(DbError::from))
+                    .await?;
+                self.record_failure(user_id, email, client, "second_factor")
+                    .await?;
+                return Err(TwoFactorError::InvalidCode.into());
+            }
+            Err(other) => return Err(other.into()),
+        };
         self.two_factor.finish_challenge(challenge).await?;
         let method = match kind {
             CodeKind::Totp => "totp",
@@ -235,6 +241,18 @@ impl LoginService {
             client.ip.map(|ip| ip.to_string()),
             client.user_agent.clone(),
         );
+        // Fully signed in (password and, if on, the second step): the failure count starts over.
+        self.db
+            .run(move |conn| {
+                diesel::update(users::table.find(user_id))
+                    .set((
+                        users::failed_logins.eq(0),
+                        users::locked_until.eq(None::<NaiveDateTime>),
+                    ))
+                    .execute(conn)
+                    .map_err(DbError::from)
+            })
+            .await?;
         let session = self
             .sessions
             .create(user_id, ip.clone(), user_agent.clone())
@@ -331,11 +349,11 @@ impl LoginService {
     /// queues the notification, all in one transaction.
     async fn record_failure(
         &self,
-        user: &Candidate,
+        user_id: i64,
+        email: String,
         client: &Client,
         reason: &'static str,
     ) -> Result<(), DbError> {
-        let (user_id, email) = (user.id, user.email.clone());
         let threshold = self.settings.lockout_threshold;
         let lock_for = chrono::TimeDelta::try_minutes(
             i64::try_from(self.settings.lockout_minutes).unwrap_or(15),
@@ -345,8 +363,7 @@ impl LoginService {
             client.ip.map(|ip| ip.to_string()),
             client.user_agent.clone(),
         );
-        let lock_mail = self.lockout_mail(&email, self.settings.lockout_minutes);
-        let queue = self.queue.clone();
+        let service = self.clone();
         let locked = self
             .db
             .run(move |conn| {
@@ -385,6 +402,12 @@ impl LoginService {
                             users::locked_until.eq(Some(until)),
                         ))
                         .execute(tx)?;
+                    // A pending second step must not outlive the lock.
+                    diesel::delete(
+                        crate::schema::mfa_challenges::table
+                            .filter(crate::schema::mfa_challenges::user_id.eq(user_id)),
+                    )
+                    .execute(tx)?;
                     audit::record(
                         tx,
                         &event(
@@ -393,8 +416,9 @@ impl LoginService {
                         ),
                         now,
                     )?;
-                    if let Some(mail) = lock_mail.and_then(|mail| mail.into_job().ok()) {
-                        queue.enqueue_in(tx, &mail)?;
+                    let mail = service.lockout_mail(&email, service.settings.lockout_minutes);
+                    if let Some(mail) = mail.and_then(|mail| mail.into_job().ok()) {
+                        service.queue.enqueue_in(tx, &mail)?;
                     }
                     Ok(true)
                 })

@@ -135,6 +135,8 @@ impl PasswordService {
                     let now = Utc::now().naive_utc();
                     set_password(tx, user_id, &hash, now)?;
                     super::two_factor::forget_remembered_devices(tx, user_id)?;
+                    // Whoever knew the old password may have made tokens with it.
+                    super::api_tokens::revoke_all(tx, user_id)?;
                     audit::record(tx, &event(events::PASSWORD_CHANGED, user_id), now)?;
                     if let Some(mail) = &mail {
                         queue.enqueue_in(tx, mail)?;
@@ -212,13 +214,7 @@ impl PasswordService {
         let user_id = self.check_reset_token(token.clone()).await??;
         let email: String = self
             .db
-            .run(move |conn| {
-                users::table
-                    .find(user_id)
-                    .select(users::email)
-                    .first(conn)
-                    .map_err(DbError::from)
-            })
+            .run(move |conn| super::users::email_of(conn, user_id).map_err(DbError::from))
             .await?;
         self.policy.check(&new, &stored_email(&email)?)?;
         let hash = self.hasher.hash(new).await?;
@@ -230,6 +226,8 @@ impl PasswordService {
                     let user_id = email_tokens::consume(tx, &token, Purpose::Reset, now)??;
                     set_password(tx, user_id, &hash, now)?;
                     super::two_factor::forget_remembered_devices(tx, user_id)?;
+                    // Whoever knew the old password may have made tokens with it.
+                    super::api_tokens::revoke_all(tx, user_id)?;
                     diesel::update(users::table.find(user_id))
                         .set((
                             users::failed_logins.eq(0),

@@ -161,9 +161,6 @@ impl Sessions {
         let now = Utc::now().naive_utc();
         if let Some(info) = self.cache.get(&id).await {
             if self.is_live(&info, now) {
-                if now - info.last_seen_at >= TOUCH_EVERY {
-                    return self.load(id, now).await;
-                }
                 return Ok(Some(info));
             }
             self.cache.invalidate(&id).await;
@@ -217,16 +214,22 @@ impl Sessions {
                     diesel::delete(sessions::table.find(&id)).execute(conn)?;
                     return Ok(None);
                 }
-                diesel::update(sessions::table.find(&id))
-                    .set(sessions::last_seen_at.eq(now))
-                    .execute(conn)?;
+                // Cache entries live CACHE_TTL; the row is written at most every TOUCH_EVERY.
+                let last_seen_at = if now - last_seen_at >= TOUCH_EVERY {
+                    diesel::update(sessions::table.find(&id))
+                        .set(sessions::last_seen_at.eq(now))
+                        .execute(conn)?;
+                    now
+                } else {
+                    last_seen_at
+                };
                 Ok(Some(SessionInfo {
                     id,
                     user_id,
                     email,
                     display_name,
                     created_at,
-                    last_seen_at: now,
+                    last_seen_at,
                     expires_at,
                 }))
             })
@@ -285,19 +288,20 @@ impl Sessions {
         keep: Option<&str>,
     ) -> Result<usize, DbError> {
         let keep = keep.map(str::to_owned);
+        // One statement: a session cannot slip in between choosing and deleting.
         let ids: Vec<String> = self
             .db
             .run(move |conn| {
-                let mut query = sessions::table
-                    .filter(sessions::user_id.eq(user_id))
-                    .select(sessions::id)
-                    .into_boxed();
-                if let Some(keep) = &keep {
-                    query = query.filter(sessions::id.ne(keep.clone()));
+                let mine = sessions::table.filter(sessions::user_id.eq(user_id));
+                match keep {
+                    Some(keep) => diesel::delete(mine.filter(sessions::id.ne(keep)))
+                        .returning(sessions::id)
+                        .get_results(conn),
+                    None => diesel::delete(mine)
+                        .returning(sessions::id)
+                        .get_results(conn),
                 }
-                let ids: Vec<String> = query.load(conn)?;
-                diesel::delete(sessions::table.filter(sessions::id.eq_any(&ids))).execute(conn)?;
-                Ok::<_, DbError>(ids)
+                .map_err(DbError::from)
             })
             .await?;
         for id in &ids {

@@ -159,6 +159,19 @@ impl SignupService {
             .map_err(SignupError::Mail)
     }
 
+    /// Whether a verification link can still be used, without using it.
+    pub async fn check_verify_token(
+        &self,
+        token: String,
+    ) -> Result<Result<i64, TokenError>, DbError> {
+        self.db
+            .run(move |conn| {
+                email_tokens::peek(conn, &token, Purpose::Verify, Utc::now().naive_utc())
+                    .map_err(DbError::from)
+            })
+            .await
+    }
+
     /// Uses a verification link: the address is verified, the link spent.
     pub async fn verify(&self, token: String) -> Result<Result<String, TokenError>, DbError> {
         self.db

@@ -102,14 +102,22 @@ async fn list_tokens(
     Ok(HttpResponse::Ok().json(json!({ "tokens": rows.iter().map(describe).collect::<Vec<_>>() })))
 }
 
-/// Revoking only ever takes access away, so a token with the `write` scope may do it too
-/// (a script retiring its own token).
+/// A token with the `write` scope may revoke itself (a script retiring its own token), but
+/// no other: a leaked token must not be able to lock its owner's scripts out.
 async fn revoke_token(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     let (user_id, token_id) = (caller.user_id, id.into_inner());
+    if let Some(token) = &caller.token
+        && token.token_id != token_id
+    {
+        return Err(AppError::Forbidden(
+            "A token may revoke only itself; manage other tokens from a signed-in session."
+                .to_owned(),
+        ));
+    }
     let revoked = state
         .db
         .run(move |conn| {

@@ -419,15 +419,22 @@ impl TwoFactor {
         let id = token_id(&token);
         self.db
             .run(move |conn| {
-                let expires_at = Utc::now().naive_utc() + TimeDelta::minutes(CHALLENGE_MINUTES);
-                diesel::insert_into(mfa_challenges::table)
-                    .values((
-                        mfa_challenges::id.eq(id),
-                        mfa_challenges::user_id.eq(user_id),
-                        mfa_challenges::expires_at.eq(expires_at),
-                    ))
-                    .execute(conn)
-                    .map_err(DbError::from)
+                write_transaction(conn, |tx| {
+                    let expires_at = Utc::now().naive_utc() + TimeDelta::minutes(CHALLENGE_MINUTES);
+                    // One live challenge per user: signing in again replaces the old one.
+                    diesel::delete(
+                        mfa_challenges::table.filter(mfa_challenges::user_id.eq(user_id)),
+                    )
+                    .execute(tx)?;
+                    diesel::insert_into(mfa_challenges::table)
+                        .values((
+                            mfa_challenges::id.eq(id),
+                            mfa_challenges::user_id.eq(user_id),
+                            mfa_challenges::expires_at.eq(expires_at),
+                        ))
+                        .execute(tx)
+                        .map_err(DbError::from)
+                })
             })
             .await?;
         Ok(token)

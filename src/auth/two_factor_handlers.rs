@@ -102,10 +102,14 @@ async fn api_confirm(
     Ok(HttpResponse::Ok().json(json!({ "status": "enabled", "recovery_codes": codes })))
 }
 
+/// New recovery codes replace a way past the second step, so they need the password, like
+/// turning 2FA off: a borrowed session alone must not be enough.
 async fn api_recovery_codes(
     state: web::Data<AppState>,
     identity: Identity,
+    body: web::Json<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
+    check_password(&state, identity.user_id(), body.into_inner().password).await?;
     let codes = state
         .two_factor
         .regenerate_recovery_codes(identity.user_id())
@@ -216,7 +220,14 @@ async fn recovery_codes_form(
     state: web::Data<AppState>,
     page: Page,
     identity: Identity,
+    form: web::Form<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
+    if check_password(&state, identity.user_id(), form.into_inner().password)
+        .await
+        .is_err()
+    {
+        return Ok(back("2fa_wrong_password"));
+    }
     let codes = state
         .two_factor
         .regenerate_recovery_codes(identity.user_id())

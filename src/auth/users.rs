@@ -126,6 +126,10 @@ pub fn create(conn: &mut DbConnection, new: NewUser) -> Result<(User, Role), Cre
     })
 }
 
+pub fn email_of(conn: &mut DbConnection, user_id: i64) -> QueryResult<String> {
+    users::table.find(user_id).select(users::email).first(conn)
+}
+
 pub fn find_by_email(conn: &mut DbConnection, email: &Email) -> QueryResult<Option<User>> {
     users::table
         .filter(users::email.eq(email.as_str()))
@@ -141,16 +145,15 @@ pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<(User, Vec<Membership>)>
         .select(User::as_select())
         .load(conn)?;
     let ids: Vec<i64> = all.iter().map(|u| u.id).collect();
-    let mut memberships = tenancy::memberships_of(conn, &ids)?;
+    let mut by_user: std::collections::HashMap<i64, Vec<Membership>> =
+        std::collections::HashMap::new();
+    for (user_id, membership) in tenancy::memberships_of(conn, &ids)? {
+        by_user.entry(user_id).or_default().push(membership);
+    }
     Ok(all
         .into_iter()
         .map(|user| {
-            let mine = memberships
-                .iter()
-                .filter(|(user_id, _)| *user_id == user.id)
-                .map(|(_, m)| m.clone())
-                .collect();
-            memberships.retain(|(user_id, _)| *user_id != user.id);
+            let mine = by_user.remove(&user.id).unwrap_or_default();
             (user, mine)
         })
         .collect())

@@ -197,14 +197,7 @@ impl TestApp {
 
     /// The value of a cookie the client holds for this app.
     pub fn cookie(&self, name: &str) -> Option<String> {
-        use reqwest::cookie::CookieStore as _;
-        let url = self.address.parse().expect("url");
-        let header = self.cookies.cookies(&url)?;
-        header
-            .to_str()
-            .ok()?
-            .split("; ")
-            .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
+        cookie_value(&self.cookies, &self.address, name)
     }
 
     /// The CSRF token the server issued to this client (fetching a page first if needed).
@@ -214,6 +207,19 @@ impl TestApp {
         }
         self.cookie("conclave_csrf")
             .expect("the server sets a CSRF cookie")
+    }
+
+    /// Disables an account directly through the accounts module.
+    pub async fn disable_user(&self, email: &str) {
+        let email = conclave::auth::Email::parse(email).expect("email");
+        self.state
+            .db
+            .run(move |conn| {
+                conclave::auth::users::set_disabled(conn, &email, true, None)
+                    .map_err(conclave::db::DbError::from)
+            })
+            .await
+            .expect("disable user");
     }
 
     /// Creates a user directly through the accounts module.
@@ -254,6 +260,18 @@ impl TestApp {
         request.send().await.expect("request sent")
     }
 
+    /// A JSON POST carrying the CSRF token, as a signed-in page's script sends it.
+    pub async fn post_signed(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        let token = self.csrf_token().await;
+        self.client
+            .post(self.url(path))
+            .header("X-CSRF-Token", token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
@@ -271,6 +289,106 @@ impl TestApp {
             .await
             .expect("request sent")
     }
+}
+
+/// Another browser or script: its own cookie jar, redirects not followed.
+pub struct Device {
+    pub client: reqwest::Client,
+    jar: std::sync::Arc<reqwest::cookie::Jar>,
+}
+
+impl Device {
+    pub fn new(user_agent: Option<&str>) -> Self {
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let mut builder = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(user_agent) = user_agent {
+            builder = builder.user_agent(user_agent.to_owned());
+        }
+        Self {
+            client: builder.build().expect("http client"),
+            jar,
+        }
+    }
+
+    /// A fresh device signed in as `email`.
+    pub async fn signed_in(app: &TestApp, email: &str, password: &str) -> Self {
+        let device = Self::new(None);
+        let response = device
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 200, "{email} signs in");
+        device
+    }
+
+    pub fn csrf(&self, app: &TestApp) -> String {
+        cookie_value(&self.jar, &app.address, "conclave_csrf").expect("a CSRF cookie")
+    }
+
+    /// A JSON POST carrying this device's CSRF token, as a page's script would send it.
+    pub async fn post(
+        &self,
+        app: &TestApp,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        let csrf = self.csrf(app);
+        self.client
+            .post(app.url(path))
+            .header("X-CSRF-Token", csrf)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_json(&self, app: &TestApp, path: &str) -> serde_json::Value {
+        let response = self
+            .client
+            .get(app.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        response.json().await.expect("a JSON body")
+    }
+
+    /// The status of `GET /api/v1/me`: 200 while signed in, 401 once not.
+    pub async fn me_status(&self, app: &TestApp) -> u16 {
+        let response = self
+            .client
+            .get(app.url("/api/v1/me"))
+            .send()
+            .await
+            .expect("request sent");
+        response.status().as_u16()
+    }
+
+    /// The same with an API token.
+    pub async fn me_status_with_token(&self, app: &TestApp, token: &str) -> u16 {
+        let response = self
+            .client
+            .get(app.url("/api/v1/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent");
+        response.status().as_u16()
+    }
+}
+
+fn cookie_value(jar: &reqwest::cookie::Jar, address: &str, name: &str) -> Option<String> {
+    use reqwest::cookie::CookieStore as _;
+    let header = jar.cookies(&address.parse().ok()?)?;
+    header
+        .to_str()
+        .ok()?
+        .split("; ")
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
 }
 
 /// How many migrations the binary embeds (both trees have the same count; the schema test

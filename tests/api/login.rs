@@ -99,15 +99,7 @@ async fn unverified_and_disabled_accounts_cannot_sign_in() {
         401
     );
 
-    app.state
-        .db
-        .run(|conn| {
-            let email = conclave::auth::Email::parse("ada@example.com").unwrap();
-            conclave::auth::users::set_disabled(conn, &email, true, None)
-                .map_err(conclave::db::DbError::from)
-        })
-        .await
-        .unwrap();
+    app.disable_user("ada@example.com").await;
     let response = app.login("ada@example.com", PASSWORD).await;
     assert_eq!(response.status(), 401);
 }
@@ -124,7 +116,11 @@ async fn repeated_failures_lock_the_account_mail_its_owner_and_the_lock_expires(
             401
         );
     }
-    // Locked now: even the right password is refused, with how long to wait.
+    // Locked now. A wrong password gets the ordinary answer (the lock is not revealed to
+    // someone who does not know the password) and does not extend the lock...
+    let wrong = app.login("ada@example.com", "still not it at all").await;
+    assert_eq!(wrong.status(), 401);
+    // ...and the right password is refused, with how long to wait.
     let response = app.login("ada@example.com", PASSWORD).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "900");
@@ -328,4 +324,25 @@ async fn sign_ins_and_failures_are_audited_with_ip_and_user_agent() {
         "{}",
         rows[1].details
     );
+}
+
+#[tokio::test]
+async fn sign_in_never_redirects_to_another_site() {
+    let app = spawn_app().await;
+    app.create_user("ada@example.com", PASSWORD, true).await;
+    app.login("ada@example.com", PASSWORD).await;
+    // Signed in, /login redirects straight to `next`: only ever to a path on this site.
+    for (next, expected) in [
+        ("%2Frooms%2F3", "/rooms/3"),
+        ("%2F%09%2Fevil.example", "/"),
+        ("%2F%2Fevil.example", "/"),
+        ("%2F%5Cevil.example", "/"),
+        ("https%3A%2F%2Fevil.example", "/"),
+    ] {
+        let response = app
+            .get_with_accept(&format!("/login?next={next}"), "text/html")
+            .await;
+        assert_eq!(response.status(), 303, "{next}");
+        assert_eq!(response.headers()["location"], expected, "{next}");
+    }
 }

@@ -2,18 +2,10 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with, wait_for_mail};
+use crate::helpers::{Device, spawn_app, spawn_app_with, wait_for_mail};
 
 const OLD: &str = "correct horse battery staple";
 const NEW: &str = "a new and different passphrase";
-
-fn other_device() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 fn link_in(mail: &str) -> String {
     let start = mail.find("http://").expect("a link");
@@ -25,8 +17,9 @@ async fn changing_the_password_needs_the_current_one_and_signs_out_other_devices
     let app = spawn_app().await;
     app.create_user("ada@example.com", OLD, true).await;
     app.login("ada@example.com", OLD).await;
-    let phone = other_device();
+    let phone = Device::new(None);
     phone
+        .client
         .post(app.url("/api/v1/auth/login"))
         .json(&json!({"email": "ada@example.com", "password": OLD}))
         .send()
@@ -57,16 +50,7 @@ async fn changing_the_password_needs_the_current_one_and_signs_out_other_devices
         200,
         "this device stays signed in"
     );
-    assert_eq!(
-        phone
-            .get(app.url("/api/v1/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401,
-        "the phone is signed out"
-    );
+    assert_eq!(phone.me_status(&app).await, 401, "the phone is signed out");
 
     assert_eq!(app.login("ada@example.com", OLD).await.status(), 401);
     assert_eq!(app.login("ada@example.com", NEW).await.status(), 200);
@@ -83,8 +67,9 @@ async fn changing_the_password_needs_the_current_one_and_signs_out_other_devices
 async fn a_reset_link_sets_a_new_password_once_and_signs_out_everywhere() {
     let app = spawn_app_with(|s| s.accounts.lockout_threshold = 2).await;
     app.create_user("ada@example.com", OLD, true).await;
-    let phone = other_device();
+    let phone = Device::new(None);
     phone
+        .client
         .post(app.url("/api/v1/auth/login"))
         .json(&json!({"email": "ada@example.com", "password": OLD}))
         .send()
@@ -151,16 +136,7 @@ async fn a_reset_link_sets_a_new_password_once_and_signs_out_everywhere() {
         .await;
     assert_eq!(again.status(), 410, "the link works once");
 
-    assert_eq!(
-        phone
-            .get(app.url("/api/v1/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401,
-        "every session ended"
-    );
+    assert_eq!(phone.me_status(&app).await, 401, "every session ended");
     assert_eq!(
         app.login("ada@example.com", NEW).await.status(),
         200,

@@ -2,21 +2,11 @@
 
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{Device, spawn_app};
 
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A second browser: its own cookie jar.
-fn other_device() -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
-    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0")
-        .build()
-        .unwrap();
-    (client, jar)
-}
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0";
 
 #[tokio::test]
 async fn i_can_see_my_sessions_and_end_the_one_on_another_device() {
@@ -24,10 +14,11 @@ async fn i_can_see_my_sessions_and_end_the_one_on_another_device() {
     app.create_user("ada@example.com", PASSWORD, true).await;
     app.create_user("eve@example.com", PASSWORD, true).await;
     assert_eq!(app.login("ada@example.com", PASSWORD).await.status(), 200);
-    let (phone, _) = other_device();
+    let phone = Device::new(Some(FIREFOX));
     let body = serde_json::json!({"email": "ada@example.com", "password": PASSWORD});
     assert_eq!(
         phone
+            .client
             .post(app.url("/api/v1/auth/login"))
             .json(&body)
             .send()
@@ -46,21 +37,15 @@ async fn i_can_see_my_sessions_and_end_the_one_on_another_device() {
     assert!(theirs["user_agent"].as_str().unwrap().contains("Firefox"));
 
     // Someone else's session id is simply not found.
-    let (eve, _) = other_device();
+    let eve = Device::new(Some(FIREFOX));
     let eve_login = serde_json::json!({"email": "eve@example.com", "password": PASSWORD});
-    eve.post(app.url("/api/v1/auth/login"))
+    eve.client
+        .post(app.url("/api/v1/auth/login"))
         .json(&eve_login)
         .send()
         .await
         .unwrap();
-    let eve_sessions: Value = eve
-        .get(app.url("/api/v1/me/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let eve_sessions = eve.get_json(&app, "/api/v1/me/sessions").await;
     let eve_session = eve_sessions["sessions"][0]["id"]
         .as_str()
         .unwrap()
@@ -74,15 +59,7 @@ async fn i_can_see_my_sessions_and_end_the_one_on_another_device() {
         .await
         .unwrap();
     assert_eq!(foreign.status(), 404);
-    assert_eq!(
-        eve.get(app.url("/api/v1/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "eve is untouched"
-    );
+    assert_eq!(eve.me_status(&app).await, 200, "eve is untouched");
 
     let revoked = app
         .client
@@ -95,16 +72,7 @@ async fn i_can_see_my_sessions_and_end_the_one_on_another_device() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 204);
-    assert_eq!(
-        phone
-            .get(app.url("/api/v1/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401,
-        "the phone is signed out"
-    );
+    assert_eq!(phone.me_status(&app).await, 401, "the phone is signed out");
     assert_eq!(
         app.get("/api/v1/me").await.status(),
         200,
@@ -119,8 +87,9 @@ async fn signing_out_everywhere_else_keeps_only_this_session() {
     let body = serde_json::json!({"email": "ada@example.com", "password": PASSWORD});
     let mut devices = Vec::new();
     for _ in 0..3 {
-        let (client, _) = other_device();
+        let client = Device::new(Some(FIREFOX));
         client
+            .client
             .post(app.url("/api/v1/auth/login"))
             .json(&body)
             .send()
@@ -140,15 +109,7 @@ async fn signing_out_everywhere_else_keeps_only_this_session() {
     let result: Value = response.json().await.unwrap();
     assert_eq!(result["revoked"], 3);
     for device in devices {
-        assert_eq!(
-            device
-                .get(app.url("/api/v1/me"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            401
-        );
+        assert_eq!(device.me_status(&app).await, 401);
     }
     let listing: Value = app.get("/api/v1/me/sessions").await.json().await.unwrap();
     assert_eq!(listing["sessions"].as_array().unwrap().len(), 1);

@@ -3,67 +3,13 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, wait_for_mail};
+use crate::helpers::{Device, TestApp, spawn_app, wait_for_mail};
 
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A separate browser for another person.
-struct Person {
-    client: reqwest::Client,
-    jar: std::sync::Arc<reqwest::cookie::Jar>,
-}
-
-impl Person {
-    async fn sign_in(app: &TestApp, email: &str) -> Self {
-        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-        let client = reqwest::Client::builder()
-            .cookie_provider(jar.clone())
-            .build()
-            .unwrap();
-        let response = client
-            .post(app.url("/api/v1/auth/login"))
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{email} signs in");
-        Self { client, jar }
-    }
-
-    fn csrf(&self, app: &TestApp) -> String {
-        use reqwest::cookie::CookieStore as _;
-        let header = self.jar.cookies(&app.address.parse().unwrap()).unwrap();
-        header
-            .to_str()
-            .unwrap()
-            .split("; ")
-            .find_map(|c| c.strip_prefix("conclave_csrf=").map(str::to_owned))
-            .unwrap()
-    }
-
-    async fn post(&self, app: &TestApp, path: &str, body: Value) -> reqwest::Response {
-        let csrf = self.csrf(app);
-        self.client
-            .post(app.url(path))
-            .header("X-CSRF-Token", csrf)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn tenants(&self, app: &TestApp) -> Vec<Value> {
-        let body: Value = self
-            .client
-            .get(app.url("/api/v1/tenants"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["tenants"].as_array().unwrap().clone()
-    }
+async fn tenants_of(person: &Device, app: &TestApp) -> Vec<Value> {
+    let body = person.get_json(app, "/api/v1/tenants").await;
+    body["tenants"].as_array().unwrap().clone()
 }
 
 #[tokio::test]
@@ -72,9 +18,9 @@ async fn workspaces_are_isolated_and_invitations_respect_roles() {
     app.create_user("ada@example.com", PASSWORD, true).await; // owner of the default workspace
     app.create_user("eve@example.com", PASSWORD, true).await; // viewer of the default workspace
     app.create_user("bob@example.com", PASSWORD, true).await;
-    let ada = Person::sign_in(&app, "ada@example.com").await;
-    let eve = Person::sign_in(&app, "eve@example.com").await;
-    let bob = Person::sign_in(&app, "bob@example.com").await;
+    let ada = Device::signed_in(&app, "ada@example.com", PASSWORD).await;
+    let eve = Device::signed_in(&app, "eve@example.com", PASSWORD).await;
+    let bob = Device::signed_in(&app, "bob@example.com", PASSWORD).await;
 
     // Bob creates his own workspace and owns it.
     let created = bob
@@ -104,7 +50,7 @@ async fn workspaces_are_isolated_and_invitations_respect_roles() {
         .await;
     assert_eq!(bad_slug.status(), 400);
 
-    let ada_tenants = ada.tenants(&app).await;
+    let ada_tenants = tenants_of(&ada, &app).await;
     assert_eq!(ada_tenants.len(), 1, "{ada_tenants:?}");
     let default_id = ada_tenants[0]["id"].as_i64().unwrap();
     assert_eq!(ada_tenants[0]["role"], "owner");
@@ -182,7 +128,7 @@ async fn workspaces_are_isolated_and_invitations_respect_roles() {
         .post(&app, "/api/v1/invitations/accept", json!({"token": token}))
         .await;
     assert_eq!(twice.status(), 410);
-    let ada_tenants = ada.tenants(&app).await;
+    let ada_tenants = tenants_of(&ada, &app).await;
     let roles: Vec<(&str, &str)> = ada_tenants
         .iter()
         .map(|t| (t["slug"].as_str().unwrap(), t["role"].as_str().unwrap()))

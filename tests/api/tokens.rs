@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{Device, TestApp, spawn_app};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -14,19 +14,7 @@ async fn signed_in() -> TestApp {
 }
 
 async fn create(app: &TestApp, body: Value) -> reqwest::Response {
-    let csrf = app.csrf_token().await;
-    app.client
-        .post(app.url("/api/v1/me/tokens"))
-        .header("X-CSRF-Token", csrf)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// A client with no cookies, as a script would be.
-fn script() -> reqwest::Client {
-    reqwest::Client::new()
+    app.post_signed("/api/v1/me/tokens", &body).await
 }
 
 #[tokio::test]
@@ -63,7 +51,8 @@ async fn a_token_is_shown_once_stored_hashed_and_works_as_a_bearer() {
         .unwrap();
     assert!(!stored[0].contains(&token[4..]), "only a hash is stored");
 
-    let me = script()
+    let me = Device::new(None)
+        .client
         .get(app.url("/api/v1/me"))
         .bearer_auth(&token)
         .send()
@@ -74,7 +63,8 @@ async fn a_token_is_shown_once_stored_hashed_and_works_as_a_bearer() {
     assert_eq!(me["email"], "ada@example.com");
     assert_eq!(me["token"]["scopes"], json!(["read"]));
 
-    let bogus = script()
+    let bogus = Device::new(None)
+        .client
         .get(app.url("/api/v1/me"))
         .bearer_auth("cnv_nope")
         .send()
@@ -103,7 +93,8 @@ async fn scopes_limit_what_a_token_may_do_and_tokens_cannot_manage_security() {
         write["token"].as_str().unwrap(),
     );
 
-    let refused = script()
+    let refused = Device::new(None)
+        .client
         .delete(app.url(&format!("/api/v1/me/tokens/{}", read["id"])))
         .bearer_auth(read_token)
         .send()
@@ -124,7 +115,8 @@ async fn scopes_limit_what_a_token_may_do_and_tokens_cannot_manage_security() {
             json!({"current_password": PASSWORD, "new_password": "owned by the attacker now"}),
         ),
     ] {
-        let response = script()
+        let response = Device::new(None)
+            .client
             .post(app.url(path))
             .bearer_auth(write_token)
             .json(&body)
@@ -134,21 +126,50 @@ async fn scopes_limit_what_a_token_may_do_and_tokens_cannot_manage_security() {
         assert_eq!(response.status(), 403, "{path}");
     }
 
-    // A write token may retire a token, its own included.
-    let revoked = script()
-        .delete(app.url(&format!("/api/v1/me/tokens/{}", read["id"])))
-        .bearer_auth(write_token)
-        .send()
+    // A write token may retire itself, but no other token: a leaked one cannot lock its
+    // owner's other scripts out.
+    let script = Device::new(None);
+    let revoke = |id: &Value| {
+        script
+            .client
+            .delete(app.url(&format!("/api/v1/me/tokens/{id}")))
+            .bearer_auth(write_token)
+            .send()
+    };
+    assert_eq!(revoke(&read["id"]).await.unwrap().status(), 403);
+    assert_eq!(
+        script.me_status_with_token(&app, read_token).await,
+        200,
+        "still works"
+    );
+    assert_eq!(revoke(&write["id"]).await.unwrap().status(), 204);
+    assert_eq!(
+        script.me_status_with_token(&app, write_token).await,
+        401,
+        "revoked tokens stop working at once"
+    );
+}
+
+#[tokio::test]
+async fn changing_the_password_revokes_every_token() {
+    let app = signed_in().await;
+    let created: Value = create(&app, json!({"name": "ci", "scopes": ["read"]}))
+        .await
+        .json()
         .await
         .unwrap();
-    assert_eq!(revoked.status(), 204);
-    let after = script()
-        .get(app.url("/api/v1/me"))
-        .bearer_auth(read_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(after.status(), 401, "revoked tokens stop working at once");
+    let token = created["token"].as_str().unwrap().to_owned();
+    let changed = app
+        .post_signed(
+            "/api/v1/me/password",
+            &json!({"current_password": PASSWORD, "new_password": "an entirely new passphrase"}),
+        )
+        .await;
+    assert_eq!(changed.status(), 200);
+    assert_eq!(
+        Device::new(None).me_status_with_token(&app, &token).await,
+        401
+    );
 }
 
 #[tokio::test]
@@ -161,13 +182,7 @@ async fn expired_tokens_and_tokens_of_disabled_users_stop_working() {
         .unwrap();
     let token = created["token"].as_str().unwrap().to_owned();
     assert_eq!(
-        script()
-            .get(app.url("/api/v1/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        Device::new(None).me_status_with_token(&app, &token).await,
         200
     );
     app.state
@@ -185,13 +200,7 @@ async fn expired_tokens_and_tokens_of_disabled_users_stop_working() {
         .await
         .unwrap();
     assert_eq!(
-        script()
-            .get(app.url("/api/v1/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        Device::new(None).me_status_with_token(&app, &token).await,
         401
     );
 
@@ -201,23 +210,9 @@ async fn expired_tokens_and_tokens_of_disabled_users_stop_working() {
         .await
         .unwrap();
     let fresh = fresh["token"].as_str().unwrap().to_owned();
-    app.state
-        .db
-        .run(|conn| {
-            let email = conclave::auth::Email::parse("ada@example.com").unwrap();
-            conclave::auth::users::set_disabled(conn, &email, true, None)
-                .map_err(conclave::db::DbError::from)
-        })
-        .await
-        .unwrap();
+    app.disable_user("ada@example.com").await;
     assert_eq!(
-        script()
-            .get(app.url("/api/v1/me"))
-            .bearer_auth(&fresh)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        Device::new(None).me_status_with_token(&app, &fresh).await,
         401
     );
 }

@@ -45,14 +45,7 @@ fn now() -> u64 {
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
-    let token = app.csrf_token().await;
-    app.client
-        .post(app.url(path))
-        .header("X-CSRF-Token", token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    app.post_signed(path, &body).await
 }
 
 /// Signs in, enrols and confirms 2FA; returns the secret and the recovery codes.
@@ -270,4 +263,64 @@ async fn the_secret_is_sealed_at_rest_and_2fa_can_be_turned_off_with_the_passwor
         200,
         "password alone again"
     );
+}
+
+#[tokio::test]
+async fn wrong_codes_count_towards_the_account_lockout() {
+    let app = crate::helpers::spawn_app_with(|s| s.accounts.lockout_threshold = 3).await;
+    let (secret, _) = turn_on(&app).await;
+    sign_out(&app).await;
+    // Fresh sign-ins do not buy fresh guesses: three wrong codes in total lock the account.
+    for _ in 0..3 {
+        assert_eq!(app.login("ada@example.com", PASSWORD).await.status(), 401);
+        assert_eq!(
+            post(&app, "/api/v1/auth/login/mfa", json!({"code": "000000"}))
+                .await
+                .status(),
+            401
+        );
+    }
+    assert_eq!(app.login("ada@example.com", PASSWORD).await.status(), 429);
+    let late = post(
+        &app,
+        "/api/v1/auth/login/mfa",
+        json!({"code": totp_code(&secret, now() + 30)}),
+    )
+    .await;
+    assert_eq!(
+        late.status(),
+        401,
+        "the pending challenge is gone with the lock"
+    );
+}
+
+#[tokio::test]
+async fn new_recovery_codes_need_the_password_and_replace_the_old_ones() {
+    let app = spawn_app().await;
+    let (_, old_codes) = turn_on(&app).await;
+    let refused = post(
+        &app,
+        "/api/v1/me/2fa/recovery-codes",
+        json!({"password": "not the password"}),
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+    let fresh = post(
+        &app,
+        "/api/v1/me/2fa/recovery-codes",
+        json!({"password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(fresh.status(), 200);
+    let body: Value = fresh.json().await.unwrap();
+    assert_eq!(body["codes"].as_array().unwrap().len(), 10);
+    sign_out(&app).await;
+    app.login("ada@example.com", PASSWORD).await;
+    let old = post(
+        &app,
+        "/api/v1/auth/login/mfa",
+        json!({"code": old_codes[0]}),
+    )
+    .await;
+    assert_eq!(old.status(), 401, "old codes stopped working");
 }

@@ -74,6 +74,8 @@ test('a new person creates an account, confirms it from the mail, and signs in',
   await page.screenshot({ path: `${artifacts}signup-sent-${backend}.png` });
 
   await page.goto(await verificationLink(email));
+  await page.getByRole('button', { name: 'Confirm my address' }).click();
+  await page.waitForSelector('h1:has-text("Address confirmed")');
   assert.equal(await page.locator('h1').innerText(), 'Address confirmed');
   await page.locator('main').getByRole('link', { name: 'Sign in' }).click();
   await page.getByLabel('Email').fill(email);
@@ -134,6 +136,8 @@ test('the whole path: sign up, verify, turn on 2FA, sign in with a code', async 
   await page.getByRole('button', { name: 'Create account' }).click();
   await page.waitForSelector('h1:has-text("Check your inbox")');
   await page.goto(await verificationLink(email));
+  await page.getByRole('button', { name: 'Confirm my address' }).click();
+  await page.waitForSelector('h1:has-text("Address confirmed")');
   await page.locator('main').getByRole('link', { name: 'Sign in' }).click();
   await page.getByLabel('Email').fill(email);
   await page.getByLabel('Password').fill(password);
