@@ -29,6 +29,8 @@ pub mod events {
     pub const RECOVERY_CODE_USED: &str = "2fa.recovery_code_used";
     pub const TOKEN_CREATED: &str = "token.created";
     pub const TOKEN_REVOKED: &str = "token.revoked";
+    pub const IDENTITY_LINKED: &str = "identity.linked";
+    pub const IDENTITY_UNLINKED: &str = "identity.unlinked";
 }
 
 /// An event to record. `subject` names what it is about, e.g. `user:42`.

@@ -92,6 +92,22 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Makes ring the one TLS provider of every rustls user (SMTP, HTTP clients), chosen
+/// explicitly; later calls are no-ops.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A 32-byte key for one purpose, derived from the master key with HKDF-SHA256 (info
+/// `conclave/<purpose>`), so no two features ever share key material.
+pub fn derive_key(master: &MasterKey, purpose: &str) -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(b"conclave"), master.expose())
+        .expand(format!("conclave/{purpose}").as_bytes(), &mut key)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    key
+}
+
 /// Seals secrets at rest (TOTP secrets now; OAuth tokens and message keys later) with
 /// AES-256-GCM under a key derived from the master key for one purpose (HKDF-SHA256), so a
 /// key never serves two purposes. Sealed values are `v1:` + base64(nonce ‖ ciphertext); the
@@ -107,10 +123,7 @@ pub struct SealError;
 impl Sealer {
     pub fn for_purpose(master: &MasterKey, purpose: &str) -> Self {
         use aes_gcm::KeyInit as _;
-        let mut key = [0u8; KEY_LEN];
-        hkdf::Hkdf::<sha2::Sha256>::new(Some(b"conclave"), master.expose())
-            .expand(format!("conclave/seal/{purpose}").as_bytes(), &mut key)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut key = derive_key(master, &format!("seal/{purpose}"));
         let cipher = aes_gcm::Aes256Gcm::new(&key.into());
         key.iter_mut().for_each(|b| *b = 0);
         Self { cipher }

@@ -156,12 +156,46 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    oidc_flows (id) {
+        id -> Text,
+        provider -> Text,
+        verifier_sealed -> Text,
+        nonce -> Text,
+        next_path -> Text,
+        link_user_id -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_identities (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        provider -> Text,
+        subject -> Text,
+        email -> Text,
+        tokens_sealed -> Nullable<Text>,
+        created_at -> Timestamp,
+        last_login_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    captcha_spent (signature) {
+        signature -> Text,
+        expires_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(memberships -> tenants (tenant_id));
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(invitations -> tenants (tenant_id));
+diesel::joinable!(user_identities -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     tenants,
@@ -175,5 +209,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
     invitations,
     memberships,
-    audit_events
+    audit_events,
+    oidc_flows,
+    user_identities,
+    captcha_spent
 );

@@ -35,6 +35,8 @@ pub struct Settings {
     pub mail: MailSettings,
     pub telemetry: TelemetrySettings,
     pub jobs: JobSettings,
+    pub captcha: CaptchaSettings,
+    pub oidc: OidcSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -142,6 +144,76 @@ impl Default for AccountSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptchaSettings {
+    /// Ask for a proof of work (a self-hosted CAPTCHA) on sign-up and password reset.
+    pub enabled: bool,
+    /// Work per challenge: a browser tries on average half this many SHA-256 hashes.
+    pub max_number: u64,
+    /// How long a challenge may be solved and used (covers filling in the form).
+    pub expires_minutes: u64,
+}
+
+impl Default for CaptchaSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_number: 100_000,
+            expires_minutes: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcSettings {
+    /// Sign-in providers by short name; the name appears in URLs (`/login/oidc/<name>`) and
+    /// in the redirect URI to register: `<public_url>/login/oidc/<name>/callback`.
+    pub providers: std::collections::BTreeMap<String, OidcProviderSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcProviderSettings {
+    /// `oidc` (any OpenID Connect provider, found through discovery) or `github` (OAuth).
+    pub kind: ProviderKind,
+    /// The button label, e.g. "Company SSO"; empty means the provider's usual name.
+    pub display_name: String,
+    /// OpenID Connect issuer, e.g. `https://accounts.example.com` (kind `oidc` only).
+    pub issuer_url: Option<String>,
+    pub client_id: String,
+    #[serde(serialize_with = "redact_opt")]
+    pub client_secret: Option<SecretString>,
+    /// Scopes asked for besides `openid email profile`, separated by spaces.
+    pub extra_scopes: String,
+    /// GitHub web and API base URLs; change them for GitHub Enterprise Server.
+    pub github_url: String,
+    pub github_api_url: String,
+}
+
+impl Default for OidcProviderSettings {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::Oidc,
+            display_name: String::new(),
+            issuer_url: None,
+            client_id: String::new(),
+            client_secret: None,
+            extra_scopes: String::new(),
+            github_url: "https://github.com".to_owned(),
+            github_api_url: "https://api.github.com".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Oidc,
+    Github,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TemplateSettings {
@@ -244,6 +316,8 @@ impl Default for Settings {
             mail: MailSettings::default(),
             telemetry: TelemetrySettings::default(),
             jobs: JobSettings::default(),
+            captcha: CaptchaSettings::default(),
+            oidc: OidcSettings::default(),
         }
     }
 }
@@ -354,6 +428,59 @@ impl ConfigError {
     fn one(problem: impl Into<String>) -> Self {
         Self {
             problems: vec![problem.into()],
+        }
+    }
+}
+
+impl OidcProviderSettings {
+    /// What is wrong with the provider called `name`, one line per problem.
+    fn problems(&self, name: &str) -> Vec<String> {
+        let key = format!("oidc.providers.{name}");
+        let mut problems = Vec::new();
+        let valid_name = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_name {
+            problems.push(format!(
+                "{key}: the name must be 1 to 32 lowercase letters, digits or '-' (it is part of URLs)"
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            problems.push(format!("{key}.client_id: must be set"));
+        }
+        let url_problem = |field: &str, value: &str| match url::Url::parse(value) {
+            Ok(url) if matches!(url.scheme(), "https" | "http") => None,
+            Ok(_) => Some(format!(
+                "{key}.{field}: must be an http(s) URL, got {value}"
+            )),
+            Err(e) => Some(format!("{key}.{field}: not a valid URL ({e})")),
+        };
+        match (self.kind, self.issuer_url.as_deref()) {
+            (ProviderKind::Oidc, None) => {
+                problems.push(format!("{key}.issuer_url: must be set for kind = \"oidc\""));
+            }
+            (ProviderKind::Oidc, Some(issuer)) => {
+                problems.extend(url_problem("issuer_url", issuer))
+            }
+            (ProviderKind::Github, Some(_)) => problems.push(format!(
+                "{key}.issuer_url: GitHub is not an OpenID provider; set github_url instead"
+            )),
+            (ProviderKind::Github, None) => {
+                problems.extend(url_problem("github_url", &self.github_url));
+                problems.extend(url_problem("github_api_url", &self.github_api_url));
+            }
+        }
+        problems
+    }
+
+    /// The button label.
+    pub fn label(&self, name: &str) -> String {
+        match (self.display_name.trim(), self.kind) {
+            ("", ProviderKind::Github) => "GitHub".to_owned(),
+            ("", ProviderKind::Oidc) => name.to_owned(),
+            (label, _) => label.to_owned(),
         }
     }
 }
@@ -556,6 +683,21 @@ impl Settings {
                     "{key}: must be between {min} and {max}, got {value}"
                 ));
             }
+        }
+        if self.captcha.enabled && !(1_000..=100_000_000).contains(&self.captcha.max_number) {
+            problems.push(format!(
+                "captcha.max_number: must be between 1000 and 100000000, got {}",
+                self.captcha.max_number
+            ));
+        }
+        if !(1..=24 * 60).contains(&self.captcha.expires_minutes) {
+            problems.push(format!(
+                "captcha.expires_minutes: must be between 1 and 1440, got {}",
+                self.captcha.expires_minutes
+            ));
+        }
+        for (name, provider) in &self.oidc.providers {
+            problems.extend(provider.problems(name));
         }
         if self.database.pool_max_size == 0 {
             problems.push("database.pool_max_size: must be at least 1".to_owned());

@@ -38,6 +38,7 @@ impl Application {
     }
 
     pub async fn build_with(settings: Settings, seams: Seams) -> anyhow::Result<Self> {
+        crate::crypto::install_tls_provider();
         let settings = Arc::new(settings);
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
@@ -122,6 +123,14 @@ impl Application {
             settings.accounts.clone(),
             public_url.clone(),
         );
+        let federation = crate::auth::oidc::Federation::new(
+            db.clone(),
+            settings.oidc.providers.clone(),
+            crate::crypto::Sealer::for_purpose(&master_key, "oidc-tokens"),
+            public_url.clone(),
+            settings.accounts.signup_enabled,
+        )?;
+        let (db_for_captcha, master_key_for_captcha) = (db.clone(), master_key.clone());
         let state = web::Data::new(AppState {
             public_url,
             master_key,
@@ -139,6 +148,12 @@ impl Application {
             passwords,
             two_factor,
             hasher: password_hasher,
+            federation,
+            captcha: crate::auth::captcha::Captcha::new(
+                db_for_captcha,
+                settings.captcha.clone(),
+                &master_key_for_captcha,
+            ),
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

@@ -30,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/login/2fa", second_factor_page).route(web::post().to(second_factor_form)))
         .service(resource("/logout").route(web::post().to(logout_form)))
         .service(resource("/api/v1/auth/signup").route(web::post().to(api_signup)))
+        .service(get("/api/v1/auth/captcha", super::captcha::api_challenge))
         .service(resource("/api/v1/auth/verify").route(web::post().to(api_verify)))
         .service(get("/signup", signup_page).route(web::post().to(signup_form)))
         .service(get("/verify", verify_page).route(web::post().to(verify_form)));
@@ -55,6 +56,8 @@ pub struct SignupRequest {
     email: String,
     password: String,
     name: Option<String>,
+    /// The solved proof-of-work challenge, when `captcha.enabled`.
+    captcha: Option<String>,
 }
 
 /// `POST /api/v1/auth/signup`: 202 whether or not the address already had an account.
@@ -63,6 +66,7 @@ async fn api_signup(
     body: web::Json<SignupRequest>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
+    state.captcha.check(body.captcha.as_deref()).await?;
     state
         .signup
         .sign_up(
@@ -128,10 +132,12 @@ fn render_signup(
     context.insert("email", email);
     context.insert("error", &error);
     context.insert("min_length", &state.settings.accounts.password_min_length);
+    context.insert("providers", &state.federation.buttons());
+    super::captcha::insert_challenge(state, &mut context);
     html(state, "auth/signup.html", &context, status)
 }
 
-fn render_message(
+pub(crate) fn render_message(
     state: &AppState,
     page: &Page,
     status: StatusCode,
@@ -152,6 +158,7 @@ pub struct SignupForm {
     email: String,
     password: String,
     name: Option<String>,
+    captcha: Option<String>,
 }
 
 /// `POST /signup`: "check your inbox", or the form again with the problem and what was typed.
@@ -162,6 +169,18 @@ async fn signup_form(
 ) -> Result<HttpResponse, AppError> {
     let form = form.into_inner();
     let name = form.name.clone().unwrap_or_default();
+    if let Err(error) = state.captcha.check(form.captcha.as_deref()).await {
+        let message = error.to_string();
+        let status = actix_web::ResponseError::status_code(&AppError::from(error));
+        return render_signup(
+            &state,
+            &page,
+            status,
+            name.trim(),
+            form.email.trim(),
+            Some(&message),
+        );
+    }
     let outcome = state
         .signup
         .sign_up(
@@ -257,7 +276,7 @@ async fn verify_form(
     }
 }
 
-fn client(request: &HttpRequest) -> Client {
+pub(crate) fn client(request: &HttpRequest) -> Client {
     let secure = request
         .app_data::<web::Data<AppState>>()
         .is_some_and(|state| identity::secure_cookies(state));
@@ -273,7 +292,7 @@ fn client(request: &HttpRequest) -> Client {
 
 /// The response to a right password when a second step is needed: the challenge travels in
 /// a short-lived cookie, so the code form needs nothing else.
-fn second_factor_needed(
+pub(crate) fn second_factor_needed(
     state: &AppState,
     builder: &mut actix_web::HttpResponseBuilder,
     challenge: String,
@@ -282,7 +301,7 @@ fn second_factor_needed(
 }
 
 /// Sets the session (and remembered-device) cookies of a finished sign-in.
-fn signed_in(
+pub(crate) fn signed_in(
     state: &AppState,
     builder: &mut actix_web::HttpResponseBuilder,
     session: &NewSession,
@@ -337,6 +356,7 @@ impl From<LoginError> for AppError {
             LoginError::EmailUnverified => {
                 coded(StatusCode::FORBIDDEN, "email_unverified", &error, None)
             }
+            LoginError::Disabled => coded(StatusCode::FORBIDDEN, "account_disabled", &error, None),
             LoginError::RateLimited { retry_after_secs } => coded(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -592,7 +612,7 @@ pub struct LoginQuery {
 /// Browsers drop tabs and newlines from URLs, so `/\t/evil.example` means `//evil.example`:
 /// any whitespace or control character, or a second character that starts an authority,
 /// makes the path unsafe.
-fn safe_next(next: Option<&str>) -> String {
+pub(crate) fn safe_next(next: Option<&str>) -> String {
     let is_local = |path: &str| {
         path.starts_with('/')
             && !matches!(path.chars().nth(1), Some('/' | '\\'))
@@ -634,7 +654,7 @@ async fn login_page(
     Ok(response)
 }
 
-fn render_login(
+pub(crate) fn render_login(
     state: &AppState,
     page: &Page,
     status: StatusCode,
@@ -648,6 +668,11 @@ fn render_login(
     context.insert("email", email);
     context.insert("next", next);
     context.insert("error", &error);
+    context.insert("providers", &state.federation.buttons());
+    if next != "/" {
+        let encoded: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+        context.insert("next_query", &format!("?next={encoded}"));
+    }
     html(state, "auth/login.html", &context, status)
 }
 

@@ -38,6 +38,8 @@ pub enum LoginError {
     Locked { minutes: i64 },
     #[error("Please verify your email address first: follow the link in the mail we sent you.")]
     EmailUnverified,
+    #[error("This account is disabled; ask an administrator.")]
+    Disabled,
     #[error(
         "Too many sign-in attempts from your network; try again in {retry_after_secs} seconds."
     )]
@@ -190,6 +192,51 @@ impl LoginService {
             .map(LoginOutcome::Session)
     }
 
+    /// Signs in someone a provider vouched for (OpenID Connect / GitHub). The account must be
+    /// enabled and not locked, and the second factor still applies.
+    pub async fn federated(
+        &self,
+        user_id: i64,
+        client: &Client,
+        provider: &str,
+    ) -> Result<LoginOutcome, LoginError> {
+        let state: Option<(Option<NaiveDateTime>, Option<NaiveDateTime>)> = self
+            .db
+            .run(move |conn| {
+                users::table
+                    .find(user_id)
+                    .select((users::disabled_at, users::locked_until))
+                    .first(conn)
+                    .optional()
+                    .map_err(DbError::from)
+            })
+            .await?;
+        let now = Utc::now().naive_utc();
+        match state {
+            None | Some((Some(_), _)) => return Err(LoginError::Disabled),
+            Some((None, Some(until))) if until > now => {
+                return Err(LoginError::Locked {
+                    minutes: ((until - now).num_seconds() + 59) / 60,
+                });
+            }
+            Some(_) => {}
+        }
+        let method = format!("provider:{provider}");
+        if self.two_factor.is_enabled(user_id).await? {
+            let remembered = match &client.remembered_device {
+                Some(token) => self.two_factor.is_remembered(user_id, token).await?,
+                None => false,
+            };
+            if !remembered {
+                let challenge = self.two_factor.start_challenge(user_id).await?;
+                return Ok(LoginOutcome::SecondFactor { challenge });
+            }
+        }
+        self.finish(user_id, client, &method)
+            .await
+            .map(LoginOutcome::Session)
+    }
+
     /// The second step: a TOTP or recovery code for the challenge the first step issued.
     /// Returns the session and, when asked to remember the device, its cookie token.
     pub async fn complete_second_factor(
@@ -235,8 +282,9 @@ impl LoginService {
         &self,
         user_id: i64,
         client: &Client,
-        method: &'static str,
+        method: &str,
     ) -> Result<NewSession, LoginError> {
+        let method = method.to_owned();
         let (ip, user_agent) = (
             client.ip.map(|ip| ip.to_string()),
             client.user_agent.clone(),
@@ -278,7 +326,7 @@ impl LoginService {
         Ok(session)
     }
 
-    fn check_rate(&self, client: &Client) -> Result<(), LoginError> {
+    pub fn check_rate(&self, client: &Client) -> Result<(), LoginError> {
         let (Some(limiter), Some(ip)) = (&self.per_ip, client.ip) else {
             return Ok(());
         };

@@ -5,11 +5,14 @@
 //! module; other modules will reach it only through the `Identity` seam.
 
 pub mod api_tokens;
+pub mod captcha;
 mod email;
 pub mod email_tokens;
 pub mod handlers;
 pub mod identity;
 pub mod login;
+pub mod oidc;
+pub mod oidc_handlers;
 pub mod password;
 pub mod password_handlers;
 pub mod passwords;

@@ -133,6 +133,8 @@ async fn change_form(
 #[derive(Deserialize)]
 pub struct ForgotRequest {
     email: String,
+    /// The solved proof-of-work challenge, when `captcha.enabled`.
+    captcha: Option<String>,
 }
 
 /// `POST /api/v1/auth/password/forgot`: 202 whatever the address.
@@ -140,6 +142,7 @@ async fn api_forgot(
     state: web::Data<AppState>,
     body: web::Json<ForgotRequest>,
 ) -> Result<HttpResponse, AppError> {
+    state.captcha.check(body.captcha.as_deref()).await?;
     state.passwords.forgot(&body.email).await?;
     Ok(HttpResponse::Accepted().json(json!({ "status": "reset_link_sent", "detail": RESET_SENT })))
 }
@@ -175,6 +178,9 @@ fn render(
         context.insert(*key, value);
     }
     context.insert("min_length", &state.settings.accounts.password_min_length);
+    if template == "auth/forgot.html" {
+        super::captcha::insert_challenge(state, &mut context);
+    }
     html(state, template, &context, status)
 }
 
@@ -187,6 +193,17 @@ async fn forgot_form(
     page: Page,
     form: web::Form<ForgotRequest>,
 ) -> Result<HttpResponse, AppError> {
+    if let Err(error) = state.captcha.check(form.captcha.as_deref()).await {
+        let message = error.to_string();
+        let status = actix_web::ResponseError::status_code(&AppError::from(error));
+        return render(
+            &state,
+            &page,
+            status,
+            "auth/forgot.html",
+            &[("error", &message), ("email", form.email.trim())],
+        );
+    }
     state.passwords.forgot(&form.email).await?;
     render(
         &state,

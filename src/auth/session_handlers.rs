@@ -170,6 +170,26 @@ async fn security_page(
         &state.two_factor.is_enabled(identity.user_id()).await?,
     );
     context.insert("min_length", &state.settings.accounts.password_min_length);
+    let linked = state.federation.linked(identity.user_id()).await?;
+    let identities: Vec<_> = linked
+        .iter()
+        .map(|l| {
+            json!({
+                "id": l.id,
+                "label": state.federation.label(&l.provider),
+                "email": l.email,
+                "connected": l.created_at.format("%Y-%m-%d").to_string(),
+            })
+        })
+        .collect();
+    let connectable: Vec<_> = state
+        .federation
+        .buttons()
+        .into_iter()
+        .filter(|b| !linked.iter().any(|l| l.provider == b.name))
+        .collect();
+    context.insert("identities", &identities);
+    context.insert("connectable", &connectable);
     crate::web::pages::html(&state, "settings/security.html", &context, StatusCode::OK)
 }
 

@@ -1,5 +1,5 @@
 //! The recurring clean-up of the accounts module: deletes sessions past their idle or absolute
-//! expiry and mailed links that expired, then schedules its next run. It runs as a durable job,
+//! expiry, mailed links that expired, unfinished provider sign-ins and spent CAPTCHAs, then schedules its next run. It runs as a durable job,
 //! so exactly one node does it each time, and a crash only delays it.
 
 use std::sync::Arc;
@@ -21,6 +21,8 @@ pub const SWEEP_EVERY: TimeDelta = TimeDelta::minutes(10);
 pub struct Swept {
     pub sessions: usize,
     pub email_tokens: usize,
+    pub provider_flows: usize,
+    pub captchas: usize,
 }
 
 pub fn register_jobs(registry: &mut JobRegistry, db: Db, queue: Queue, settings: SessionSettings) {
@@ -47,6 +49,8 @@ pub fn register_jobs(registry: &mut JobRegistry, db: Db, queue: Queue, settings:
                         )
                         .execute(tx)?;
                         let email_tokens = email_tokens::prune(tx, now)?;
+                        let provider_flows = super::oidc::sweep_flows(tx, now)?;
+                        let captchas = super::captcha::sweep_spent(tx, now)?;
                         queue.ensure_scheduled_in(
                             tx,
                             SWEEP_JOB,
@@ -56,6 +60,8 @@ pub fn register_jobs(registry: &mut JobRegistry, db: Db, queue: Queue, settings:
                         Ok::<_, DbError>(Swept {
                             sessions,
                             email_tokens,
+                            provider_flows,
+                            captchas,
                         })
                     })
                 })
@@ -65,6 +71,8 @@ pub fn register_jobs(registry: &mut JobRegistry, db: Db, queue: Queue, settings:
                 tracing::info!(
                     sessions = swept.sessions,
                     email_tokens = swept.email_tokens,
+                    provider_flows = swept.provider_flows,
+                    captchas = swept.captchas,
                     "swept expired sign-in data"
                 );
             }

@@ -42,6 +42,8 @@ pub fn parse_display_name(input: &str) -> Result<String, String> {
 pub enum CreatedVia {
     Cli,
     SignUp,
+    /// First sign-in through an OpenID Connect / OAuth provider.
+    Provider,
 }
 
 impl CreatedVia {
@@ -49,6 +51,7 @@ impl CreatedVia {
         match self {
             Self::Cli => "cli",
             Self::SignUp => "signup",
+            Self::Provider => "provider",
         }
     }
 }

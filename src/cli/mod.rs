@@ -69,8 +69,7 @@ pub mod exit {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
-    // One TLS provider for every rustls user (SMTP now, HTTP clients later), chosen explicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::crypto::install_tls_provider();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => return config_failure(&e),

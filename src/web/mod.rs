@@ -40,6 +40,8 @@ pub struct AppState {
     pub passwords: crate::auth::passwords::PasswordService,
     pub two_factor: crate::auth::two_factor::TwoFactor,
     pub hasher: crate::auth::PasswordHasher,
+    pub federation: crate::auth::oidc::Federation,
+    pub captcha: crate::auth::captcha::Captcha,
 }
 
 /// Longest User-Agent kept for logs and the audit log.
@@ -85,6 +87,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::auth::password_handlers::configure)
         .configure(crate::auth::two_factor_handlers::configure)
         .configure(crate::auth::token_handlers::configure)
+        .configure(crate::auth::oidc_handlers::configure)
         .configure(crate::tenancy::handlers::configure);
 }
 

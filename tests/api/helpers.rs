@@ -100,6 +100,7 @@ impl TestDatabase {
 
 /// Settings for a test node: port 0, a temp data dir, quick job polling, one HTTP worker.
 pub fn test_settings(data_dir: PathBuf, database_url: &str) -> Settings {
+    conclave::crypto::install_tls_provider();
     let mut settings = Settings {
         data_dir,
         ..Settings::default()
@@ -112,6 +113,8 @@ pub fn test_settings(data_dir: PathBuf, database_url: &str) -> Settings {
     settings.jobs.poll_interval_ms = 50;
     settings.jobs.backoff_base_ms = 20;
     settings.jobs.backoff_max_secs = 1;
+    // The proof-of-work check is tested on its own (captcha.rs); other tests sign up freely.
+    settings.captcha.enabled = false;
     settings
 }
 
@@ -299,6 +302,7 @@ pub struct Device {
 
 impl Device {
     pub fn new(user_agent: Option<&str>) -> Self {
+        conclave::crypto::install_tls_provider();
         let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
         let mut builder = reqwest::Client::builder()
             .cookie_provider(jar.clone())
@@ -489,4 +493,120 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The test identity provider (`tests/browser/oidc-provider.mjs`): an OpenID Connect provider
+/// and a fake GitHub, in a Node process that ends when this value is dropped (its stdin
+/// closes). Client `conclave` / `conclave-secret`.
+pub struct IdentityProvider {
+    pub issuer: String,
+    pub github: String,
+    _child: tokio::process::Child,
+}
+
+impl IdentityProvider {
+    pub async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/oidc-provider.mjs"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .args(["--port", "0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs (make test installs it; then `npm ci` in tests/browser)");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .expect("the identity provider starts within 20 s")
+        .expect("read its address");
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!("identity provider said {line:?} (is `npm ci` done in tests/browser?)")
+        });
+        Self {
+            issuer: ready["issuer"].as_str().expect("issuer").to_owned(),
+            github: ready["github"].as_str().expect("github").to_owned(),
+            _child: child,
+        }
+    }
+
+    /// Settings for an OpenID Connect provider called `name` pointing here.
+    pub fn oidc(&self) -> conclave::settings::OidcProviderSettings {
+        conclave::settings::OidcProviderSettings {
+            kind: conclave::settings::ProviderKind::Oidc,
+            display_name: "Test SSO".to_owned(),
+            issuer_url: Some(self.issuer.clone()),
+            client_id: "conclave".to_owned(),
+            client_secret: Some(SecretString::from("conclave-secret".to_owned())),
+            ..Default::default()
+        }
+    }
+
+    /// Settings for the GitHub preset pointing at the fake GitHub.
+    pub fn github(&self) -> conclave::settings::OidcProviderSettings {
+        conclave::settings::OidcProviderSettings {
+            kind: conclave::settings::ProviderKind::Github,
+            client_id: "conclave".to_owned(),
+            client_secret: Some(SecretString::from("conclave-secret".to_owned())),
+            github_url: self.github.clone(),
+            github_api_url: format!("{}/api", self.github),
+            ..Default::default()
+        }
+    }
+}
+
+/// Walks a browser (`client`, with its cookies) from `start` (a Conclave URL) through the
+/// provider's login form as `login`, until the provider sends it back to Conclave's callback;
+/// returns Conclave's answer to the callback.
+pub async fn through_provider(
+    client: &reqwest::Client,
+    app: &TestApp,
+    start: &str,
+    login: &str,
+) -> reqwest::Response {
+    let mut url = url::Url::parse(&app.url(start)).expect("start URL");
+    for _ in 0..20 {
+        let is_callback =
+            url.as_str().starts_with(&app.address) && url.path().ends_with("/callback");
+        let response = client.get(url.clone()).send().await.expect("request sent");
+        if is_callback {
+            return response;
+        }
+        if response.status().is_redirection() {
+            let location = response.headers()["location"].to_str().expect("location");
+            url = url.join(location).expect("redirect URL");
+            continue;
+        }
+        let status = response.status();
+        let page = response.text().await.expect("page");
+        assert_eq!(status, 200, "unexpected page at {url}: {page}");
+        let action = page
+            .split("action=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no login form at {url}: {page}"));
+        let posted = client
+            .post(url.join(action).expect("form action"))
+            .form(&[("login", login), ("password", "anything")])
+            .send()
+            .await
+            .expect("login form posted");
+        assert!(
+            posted.status().is_redirection(),
+            "the provider's login answered {}",
+            posted.status()
+        );
+        let location = posted.headers()["location"].to_str().expect("location");
+        url = url.join(location).expect("redirect URL");
+    }
+    panic!("too many redirects from {start}");
 }

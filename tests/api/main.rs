@@ -8,6 +8,7 @@
 )]
 
 mod accounts_cli;
+mod captcha;
 mod cli;
 mod client_errors;
 mod database;
@@ -15,6 +16,7 @@ mod helpers;
 mod jobs;
 mod login;
 mod mail;
+mod oidc;
 mod packaging;
 mod passwords;
 mod schema;

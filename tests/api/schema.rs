@@ -66,8 +66,9 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
-        api_tokens, audit_events, email_tokens, invitations, jobs, memberships, mfa_challenges,
-        recovery_codes, remembered_devices, sessions, tenants, totp_secrets, users,
+        api_tokens, audit_events, captcha_spent, email_tokens, invitations, jobs, memberships,
+        mfa_challenges, oidc_flows, recovery_codes, remembered_devices, sessions, tenants,
+        totp_secrets, user_identities, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -100,7 +101,10 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         api_tokens,
         invitations,
         memberships,
-        audit_events
+        audit_events,
+        oidc_flows,
+        user_identities,
+        captcha_spent
     )
 }
 

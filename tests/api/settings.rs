@@ -47,6 +47,12 @@ fn struct_keys() -> BTreeSet<String> {
         &serde_json::to_value(Settings::default()).unwrap(),
         &mut keys,
     );
+    // Providers are a map (empty by default): every provider has these keys.
+    walk(
+        "oidc.providers.*",
+        &serde_json::to_value(conclave::settings::OidcProviderSettings::default()).unwrap(),
+        &mut keys,
+    );
     keys
 }
 
@@ -56,11 +62,15 @@ fn documented_keys(text: &str) -> BTreeSet<String> {
     let mut section = String::new();
     for line in text.lines() {
         let line = line.trim();
+        let line = line.strip_prefix('#').map(str::trim_start).unwrap_or(line);
+        // Sections may be commented out too (examples of map entries such as providers).
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.trim().to_owned();
+            section = match name.trim().strip_prefix("oidc.providers.") {
+                Some(_) => "oidc.providers.*".to_owned(),
+                None => name.trim().to_owned(),
+            };
             continue;
         }
-        let line = line.strip_prefix('#').map(str::trim_start).unwrap_or(line);
         let Some((key, _)) = line.split_once('=') else {
             continue;
         };
@@ -376,4 +386,71 @@ fn job_settings_outside_safe_ranges_are_refused() {
             .to_string();
         assert!(error.contains(expected), "{key}={value}: {error}");
     }
+}
+
+#[test]
+fn sign_in_providers_come_from_the_environment_and_bad_ones_are_explained() {
+    let settings = Settings::load_from(
+        None,
+        env(&[
+            ("CONCLAVE__OIDC__PROVIDERS__GITHUB__KIND", "github"),
+            ("CONCLAVE__OIDC__PROVIDERS__GITHUB__CLIENT_ID", "Iv1.abc"),
+            ("CONCLAVE__OIDC__PROVIDERS__GITHUB__CLIENT_SECRET", "12345"),
+        ]),
+    )
+    .expect("a GitHub provider from variables");
+    let github = &settings.oidc.providers["github"];
+    assert_eq!(github.client_id, "Iv1.abc");
+    assert_eq!(
+        github.client_secret.as_ref().unwrap().expose_secret(),
+        "12345"
+    );
+    assert_eq!(github.label("github"), "GitHub");
+
+    for (pairs, expected) in [
+        (
+            vec![("CONCLAVE__OIDC__PROVIDERS__SSO__CLIENT_ID", "c")],
+            "oidc.providers.sso.issuer_url: must be set for kind = \"oidc\"",
+        ),
+        (
+            vec![
+                ("CONCLAVE__OIDC__PROVIDERS__SSO__CLIENT_ID", "c"),
+                ("CONCLAVE__OIDC__PROVIDERS__SSO__ISSUER_URL", "not a url"),
+            ],
+            "oidc.providers.sso.issuer_url: not a valid URL",
+        ),
+        (
+            vec![(
+                "CONCLAVE__OIDC__PROVIDERS__SSO__ISSUER_URL",
+                "https://id.example.com",
+            )],
+            "oidc.providers.sso.client_id: must be set",
+        ),
+        (
+            vec![
+                ("CONCLAVE__OIDC__PROVIDERS__SSO__KIND", "saml"),
+                ("CONCLAVE__OIDC__PROVIDERS__SSO__CLIENT_ID", "c"),
+            ],
+            "oidc.providers.sso.kind",
+        ),
+        (
+            vec![("CONCLAVE__CAPTCHA__MAX_NUMBER", "10")],
+            "captcha.max_number: must be between 1000 and 100000000, got 10",
+        ),
+    ] {
+        let error = Settings::load_from(None, env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{pairs:?}: {error}");
+    }
+    let text = "[oidc.providers.\"Bad Name\"]\nkind = \"github\"\nclient_id = \"c\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "conclave.toml", text);
+    let error = Settings::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("the name must be 1 to 32 lowercase letters"),
+        "{error}"
+    );
 }

@@ -49,7 +49,7 @@ async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
 }
 
 /// Signs in, enrols and confirms 2FA; returns the secret and the recovery codes.
-async fn turn_on(app: &TestApp) -> (Vec<u8>, Vec<String>) {
+pub(crate) async fn turn_on(app: &TestApp) -> (Vec<u8>, Vec<String>) {
     app.create_user("ada@example.com", PASSWORD, true).await;
     assert_eq!(app.login("ada@example.com", PASSWORD).await.status(), 200);
     let enrol = post(app, "/api/v1/me/2fa/totp", json!({})).await;

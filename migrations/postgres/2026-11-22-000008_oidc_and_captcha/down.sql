@@ -1,0 +1,3 @@
+DROP TABLE captcha_spent;
+DROP TABLE user_identities;
+DROP TABLE oidc_flows;
