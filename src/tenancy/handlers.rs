@@ -33,7 +33,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/invite", invite_page).route(web::post().to(accept_form)));
 }
 
-fn event(name: &'static str, actor: i64, tenant_id: i64, details: serde_json::Value) -> AuditEvent {
+pub(crate) fn event(
+    name: &'static str,
+    actor: i64,
+    tenant_id: i64,
+    details: serde_json::Value,
+) -> AuditEvent {
     AuditEvent {
         event: name,
         actor_user_id: Some(actor),
@@ -157,8 +162,34 @@ async fn invite(
     tenant: web::Path<i64>,
     body: web::Json<NewInvitation>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant_id = tenant.into_inner();
-    let user_id = caller.user_id;
+    let body = body.into_inner();
+    let (id, email, role, expires_at) = create_invitation(
+        &state,
+        caller.user_id,
+        &caller.display_name,
+        tenant.into_inner(),
+        &body.email,
+        &body.role,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(json!({
+        "id": id,
+        "email": email.as_str(),
+        "role": role.as_str(),
+        "expires_at": expires_at.and_utc().to_rfc3339(),
+    })))
+}
+
+/// Invites `email` to `tenant_id` with `role` on behalf of `user_id`, queueing the mail in the
+/// same transaction. 404 for a tenant they are not in, 403 beyond their role, 409 for members.
+pub(crate) async fn create_invitation(
+    state: &AppState,
+    user_id: i64,
+    inviter_name: &str,
+    tenant_id: i64,
+    email: &str,
+    role: &str,
+) -> Result<(i64, Email, Role, NaiveDateTime), AppError> {
     let (my_role, tenant_name) = state
         .db
         .run(move |conn| {
@@ -177,20 +208,19 @@ async fn invite(
             "Your role ({my_role}) cannot invite people."
         )));
     }
-    let body = body.into_inner();
-    let role: Role = body.role.parse().map_err(AppError::BadRequest)?;
+    let role: Role = role.parse().map_err(AppError::BadRequest)?;
     if !Authorizer::may_grant(my_role, role) {
         return Err(AppError::Forbidden(format!(
             "You cannot give a role ({role}) above your own ({my_role})."
         )));
     }
-    let email = Email::parse(&body.email).map_err(AppError::BadRequest)?;
+    let email = Email::parse(email).map_err(AppError::BadRequest)?;
 
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
     let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
     let mut context = tera::Context::new();
-    context.insert("inviter", &caller.display_name);
+    context.insert("inviter", inviter_name);
     context.insert("tenant", &tenant_name);
     context.insert("role", role.as_str());
     context.insert(
@@ -247,12 +277,7 @@ async fn invite(
         .await?;
     state.queue.wake();
     match outcome {
-        Some((id, email, expires_at)) => Ok(HttpResponse::Created().json(json!({
-            "id": id,
-            "email": email.as_str(),
-            "role": role.as_str(),
-            "expires_at": expires_at.and_utc().to_rfc3339(),
-        }))),
+        Some((id, email, expires_at)) => Ok((id, email, role, expires_at)),
         None => Err(AppError::Conflict(
             "email: is already a member of this workspace".to_owned(),
         )),

@@ -3,6 +3,7 @@
 //! these roles builds on this module.
 
 pub mod handlers;
+pub mod members;
 
 use std::fmt;
 use std::str::FromStr;
@@ -105,6 +106,12 @@ impl Authorizer {
     /// Whether `inviter` may hand out `role`: never a role above their own.
     pub fn may_grant(inviter: Role, role: Role) -> bool {
         Self::can(inviter, Permission::ManageMembers) && inviter.at_least(role)
+    }
+
+    /// Whether `actor` may change the role of, or remove, a member who has `target`: only
+    /// with `ManageMembers`, and never someone above them.
+    pub fn may_manage(actor: Role, target: Role) -> bool {
+        Self::can(actor, Permission::ManageMembers) && actor.at_least(target)
     }
 }
 

@@ -88,7 +88,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::auth::two_factor_handlers::configure)
         .configure(crate::auth::token_handlers::configure)
         .configure(crate::auth::oidc_handlers::configure)
-        .configure(crate::tenancy::handlers::configure);
+        .configure(crate::tenancy::handlers::configure)
+        .configure(crate::tenancy::members::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

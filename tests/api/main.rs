@@ -16,6 +16,7 @@ mod helpers;
 mod jobs;
 mod login;
 mod mail;
+mod members;
 mod oidc;
 mod packaging;
 mod passwords;
