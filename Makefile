@@ -45,3 +45,4 @@ run:
 bench:
 	cargo build --release --example baseline_server
 	cargo bench --bench startup
+	cargo bench --bench login_storm

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{cpu_model, free_port, percentile, refuse_if_busy, write_into_benchmarks_md};
+
 const RUNS: usize = 15;
 const IDLE_BEFORE_RSS: Duration = Duration::from_secs(2);
 const START_TARGET_MS: f64 = 300.0;
@@ -57,7 +60,7 @@ fn main() {
 
     let report = report(&ours, &theirs);
     println!("{report}");
-    write_into_benchmarks_md(&report);
+    write_into_benchmarks_md("startup", &report);
 }
 
 fn measure(mut command: Command, port: u16) -> Sample {
@@ -129,13 +132,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Runs `program` on CPU 1 (when there are two and taskset exists), leaving CPU 0 to us.
 fn pinned(program: &Path) -> Command {
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
@@ -148,55 +144,12 @@ fn pinned(program: &Path) -> Command {
     }
 }
 
-/// A benchmark on a busy machine measures the other load. Wait up to two minutes for the load
-/// average to settle (a build that just finished keeps it high for a while), then refuse.
-fn refuse_if_busy() {
-    if std::env::var_os("BENCH_IGNORE_LOAD").is_some() {
-        return;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let one_minute: f64 = loadavg
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if one_minute <= cores * 0.5 {
-            return;
-        }
-        if Instant::now() >= deadline {
-            eprintln!(
-                "refusing to benchmark: load average {one_minute:.2} on {cores} cores (BENCH_IGNORE_LOAD=1 overrides)"
-            );
-            std::process::exit(2);
-        }
-        eprintln!("waiting for the machine to settle: load average {one_minute:.2}");
-        std::thread::sleep(Duration::from_secs(10));
-    }
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn report(ours: &[Sample], theirs: &[Sample]) -> String {
     let ready = |s: &[Sample]| s.iter().map(|x| x.ready_ms).collect::<Vec<_>>();
     let rss = |s: &[Sample]| s.iter().map(|x| x.rss_mb).collect::<Vec<_>>();
     let (our_ready, base_ready) = (ready(ours), ready(theirs));
     let (our_rss, base_rss) = (rss(ours), rss(theirs));
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpu = cpu_model();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let verdict = |value: f64, target: f64| if value < target { "met" } else { "MISSED" };
     let our_ready_p50 = percentile(&our_ready, 50.0);
@@ -232,21 +185,4 @@ fn report(ours: &[Sample], theirs: &[Sample]) -> String {
         our_rss_max / percentile(&base_rss, 100.0),
         verdict(our_rss_max, RSS_TARGET_MB),
     )
-}
-
-fn write_into_benchmarks_md(section: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let updated = match (
-        current.find("<!-- startup:begin -->"),
-        current.find("<!-- startup:end -->"),
-    ) {
-        (Some(begin), Some(end)) => {
-            let end = end + "<!-- startup:end -->".len();
-            format!("{}{}{}", &current[..begin], section, &current[end..])
-        }
-        _ => format!("{}\n{}\n", current.trim_end(), section),
-    };
-    std::fs::write(&path, updated).expect("write docs/benchmarks.md");
-    eprintln!("wrote {}", path.display());
 }

@@ -51,7 +51,7 @@ pub enum AppError {
 }
 
 /// RFC 9457 problem details, the JSON body of every error.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_uri: &'static str,

@@ -3,6 +3,7 @@
 //! The library holds every module; `main.rs` only parses the command line. Integration tests
 //! build the same `startup::Application` the binary runs.
 
+pub mod api_docs;
 pub mod audit;
 pub mod auth;
 pub mod cli;

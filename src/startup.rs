@@ -108,6 +108,7 @@ impl Application {
         let public_url = settings.public_url(bound);
         let passwords = crate::auth::passwords::PasswordService::new(
             db.clone(),
+            login.clone(),
             hasher.clone(),
             PasswordPolicy::new(settings.accounts.password_min_length),
             sessions.clone(),

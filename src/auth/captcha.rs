@@ -156,6 +156,15 @@ pub fn insert_challenge(state: &crate::web::AppState, context: &mut tera::Contex
     context.insert("captcha", &state.captcha.challenge());
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/captcha",
+    tag = "auth",
+    summary = "A proof-of-work challenge for sign-up and password reset (ALTCHA format)",
+    responses(
+        (status = 200, description = "`{algorithm, challenge, maxnumber, salt, signature}`, or `{enabled: false}`")
+    )
+)]
 /// `GET /api/v1/auth/captcha`: a challenge for script clients (`{"enabled": false}` when off).
 pub async fn api_challenge(
     state: actix_web::web::Data<crate::web::AppState>,
@@ -184,6 +193,11 @@ fn expiry_of(salt: &str) -> Option<NaiveDateTime> {
 pub fn sweep_spent(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
     diesel::delete(captcha_spent::table.filter(captcha_spent::expires_at.le(now))).execute(conn)
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(api_challenge))]
+pub struct ApiDoc;
 
 #[cfg(test)]
 mod tests {

@@ -51,7 +51,7 @@ impl From<SignupError> for AppError {
 
 const SIGNUP_SENT: &str = "If this address can receive mail, a message is on its way: follow the link in it to confirm your address, then sign in.";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SignupRequest {
     email: String,
     password: String,
@@ -60,6 +60,19 @@ pub struct SignupRequest {
     captcha: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/signup",
+    tag = "auth",
+    summary = "Create an account; a verification link is mailed",
+    request_body = SignupRequest,
+    responses(
+        (status = 202, description = "Accepted whether or not the address already had an account"),
+        (status = 400, description = "Invalid field or missing/invalid CAPTCHA", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sign-up is closed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Hashing busy", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/auth/signup`: 202 whether or not the address already had an account.
 async fn api_signup(
     state: web::Data<AppState>,
@@ -79,7 +92,7 @@ async fn api_signup(
         .json(json!({ "status": "verification_sent", "detail": SIGNUP_SENT })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct VerifyRequest {
     token: String,
 }
@@ -98,6 +111,18 @@ pub(crate) fn token_problem(error: TokenError) -> AppError {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/verify",
+    tag = "auth",
+    summary = "Verify an email address with the mailed token",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "Verified"),
+        (status = 400, description = "Malformed token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Token used or expired", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/auth/verify`: `{"token"}` from the verification link.
 async fn api_verify(
     state: web::Data<AppState>,
@@ -379,12 +404,25 @@ impl From<LoginError> for AppError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     email: String,
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    summary = "Sign in with email and password (sets the session cookie)",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in: `{user, session_expires_at}`"),
+        (status = 401, description = "`invalid_credentials`, or `mfa_required` (then POST /api/v1/auth/login/mfa)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`email_unverified` or `account_disabled`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`account_locked`, `rate_limited` or `busy`; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/auth/login`: `{"email","password"}` → 200 with the user and a session cookie.
 async fn api_login(
     state: web::Data<AppState>,
@@ -421,7 +459,7 @@ async fn api_login(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SecondFactorRequest {
     code: String,
     #[serde(default)]
@@ -438,6 +476,18 @@ fn challenge_of(request: &HttpRequest, state: &AppState) -> Result<String, AppEr
         .ok_or_else(|| AppError::from(LoginError::SecondFactor(TwoFactorError::ChallengeExpired)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login/mfa",
+    tag = "auth",
+    summary = "Second step: a TOTP or recovery code",
+    request_body = SecondFactorRequest,
+    responses(
+        (status = 200, description = "Signed in"),
+        (status = 401, description = "`invalid_code` or `mfa_expired`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Locked or rate limited", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/auth/login/mfa`: `{"code", "remember_device"}` after `mfa_required`.
 async fn api_login_mfa(
     state: web::Data<AppState>,
@@ -534,6 +584,15 @@ async fn second_factor_form(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    summary = "End this session",
+    responses(
+        (status = 204, description = "Signed out")
+    )
+)]
 /// `POST /api/v1/auth/logout`: ends this session.
 async fn api_logout(
     state: web::Data<AppState>,
@@ -575,6 +634,16 @@ async fn end_session(
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "me",
+    summary = "Who is calling: user, memberships, session or token",
+    responses(
+        (status = 200, description = "`{id, email, name, memberships, session?|token?}`"),
+        (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `GET /api/v1/me`: the signed-in user (by session or API token) and their workspaces.
 async fn api_me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AppError> {
     let user_id = caller.user_id;
@@ -749,6 +818,11 @@ async fn logout_form(
         .insert_header((header::LOCATION, "/"))
         .finish())
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(api_signup, api_verify, api_login, api_login_mfa, api_logout, api_me))]
+pub struct ApiDoc;
 
 #[cfg(test)]
 mod tests {

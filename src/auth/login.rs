@@ -77,6 +77,8 @@ pub struct LoginService {
     templates: Arc<Templates>,
     settings: AccountSettings,
     per_ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    /// Password checks inside a session, per account: 5 a minute.
+    reauth: Arc<DefaultKeyedRateLimiter<i64>>,
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
 }
 
@@ -110,6 +112,9 @@ impl LoginService {
             templates,
             settings,
             per_ip,
+            reauth: Arc::new(RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+            ))),
             dummy_hash: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
@@ -190,6 +195,51 @@ impl LoginService {
         self.finish(user.id, client, "password")
             .await
             .map(LoginOutcome::Session)
+    }
+
+    /// Checks the password of someone already signed in before a sensitive change (new
+    /// password, 2FA off, new recovery codes). A stolen session must not become a free
+    /// password oracle: these checks have their own per-account limit and wrong answers count
+    /// towards the same lockout as failed sign-ins; a locked account is refused.
+    pub async fn reauthenticate(
+        &self,
+        user_id: i64,
+        password: SecretString,
+        client: &Client,
+    ) -> Result<bool, LoginError> {
+        if let Err(not_until) = self.reauth.check_key(&user_id) {
+            metrics::counter!("rate_limited_total", "scope" => "reauthenticate").increment(1);
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(LoginError::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+        let row: (String, Option<String>, Option<NaiveDateTime>) = self
+            .db
+            .run(move |conn| {
+                users::table
+                    .find(user_id)
+                    .select((users::email, users::password_hash, users::locked_until))
+                    .first(conn)
+                    .map_err(DbError::from)
+            })
+            .await?;
+        let (email, stored, locked_until) = row;
+        let now = Utc::now().naive_utc();
+        if let Some(until) = locked_until.filter(|until| *until > now) {
+            return Err(LoginError::Locked {
+                minutes: ((until - now).num_seconds() + 59) / 60,
+            });
+        }
+        let matches = match stored {
+            Some(hash) => self.hasher.verify(password, hash).await?,
+            None => false,
+        };
+        if !matches {
+            self.record_failure(user_id, email, client, "reauthentication")
+                .await?;
+        }
+        Ok(matches)
     }
 
     /// Signs in someone a provider vouched for (OpenID Connect / GitHub). The account must be

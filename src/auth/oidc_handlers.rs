@@ -238,6 +238,15 @@ fn error_page(state: &AppState, page: &Page, error: OidcError) -> Result<HttpRes
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/me/identities",
+    tag = "identities",
+    summary = "My connected sign-in providers",
+    responses(
+        (status = 200, description = "`{identities: [...]}`")
+    )
+)]
 /// `GET /api/v1/me/identities`: my connected provider accounts.
 async fn api_list(
     state: web::Data<AppState>,
@@ -287,6 +296,18 @@ async fn unlink(
     Ok(())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/me/identities/{id}",
+    tag = "identities",
+    summary = "Disconnect a provider",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 204, description = "Disconnected"),
+        (status = 404, description = "No such connection of mine", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`last_sign_in_method`", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `DELETE /api/v1/me/identities/{id}`.
 async fn api_unlink(
     state: web::Data<AppState>,
@@ -320,3 +341,8 @@ async fn unlink_form(
         ))
         .finish())
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(api_list, api_unlink))]
+pub struct ApiDoc;

@@ -1,9 +1,14 @@
 //! Passwords: the policy a new password must meet, and argon2id hashing.
 //!
 //! Hashing costs ~20–35 ms of CPU and 19 MiB of memory (OWASP's argon2id minimum: m=19 MiB,
-//! t=2, p=1). It runs on the blocking pool behind a semaphore of `accounts.hash_concurrency`
-//! slots with a bounded queue of `accounts.hash_queue` waiters; past that, callers get
-//! `HashError::Busy` at once (429) instead of piling up and stalling every other request.
+//! t=2, p=1). It runs on its own pool of `accounts.hash_concurrency` threads (rayon) with a
+//! bounded queue of `accounts.hash_queue` waiters; past that, callers get `HashError::Busy` at
+//! once (429) instead of piling up.
+//!
+//! The hashing threads run at the lowest CPU priority (Linux `SCHED_IDLE`, else nice 19): a
+//! login storm may use every idle cycle of every core, yet any other request that becomes
+//! runnable gets the CPU first, so the rest of the server keeps its latency. (On 2 cores both
+//! "hash at full speed" and "keep other requests fast" are only possible this way.)
 
 use std::sync::Arc;
 
@@ -94,7 +99,7 @@ pub enum HashError {
 /// Hashes and verifies passwords with a cap on concurrent work. Cheap to clone.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    running: Arc<Semaphore>,
+    pool: Arc<rayon::ThreadPool>,
     waiting: Arc<Semaphore>,
 }
 
@@ -105,8 +110,15 @@ impl PasswordHasher {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
         };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(concurrency)
+            .thread_name(|i| format!("argon2-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            // Only fails when the OS refuses to start threads at all.
+            .expect("start the password hashing threads");
         Self {
-            running: Arc::new(Semaphore::new(concurrency)),
+            pool: Arc::new(pool),
             waiting: Arc::new(Semaphore::new(concurrency + queue)),
         }
     }
@@ -144,15 +156,34 @@ impl PasswordHasher {
             metrics::counter!("password_hash_rejected_total").increment(1);
             HashError::Busy
         })?;
-        let _running = self
-            .running
-            .clone()
-            .acquire_owned()
+        let (done, result) = tokio::sync::oneshot::channel();
+        let span = tracing::Span::current();
+        self.pool.spawn(move || {
+            let _entered = span.enter();
+            let _ = done.send(work());
+        });
+        result
             .await
-            .map_err(|_| HashError::Busy)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| HashError::Failed(e.to_string()))?
+            .map_err(|_| HashError::Failed("the hashing thread stopped".to_owned()))?
+    }
+}
+
+/// Puts the calling (hashing) thread at the lowest CPU priority; see the module docs.
+fn lower_priority() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    let idle = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    if idle.is_err()
+        && let Err(e) =
+            thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::warn!(error = ?e, "cannot lower the priority of password hashing threads");
     }
 }
 

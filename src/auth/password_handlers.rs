@@ -33,6 +33,7 @@ impl From<PasswordError> for AppError {
                 AppError::BadRequest(error.to_string())
             }
             PasswordError::Token(token) => super::handlers::token_problem(token),
+            PasswordError::Reauth(login) => login.into(),
             PasswordError::Hash(HashError::Busy) => AppError::RateLimited {
                 retry_after_secs: Some(1),
             },
@@ -62,12 +63,24 @@ async fn rotate_session(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChangeRequest {
     current_password: String,
     new_password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/me/password",
+    tag = "me",
+    summary = "Change my password (signs out every other session)",
+    request_body = ChangeRequest,
+    responses(
+        (status = 200, description = "Changed"),
+        (status = 400, description = "Wrong current password or policy violation", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many password checks, or the account is locked", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/me/password`.
 async fn api_change(
     state: web::Data<AppState>,
@@ -83,6 +96,7 @@ async fn api_change(
             SecretString::from(body.current_password),
             SecretString::from(body.new_password),
             &identity.session.id,
+            &super::handlers::client(&request),
         )
         .await?;
     let cookie = rotate_session(&state, &request, &identity).await?;
@@ -106,6 +120,7 @@ async fn change_form(
             SecretString::from(form.current_password),
             SecretString::from(form.new_password),
             &identity.session.id,
+            &super::handlers::client(&request),
         )
         .await;
     let (cookie, notice) = match outcome {
@@ -116,6 +131,7 @@ async fn change_form(
         // Codes, not text: the page must not display words taken from a URL.
         Err(PasswordError::WrongCurrent) => (None, "wrong_current".to_owned()),
         Err(PasswordError::Policy(policy)) => (None, policy.code().to_owned()),
+        Err(PasswordError::Reauth(_)) => (None, "too_many_checks".to_owned()),
         Err(other) => return Err(other.into()),
     };
     let mut response = HttpResponse::SeeOther();
@@ -130,13 +146,24 @@ async fn change_form(
         .finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ForgotRequest {
     email: String,
     /// The solved proof-of-work challenge, when `captcha.enabled`.
     captcha: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/password/forgot",
+    tag = "auth",
+    summary = "Mail a password-reset link",
+    request_body = ForgotRequest,
+    responses(
+        (status = 202, description = "Accepted whatever the address"),
+        (status = 400, description = "Missing or invalid CAPTCHA", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/auth/password/forgot`: 202 whatever the address.
 async fn api_forgot(
     state: web::Data<AppState>,
@@ -147,12 +174,24 @@ async fn api_forgot(
     Ok(HttpResponse::Accepted().json(json!({ "status": "reset_link_sent", "detail": RESET_SENT })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ResetRequest {
     token: String,
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/password/reset",
+    tag = "auth",
+    summary = "Set a new password with a reset token (signs out everywhere)",
+    request_body = ResetRequest,
+    responses(
+        (status = 200, description = "Password set"),
+        (status = 400, description = "Policy violation or malformed token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Token used or expired", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/auth/password/reset`.
 async fn api_reset(
     state: web::Data<AppState>,
@@ -278,3 +317,8 @@ async fn reset_form(
         Err(other) => Err(other.into()),
     }
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(api_change, api_forgot, api_reset))]
+pub struct ApiDoc;

@@ -37,6 +37,9 @@ pub enum PasswordError {
     Database(#[from] DbError),
     #[error("{0}")]
     Internal(String),
+    /// The current-password check was refused (locked account, too many checks).
+    #[error(transparent)]
+    Reauth(super::login::LoginError),
 }
 
 impl From<diesel::result::Error> for PasswordError {
@@ -48,6 +51,7 @@ impl From<diesel::result::Error> for PasswordError {
 #[derive(Clone)]
 pub struct PasswordService {
     db: Db,
+    login: super::login::LoginService,
     hasher: PasswordHasher,
     policy: PasswordPolicy,
     sessions: Sessions,
@@ -57,8 +61,10 @@ pub struct PasswordService {
 }
 
 impl PasswordService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Db,
+        login: super::login::LoginService,
         hasher: PasswordHasher,
         policy: PasswordPolicy,
         sessions: Sessions,
@@ -68,6 +74,7 @@ impl PasswordService {
     ) -> Self {
         Self {
             db,
+            login,
             hasher,
             policy,
             sessions,
@@ -101,22 +108,22 @@ impl PasswordService {
         current: SecretString,
         new: SecretString,
         keep_session: &str,
+        client: &super::login::Client,
     ) -> Result<(), PasswordError> {
-        let (email, stored): (String, Option<String>) = self
+        let email: String = self
             .db
             .run(move |conn| {
                 users::table
                     .find(user_id)
-                    .select((users::email, users::password_hash))
+                    .select(users::email)
                     .first(conn)
                     .map_err(DbError::from)
             })
             .await?;
-        let Some(stored) = stored else {
-            return Err(PasswordError::WrongCurrent);
-        };
-        if !self.hasher.verify(current, stored).await? {
-            return Err(PasswordError::WrongCurrent);
+        match self.login.reauthenticate(user_id, current, client).await {
+            Ok(true) => {}
+            Ok(false) => return Err(PasswordError::WrongCurrent),
+            Err(e) => return Err(PasswordError::Reauth(e)),
         }
         self.policy.check(&new, &stored_email(&email)?)?;
         let hash = self.hasher.hash(new).await?;

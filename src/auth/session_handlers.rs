@@ -38,6 +38,15 @@ fn describe(row: &SessionRow, current: &str) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/me/sessions",
+    tag = "sessions",
+    summary = "Where I am signed in",
+    responses(
+        (status = 200, description = "`{sessions: [...]}`")
+    )
+)]
 async fn list_sessions(
     state: web::Data<AppState>,
     identity: Identity,
@@ -118,6 +127,17 @@ async fn revoke_others(
     Ok(count)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/me/sessions/{id}",
+    tag = "sessions",
+    summary = "End one of my sessions",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 404, description = "No such session of mine", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn revoke_session(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -128,6 +148,15 @@ async fn revoke_session(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/me/sessions",
+    tag = "sessions",
+    summary = "Sign out everywhere else",
+    responses(
+        (status = 200, description = "`{revoked: n}`")
+    )
+)]
 async fn revoke_other_sessions(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -238,3 +267,8 @@ fn summarise_user_agent(user_agent: &str) -> &'static str {
     .find(|(marker, _)| user_agent.contains(marker))
     .map_or("Other client", |(_, name)| name)
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_sessions, revoke_other_sessions, revoke_session))]
+pub struct ApiDoc;

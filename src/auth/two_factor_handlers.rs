@@ -9,9 +9,7 @@ use serde_json::json;
 
 use super::identity::Identity;
 use super::two_factor::TwoFactorError;
-use crate::db::DbError;
 use crate::error::AppError;
-use crate::schema::users;
 use crate::web::AppState;
 use crate::web::pages::Page;
 
@@ -46,34 +44,36 @@ impl From<TwoFactorError> for AppError {
     }
 }
 
-/// Turning 2FA off needs the password: a borrowed, unlocked laptop must not be enough.
-async fn check_password(state: &AppState, user_id: i64, password: String) -> Result<(), AppError> {
-    let stored: Option<String> = state
-        .db
-        .run(move |conn| {
-            use diesel::prelude::*;
-            users::table
-                .find(user_id)
-                .select(users::password_hash)
-                .first(conn)
-                .map_err(DbError::from)
-        })
-        .await?;
-    let matches = match stored {
-        Some(hash) => state
-            .hasher
-            .verify(SecretString::from(password), hash)
-            .await
-            .map_err(|e| AppError::internal(anyhow::anyhow!("{e}")))?,
-        None => false,
-    };
-    if matches {
+/// Turning 2FA off needs the password: a borrowed, unlocked laptop must not be enough. The
+/// check is limited and counted like a sign-in (`LoginService::reauthenticate`).
+async fn check_password(
+    state: &AppState,
+    request: &actix_web::HttpRequest,
+    user_id: i64,
+    password: String,
+) -> Result<(), AppError> {
+    let client = super::handlers::client(request);
+    if state
+        .login
+        .reauthenticate(user_id, SecretString::from(password), &client)
+        .await?
+    {
         Ok(())
     } else {
         Err(AppError::BadRequest("password: is not correct".to_owned()))
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/me/2fa/totp",
+    tag = "2fa",
+    summary = "Start TOTP enrolment",
+    responses(
+        (status = 201, description = "`{secret, otpauth_url, qr_svg}`"),
+        (status = 409, description = "Already on", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn api_enrol(
     state: web::Data<AppState>,
     identity: Identity,
@@ -85,11 +85,22 @@ async fn api_enrol(
     Ok(HttpResponse::Created().json(enrolment))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CodeRequest {
     code: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/me/2fa/totp/confirm",
+    tag = "2fa",
+    summary = "Confirm enrolment with a code; returns recovery codes once",
+    request_body = CodeRequest,
+    responses(
+        (status = 200, description = "`{recovery_codes: [...]}`"),
+        (status = 400, description = "Wrong code", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn api_confirm(
     state: web::Data<AppState>,
     identity: Identity,
@@ -102,14 +113,32 @@ async fn api_confirm(
     Ok(HttpResponse::Ok().json(json!({ "status": "enabled", "recovery_codes": codes })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/me/2fa/recovery-codes",
+    tag = "2fa",
+    summary = "New recovery codes (the old ones stop working)",
+    request_body = PasswordRequest,
+    responses(
+        (status = 200, description = "`{codes: [...]}`"),
+        (status = 400, description = "Wrong password", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// New recovery codes replace a way past the second step, so they need the password, like
 /// turning 2FA off: a borrowed session alone must not be enough.
 async fn api_recovery_codes(
     state: web::Data<AppState>,
+    request: actix_web::HttpRequest,
     identity: Identity,
     body: web::Json<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
-    check_password(&state, identity.user_id(), body.into_inner().password).await?;
+    check_password(
+        &state,
+        &request,
+        identity.user_id(),
+        body.into_inner().password,
+    )
+    .await?;
     let codes = state
         .two_factor
         .regenerate_recovery_codes(identity.user_id())
@@ -117,17 +146,35 @@ async fn api_recovery_codes(
     Ok(HttpResponse::Ok().json(json!({ "codes": codes })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PasswordRequest {
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/me/2fa/totp/disable",
+    tag = "2fa",
+    summary = "Turn 2FA off",
+    request_body = PasswordRequest,
+    responses(
+        (status = 204, description = "Off"),
+        (status = 400, description = "Wrong password", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn api_disable(
     state: web::Data<AppState>,
+    request: actix_web::HttpRequest,
     identity: Identity,
     body: web::Json<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
-    check_password(&state, identity.user_id(), body.into_inner().password).await?;
+    check_password(
+        &state,
+        &request,
+        identity.user_id(),
+        body.into_inner().password,
+    )
+    .await?;
     state.two_factor.disable(identity.user_id()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -218,13 +265,19 @@ async fn confirm_form(
 
 async fn recovery_codes_form(
     state: web::Data<AppState>,
+    request: actix_web::HttpRequest,
     page: Page,
     identity: Identity,
     form: web::Form<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
-    if check_password(&state, identity.user_id(), form.into_inner().password)
-        .await
-        .is_err()
+    if check_password(
+        &state,
+        &request,
+        identity.user_id(),
+        form.into_inner().password,
+    )
+    .await
+    .is_err()
     {
         return Ok(back("2fa_wrong_password"));
     }
@@ -242,15 +295,26 @@ async fn recovery_codes_form(
 
 async fn disable_form(
     state: web::Data<AppState>,
+    request: actix_web::HttpRequest,
     identity: Identity,
     form: web::Form<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
-    if check_password(&state, identity.user_id(), form.into_inner().password)
-        .await
-        .is_err()
+    if check_password(
+        &state,
+        &request,
+        identity.user_id(),
+        form.into_inner().password,
+    )
+    .await
+    .is_err()
     {
         return Ok(back("2fa_wrong_password"));
     }
     state.two_factor.disable(identity.user_id()).await?;
     Ok(back("2fa_disabled"))
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(api_enrol, api_confirm, api_recovery_codes, api_disable))]
+pub struct ApiDoc;

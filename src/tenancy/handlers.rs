@@ -49,6 +49,15 @@ pub(crate) fn event(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    summary = "My workspaces and roles",
+    responses(
+        (status = 200, description = "`{tenants: [{id, slug, name, role}]}`")
+    )
+)]
 async fn list_tenants(
     state: web::Data<AppState>,
     caller: Caller,
@@ -73,7 +82,7 @@ async fn list_tenants(
     Ok(HttpResponse::Ok().json(json!({ "tenants": tenants })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewTenant {
     name: String,
     slug: String,
@@ -96,6 +105,18 @@ fn parse_slug(slug: &str) -> Result<String, AppError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    summary = "Create a workspace (you own it)",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "Created"),
+        (status = 400, description = "Invalid name or slug", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Slug taken", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/tenants`: a new workspace, owned by its creator.
 async fn create_tenant(
     state: web::Data<AppState>,
@@ -148,12 +169,26 @@ async fn create_tenant(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewInvitation {
     email: String,
     role: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/invitations",
+    tag = "tenants",
+    summary = "Invite someone by mail (admin or owner; never above your role)",
+    params(("id" = i64, Path)),
+    request_body = NewInvitation,
+    responses(
+        (status = 201, description = "Invited"),
+        (status = 403, description = "Your role cannot", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workspace of yours", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already a member", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `POST /api/v1/tenants/{id}/invitations`: admins and owners invite by mail, never to a role
 /// above their own.
 async fn invite(
@@ -284,7 +319,7 @@ pub(crate) async fn create_invitation(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AcceptRequest {
     token: String,
 }
@@ -375,6 +410,19 @@ async fn accept(
         .await?
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/invitations/accept",
+    tag = "tenants",
+    summary = "Accept an invitation as the signed-in user",
+    request_body = AcceptRequest,
+    responses(
+        (status = 200, description = "Joined"),
+        (status = 403, description = "Invitation for another address", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such invitation", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Used or expired", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn api_accept(
     state: web::Data<AppState>,
     identity: Identity,
@@ -416,3 +464,8 @@ async fn accept_form(
         .insert_header((header::LOCATION, "/"))
         .finish())
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_tenants, create_tenant, invite, api_accept))]
+pub struct ApiDoc;

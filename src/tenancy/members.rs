@@ -267,6 +267,17 @@ fn ip_of(request: &HttpRequest) -> Option<String> {
     crate::web::client_info(request).0.map(|ip| ip.to_string())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/members",
+    tag = "tenants",
+    summary = "Members (and, for admins, pending invitations)",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "`{your_role, members, invitations?}`"),
+        (status = 404, description = "No such workspace of yours", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `GET /api/v1/tenants/{id}/members`: members, and pending invitations for those who may
 /// manage them.
 async fn api_members(
@@ -317,11 +328,25 @@ async fn api_members(
     Ok(HttpResponse::Ok().json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RoleChange {
     role: String,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/tenants/{id}/members/{user_id}",
+    tag = "tenants",
+    summary = "Change a member's role",
+    params(("id" = i64, Path), ("user_id" = i64, Path)),
+    request_body = RoleChange,
+    responses(
+        (status = 200, description = "Changed"),
+        (status = 403, description = "Your role cannot", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such member", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last owner", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `PATCH /api/v1/tenants/{id}/members/{user_id}` with `{"role"}`.
 async fn api_change_role(
     state: web::Data<AppState>,
@@ -344,6 +369,19 @@ async fn api_change_role(
     Ok(HttpResponse::Ok().json(json!({ "user_id": target, "role": role })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{id}/members/{user_id}",
+    tag = "tenants",
+    summary = "Remove a member, or leave",
+    params(("id" = i64, Path), ("user_id" = i64, Path)),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Your role cannot", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such member", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last owner", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `DELETE /api/v1/tenants/{id}/members/{user_id}`: remove a member, or leave.
 async fn api_remove(
     state: web::Data<AppState>,
@@ -364,6 +402,18 @@ async fn api_remove(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{id}/invitations/{invitation_id}",
+    tag = "tenants",
+    summary = "Withdraw a pending invitation",
+    params(("id" = i64, Path), ("invitation_id" = i64, Path)),
+    responses(
+        (status = 204, description = "Withdrawn"),
+        (status = 403, description = "Your role cannot", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such invitation", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// `DELETE /api/v1/tenants/{id}/invitations/{invitation_id}`.
 async fn api_revoke_invitation(
     state: web::Data<AppState>,
@@ -587,3 +637,8 @@ async fn revoke_form(
         .map(|()| "invitation_revoked");
     back(tenant_id, outcome)
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(api_members, api_change_role, api_remove, api_revoke_invitation))]
+pub struct ApiDoc;

@@ -54,7 +54,7 @@ impl ClientErrorLimiter {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ClientErrorReport {
     message: String,
     source: Option<String>,
@@ -87,6 +87,18 @@ impl ClientErrorReport {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/client-errors",
+    tag = "operations",
+    summary = "Report a browser error to the server log",
+    request_body = ClientErrorReport,
+    responses(
+        (status = 204, description = "Logged"),
+        (status = 400, description = "Invalid report", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many reports", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn report(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -117,3 +129,8 @@ pub async fn report(
     );
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// This module's part of the OpenAPI document (`/api/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(report))]
+pub struct ApiDoc;

@@ -80,6 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/healthz", health::healthz))
         .service(get("/readyz", health::readyz))
         .service(get("/metrics", crate::metrics::render))
+        .service(get("/api/openapi.json", crate::api_docs::serve))
         .service(get("/static/{path:.*}", assets::serve))
         .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)))
         .configure(crate::auth::handlers::configure)

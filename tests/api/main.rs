@@ -18,6 +18,7 @@ mod login;
 mod mail;
 mod members;
 mod oidc;
+mod openapi;
 mod packaging;
 mod passwords;
 mod schema;

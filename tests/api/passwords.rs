@@ -209,3 +209,48 @@ async fn the_reset_form_and_the_password_form_work_without_javascript() {
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn password_checks_inside_a_session_count_towards_lockout() {
+    let app = spawn_app_with(|settings| settings.accounts.lockout_threshold = 3).await;
+    app.create_user("ada@example.com", "correct horse battery staple", true)
+        .await;
+    let thief = Device::signed_in(&app, "ada@example.com", "correct horse battery staple").await;
+    thief.client.get(app.url("/healthz")).send().await.unwrap();
+    let guess = |password: &'static str| {
+        thief.post(
+            &app,
+            "/api/v1/me/password",
+            json!({"current_password": password, "new_password": "a brand new passphrase"}),
+        )
+    };
+    for wrong in ["guess one", "guess two"] {
+        assert_eq!(guess(wrong).await.status(), 400);
+    }
+    // The third wrong guess, here through "turn off 2FA", locks the account.
+    let third = thief
+        .post(
+            &app,
+            "/api/v1/me/2fa/totp/disable",
+            json!({"password": "guess three"}),
+        )
+        .await;
+    assert_eq!(third.status(), 400);
+    let locked = guess("correct horse battery staple").await;
+    assert_eq!(
+        locked.status(),
+        429,
+        "even the right password waits for the lock"
+    );
+    let problem: serde_json::Value = locked.json().await.unwrap();
+    assert_eq!(problem["error"], "account_locked");
+    let sign_in = Device::new(None)
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": "ada@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_in.status(), 429, "and so does signing in");
+    wait_for_mail(&app, "ada@example.com", "locked").await;
+}

@@ -255,3 +255,77 @@ async fn invalid_token_requests_name_the_field() {
         .unwrap();
     assert!(!audit.iter().any(|e| e.event == "token.created"));
 }
+
+#[tokio::test]
+async fn the_tokens_page_creates_shows_once_and_revokes() {
+    let app = crate::helpers::spawn_app().await;
+    app.create_user("ada@example.com", "correct horse battery staple", true)
+        .await;
+    let browser =
+        crate::helpers::Device::signed_in(&app, "ada@example.com", "correct horse battery staple")
+            .await;
+    let page = browser
+        .client
+        .get(app.url("/settings/tokens"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("No tokens yet."));
+    let csrf = browser.csrf(&app);
+    let form = |name: &'static str, access: &'static str, days: &'static str| {
+        browser
+            .client
+            .post(app.url("/settings/tokens"))
+            .form(&[
+                ("csrf_token", csrf.as_str()),
+                ("name", name),
+                ("access", access),
+                ("expires_in_days", days),
+            ])
+            .send()
+    };
+    let created = form("backup script", "read", "30").await.unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["cache-control"], "no-store");
+    let html = created.text().await.unwrap();
+    let token = html
+        .split("id=\"new-token\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the token is shown")
+        .to_owned();
+    assert!(token.starts_with("cnv_"), "{token}");
+    assert_eq!(browser.me_status_with_token(&app, &token).await, 200);
+    let listed = browser
+        .client
+        .get(app.url("/settings/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains("backup script") && !listed.contains(&token),
+        "never shown again"
+    );
+
+    let bad = form("x", "read", "forever").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad = form("", "read", "30").await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let id = browser.get_json(&app, "/api/v1/me/tokens").await["tokens"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let revoked = browser
+        .client
+        .post(app.url(&format!("/settings/tokens/{id}/revoke")))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 303);
+    assert_eq!(browser.me_status_with_token(&app, &token).await, 401);
+}

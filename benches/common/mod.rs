@@ -1,0 +1,80 @@
+//! Helpers shared by the benchmarks (`mod common;` in each).
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A benchmark on a busy machine measures the other load. Wait up to two minutes for the load
+/// average to settle (a build that just finished keeps it high for a while), then refuse.
+pub fn refuse_if_busy() {
+    if std::env::var_os("BENCH_IGNORE_LOAD").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let one_minute: f64 = loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if one_minute <= cores * 0.5 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "refusing to benchmark: load average {one_minute:.2} on {cores} cores (BENCH_IGNORE_LOAD=1 overrides)"
+            );
+            std::process::exit(2);
+        }
+        eprintln!("waiting for the machine to settle: load average {one_minute:.2}");
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Replaces the section between `<!-- NAME:begin -->` and `<!-- NAME:end -->` of
+/// docs/benchmarks.md (or appends it); `section` includes the markers.
+pub fn write_into_benchmarks_md(name: &str, section: &str) {
+    let (begin_marker, end_marker) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
+    let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let updated = match (current.find(&begin_marker), current.find(&end_marker)) {
+        (Some(begin), Some(end)) => {
+            let end = end + end_marker.len();
+            format!("{}{}{}", &current[..begin], section, &current[end..])
+        }
+        _ => format!("{}\n\n{}\n", current.trim_end(), section),
+    };
+    std::fs::write(&path, updated).expect("write docs/benchmarks.md");
+    eprintln!("wrote {}", path.display());
+}
+
+/// The CPU model, for the report.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}

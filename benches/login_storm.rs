@@ -1,0 +1,312 @@
+//! Login-storm benchmark (issue "Accounts", performance):
+//!
+//! - logins/s at 2× overload ≥ 0.85 × (argon2id hashes/s of the same parameters, measured in
+//!   this run on one thread, × cores);
+//! - p99 of `GET /api/v1/me` during that storm ≤ 2× its unloaded p99.
+//!
+//! The baseline is measured in the same run: the raw single-thread argon2id rate (in this
+//! process, before the server starts) and the unloaded `/me` latency (same server, just
+//! before the storm). The storm is open-loop: logins are sent at a fixed rate of twice the
+//! hashing capacity, whatever the answers, for `STORM_SECS`; the `/me` probe runs beside it.
+//! The release server is a child process with its normal settings except the per-IP sign-in
+//! limit (every request here comes from 127.0.0.1). Run with `make bench`; results go to
+//! docs/benchmarks.md between the `login-storm` markers.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{cpu_model, free_port, percentile, refuse_if_busy, write_into_benchmarks_md};
+
+const EMAIL: &str = "storm@example.com";
+const PASSWORD: &str = "correct horse battery staple";
+const HASH_SAMPLES: u32 = 40;
+const PROBES_UNLOADED: usize = 1_000;
+const STORM_SECS: u64 = 15;
+const PROBE_PAUSE: Duration = Duration::from_millis(5);
+const LOGIN_RATIO_TARGET: f64 = 0.85;
+const P99_RATIO_TARGET: f64 = 2.0;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    refuse_if_busy();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hashes_per_sec = argon2_rate();
+    let capacity = hashes_per_sec * cores as f64;
+    eprintln!("argon2id: {hashes_per_sec:.1} hashes/s on one thread; capacity {capacity:.1}/s");
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_conclave"));
+    let port = free_port();
+    let configure = |command: &mut Command| {
+        command
+            .current_dir(data.path())
+            .env("CONCLAVE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONCLAVE__TELEMETRY__LOG_FILTER", "error")
+            .env("CONCLAVE__ACCOUNTS__LOGIN_ATTEMPTS_PER_IP_PER_MINUTE", "0");
+    };
+    let password_file = data.path().join("password");
+    std::fs::write(&password_file, PASSWORD).expect("password file");
+    let mut create = Command::new(&binary);
+    configure(&mut create);
+    let created = create
+        .args(["user", "create", "--email", EMAIL, "--password-file"])
+        .arg(&password_file)
+        .output()
+        .expect("conclave user create");
+    assert!(created.status.success(), "{created:?}");
+    let mut serve = Command::new(&binary);
+    configure(&mut serve);
+    let _server = Server(
+        serve
+            .arg("serve")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start conclave"),
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(storm(format!("http://127.0.0.1:{port}"), capacity));
+    let report = report(&result, hashes_per_sec, cores);
+    println!("{report}");
+    write_into_benchmarks_md("login-storm", &report);
+}
+
+/// Single-thread argon2id verifications per second with the server's parameters.
+fn argon2_rate() -> f64 {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
+    use conclave::auth::password::{ITERATIONS, MEMORY_KIB, PARALLELISM};
+    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).expect("params");
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let hash = argon2
+        .hash_password(PASSWORD.as_bytes())
+        .expect("hash")
+        .to_string();
+    let parsed = argon2::PasswordHash::new(&hash).expect("parse");
+    let started = Instant::now();
+    for _ in 0..HASH_SAMPLES {
+        argon2
+            .verify_password(PASSWORD.as_bytes(), &parsed)
+            .expect("verifies");
+    }
+    f64::from(HASH_SAMPLES) / started.elapsed().as_secs_f64()
+}
+
+struct StormResult {
+    unloaded_ms: Vec<f64>,
+    loaded_ms: Vec<f64>,
+    offered_per_sec: f64,
+    sent: u64,
+    succeeded: u64,
+    refused: u64,
+    other: u64,
+    storm_secs: f64,
+    refusal_p99_ms: f64,
+}
+
+async fn storm(base: String, capacity: f64) -> StormResult {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    wait_ready(&client, &base).await;
+
+    // A session for the probe.
+    let login = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": EMAIL, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 200, "the probe signs in");
+    let cookie = login
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("conclave_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    let probe = |client: reqwest::Client, base: String, cookie: String| async move {
+        let started = Instant::now();
+        let response = client
+            .get(format!("{base}/api/v1/me"))
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .expect("probe");
+        assert_eq!(response.status(), 200);
+        response.bytes().await.expect("body");
+        started.elapsed().as_secs_f64() * 1_000.0
+    };
+
+    // Baseline: the same probe on the idle server (after a warm-up).
+    for _ in 0..100 {
+        probe(client.clone(), base.clone(), cookie.clone()).await;
+    }
+    let mut unloaded_ms = Vec::with_capacity(PROBES_UNLOADED);
+    for _ in 0..PROBES_UNLOADED {
+        unloaded_ms.push(probe(client.clone(), base.clone(), cookie.clone()).await);
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+
+    // The storm: logins at twice the hashing capacity, open loop.
+    let offered_per_sec = 2.0 * capacity;
+    let interval = Duration::from_secs_f64(1.0 / offered_per_sec);
+    let (succeeded, refused, other) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let refusal_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(STORM_SECS);
+    let sender = {
+        let (client, base) = (client.clone(), base.clone());
+        let (succeeded, refused, other, refusal_ms) = (
+            succeeded.clone(),
+            refused.clone(),
+            other.clone(),
+            refusal_ms.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut tasks = Vec::new();
+            while Instant::now() < deadline {
+                ticker.tick().await;
+                let (client, base) = (client.clone(), base.clone());
+                let (succeeded, refused, other, refusal_ms) = (
+                    succeeded.clone(),
+                    refused.clone(),
+                    other.clone(),
+                    refusal_ms.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let status = client
+                        .post(format!("{base}/api/v1/auth/login"))
+                        .json(&serde_json::json!({ "email": EMAIL, "password": PASSWORD }))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    match status {
+                        Ok(200) => succeeded.fetch_add(1, Ordering::Relaxed),
+                        Ok(429) => {
+                            if let Ok(mut times) = refusal_ms.lock() {
+                                times.push(sent.elapsed().as_secs_f64() * 1_000.0);
+                            }
+                            refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => other.fetch_add(1, Ordering::Relaxed),
+                    };
+                }));
+            }
+            let sent = tasks.len() as u64;
+            for task in tasks {
+                let _ = task.await;
+            }
+            sent
+        })
+    };
+    let mut loaded_ms = Vec::new();
+    while Instant::now() < deadline {
+        loaded_ms.push(probe(client.clone(), base.clone(), cookie.clone()).await);
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+    let sent = sender.await.expect("sender");
+    let storm_secs = started.elapsed().as_secs_f64();
+    let refusal_p99_ms = refusal_ms
+        .lock()
+        .map(|times| {
+            if times.is_empty() {
+                0.0
+            } else {
+                percentile(&times, 99.0)
+            }
+        })
+        .unwrap_or(0.0);
+    StormResult {
+        unloaded_ms,
+        loaded_ms,
+        offered_per_sec,
+        sent,
+        succeeded: succeeded.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        other: other.load(Ordering::Relaxed),
+        storm_secs,
+        refusal_p99_ms,
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server did not become ready");
+}
+
+fn report(result: &StormResult, hashes_per_sec: f64, cores: usize) -> String {
+    let capacity = hashes_per_sec * cores as f64;
+    let logins_per_sec = result.succeeded as f64 / result.storm_secs;
+    let login_ratio = logins_per_sec / capacity;
+    let unloaded_p99 = percentile(&result.unloaded_ms, 99.0);
+    let loaded_p99 = percentile(&result.loaded_ms, 99.0);
+    let p99_ratio = loaded_p99 / unloaded_p99;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    format!(
+        "<!-- login-storm:begin -->\n\
+         ### Login storm\n\n\
+         Measured by `make bench` (`benches/login_storm.rs`), release build, SQLite, {cores} cores ({cpu}). \
+         Baselines from the same run: argon2id (m=19 MiB, t=2, p=1) verifications on one thread in \
+         the benchmark process, and `GET /api/v1/me` on the idle server just before the storm. \
+         The storm offers {offered:.0} logins/s (2× the hashing capacity) for {secs} s, open loop, \
+         with a `/me` probe beside it; hashing runs on `SCHED_IDLE` threads.\n\n\
+         | measure | value | baseline | ratio | target | verdict |\n\
+         |---|---|---|---|---|---|\n\
+         | successful logins/s during the storm | {logins_per_sec:.1} | {capacity:.1} ({hashes_per_sec:.1} hashes/s × {cores}) | {login_ratio:.2} | ≥ {LOGIN_RATIO_TARGET} | {} |\n\
+         | `GET /api/v1/me` p99 | {loaded_p99:.2} ms | {unloaded_p99:.2} ms (unloaded) | {p99_ratio:.2}× | ≤ {P99_RATIO_TARGET}× | {} |\n\
+         | `GET /api/v1/me` p50 | {:.2} ms | {:.2} ms (unloaded) | {:.2}× | | |\n\n\
+         Logins sent {sent}: {ok} signed in, {refused} refused with 429 (p99 {refusal:.1} ms to the refusal), \
+         {other} other. `/me` samples: {n_unloaded} unloaded, {n_loaded} during the storm.\n\
+         <!-- login-storm:end -->",
+        verdict(login_ratio >= LOGIN_RATIO_TARGET),
+        verdict(p99_ratio <= P99_RATIO_TARGET),
+        percentile(&result.loaded_ms, 50.0),
+        percentile(&result.unloaded_ms, 50.0),
+        percentile(&result.loaded_ms, 50.0) / percentile(&result.unloaded_ms, 50.0),
+        cpu = cpu_model(),
+        offered = result.offered_per_sec,
+        secs = STORM_SECS,
+        sent = result.sent,
+        ok = result.succeeded,
+        refused = result.refused,
+        refusal = result.refusal_p99_ms,
+        other = result.other,
+        n_unloaded = result.unloaded_ms.len(),
+        n_loaded = result.loaded_ms.len(),
+    )
+}

@@ -1,0 +1,100 @@
+//! The OpenAPI document at `/api/openapi.json` documents every `/api/v1` route the code
+//! registers, with the right methods, and nothing that does not exist.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+/// `(method, path)` of every `/api/v1` route registered in `src/` (`get("/api/v1/…", …)` and
+/// `resource("/api/v1/…").route(web::post()…)` calls).
+fn registered_routes() -> BTreeSet<(String, String)> {
+    let mut routes = BTreeSet::new();
+    let mut stack = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (kind, marker) in [("get", "get(\"/api/v1"), ("resource", "resource(\"/api/v1")] {
+                for (at, _) in text.match_indices(marker) {
+                    let rest = &text[at + marker.len() - "/api/v1".len()..];
+                    let route = rest.split('"').next().unwrap().to_owned();
+                    // The methods chained onto this resource, up to the next one.
+                    let chain_end = [rest.find(".service("), rest.find(';')]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .unwrap_or(rest.len());
+                    let chain = &rest[..chain_end];
+                    if kind == "get" {
+                        routes.insert(("get".to_owned(), route.clone()));
+                    }
+                    for method in ["get", "post", "put", "patch", "delete"] {
+                        if chain.contains(&format!("web::{method}()")) {
+                            routes.insert((method.to_owned(), route.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn every_api_route_is_documented_and_every_documented_route_exists() {
+    let app = spawn_app().await;
+    let response = app.get("/api/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(
+        doc["components"]["schemas"]["Problem"].is_object(),
+        "errors are documented as problem documents"
+    );
+
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+    }
+    let registered = registered_routes();
+    assert!(
+        registered.len() >= 30,
+        "the scan finds the routes: {registered:?}"
+    );
+    let missing: Vec<_> = registered.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&registered).collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from the OpenAPI document: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "documented routes that do not exist: {stale:?}"
+    );
+
+    // Request bodies are described, e.g. the sign-up's captcha field.
+    let signup = &doc["components"]["schemas"]["SignupRequest"];
+    assert!(signup["properties"]["captcha"].is_object(), "{signup}");
+    let login = &doc["paths"]["/api/v1/auth/login"]["post"];
+    assert!(login["responses"]["401"].is_object(), "{login}");
+}
