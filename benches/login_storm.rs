@@ -40,6 +40,7 @@ impl Drop for Server {
 }
 
 fn main() {
+    conclave::crypto::install_tls_provider();
     refuse_if_busy();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hashes_per_sec = argon2_rate();

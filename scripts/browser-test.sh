@@ -27,10 +27,21 @@ for who in "$CONCLAVE_TEST_EMAIL:Ada Lovelace" "$CONCLAVE_RESET_EMAIL:Katherine 
     --password "$CONCLAVE_TEST_PASSWORD" --name "${who#*:}" >/dev/null)
 done
 
+# A real OpenID provider (and a fake GitHub) to sign in with; it runs until its stdin closes.
+coproc IDP { exec node tests/browser/oidc-provider.mjs --port 0 2>"$data/idp.log"; }
+read -r idp_line <&"${IDP[0]}"
+issuer=$(sed -E 's/.*"issuer":"([^"]+)".*/\1/' <<<"$idp_line")
+export CONCLAVE__OIDC__PROVIDERS__SSO__KIND=oidc
+export CONCLAVE__OIDC__PROVIDERS__SSO__DISPLAY_NAME="Test SSO"
+export CONCLAVE__OIDC__PROVIDERS__SSO__ISSUER_URL="$issuer"
+export CONCLAVE__OIDC__PROVIDERS__SSO__CLIENT_ID=conclave
+export CONCLAVE__OIDC__PROVIDERS__SSO__CLIENT_SECRET=conclave-secret
+
 target/debug/conclave serve >"$data/server.log" 2>&1 &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true
+  kill "$IDP_PID" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   if [ "$backend" = postgres ]; then
     psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true

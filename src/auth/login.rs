@@ -342,13 +342,20 @@ impl LoginService {
         // Fully signed in (password and, if on, the second step): the failure count starts over.
         self.db
             .run(move |conn| {
-                diesel::update(users::table.find(user_id))
-                    .set((
-                        users::failed_logins.eq(0),
-                        users::locked_until.eq(None::<NaiveDateTime>),
-                    ))
-                    .execute(conn)
-                    .map_err(DbError::from)
+                // Filtered, so the usual sign-in (nothing to reset) writes nothing here.
+                diesel::update(
+                    users::table.find(user_id).filter(
+                        users::failed_logins
+                            .ne(0)
+                            .or(users::locked_until.is_not_null()),
+                    ),
+                )
+                .set((
+                    users::failed_logins.eq(0),
+                    users::locked_until.eq(None::<NaiveDateTime>),
+                ))
+                .execute(conn)
+                .map_err(DbError::from)
             })
             .await?;
         let session = self
