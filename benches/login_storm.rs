@@ -14,8 +14,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -171,22 +169,11 @@ async fn storm(base: String, capacity: f64) -> StormResult {
     // The storm: logins at twice the hashing capacity, open loop.
     let offered_per_sec = 2.0 * capacity;
     let interval = Duration::from_secs_f64(1.0 / offered_per_sec);
-    let (succeeded, refused, other) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let refusal_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(STORM_SECS);
+    // Each login task answers its status and how long it took.
     let sender = {
         let (client, base) = (client.clone(), base.clone());
-        let (succeeded, refused, other, refusal_ms) = (
-            succeeded.clone(),
-            refused.clone(),
-            other.clone(),
-            refusal_ms.clone(),
-        );
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -194,12 +181,6 @@ async fn storm(base: String, capacity: f64) -> StormResult {
             while Instant::now() < deadline {
                 ticker.tick().await;
                 let (client, base) = (client.clone(), base.clone());
-                let (succeeded, refused, other, refusal_ms) = (
-                    succeeded.clone(),
-                    refused.clone(),
-                    other.clone(),
-                    refusal_ms.clone(),
-                );
                 tasks.push(tokio::spawn(async move {
                     let sent = Instant::now();
                     let status = client
@@ -207,24 +188,16 @@ async fn storm(base: String, capacity: f64) -> StormResult {
                         .json(&serde_json::json!({ "email": EMAIL, "password": PASSWORD }))
                         .send()
                         .await
-                        .map(|r| r.status().as_u16());
-                    match status {
-                        Ok(200) => succeeded.fetch_add(1, Ordering::Relaxed),
-                        Ok(429) => {
-                            if let Ok(mut times) = refusal_ms.lock() {
-                                times.push(sent.elapsed().as_secs_f64() * 1_000.0);
-                            }
-                            refused.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => other.fetch_add(1, Ordering::Relaxed),
-                    };
+                        .map(|r| r.status().as_u16())
+                        .ok();
+                    (status, sent.elapsed().as_secs_f64() * 1_000.0)
                 }));
             }
-            let sent = tasks.len() as u64;
+            let mut answers = Vec::with_capacity(tasks.len());
             for task in tasks {
-                let _ = task.await;
+                answers.push(task.await.unwrap_or((None, 0.0)));
             }
-            sent
+            answers
         })
     };
     let mut loaded_ms = Vec::new();
@@ -232,28 +205,29 @@ async fn storm(base: String, capacity: f64) -> StormResult {
         loaded_ms.push(probe(client.clone(), base.clone(), cookie.clone()).await);
         tokio::time::sleep(PROBE_PAUSE).await;
     }
-    let sent = sender.await.expect("sender");
+    let answers = sender.await.expect("sender");
     let storm_secs = started.elapsed().as_secs_f64();
-    let refusal_p99_ms = refusal_ms
-        .lock()
-        .map(|times| {
-            if times.is_empty() {
-                0.0
-            } else {
-                percentile(&times, 99.0)
-            }
-        })
-        .unwrap_or(0.0);
+    let count = |wanted: u16| answers.iter().filter(|(s, _)| *s == Some(wanted)).count() as u64;
+    let refusal_ms: Vec<f64> = answers
+        .iter()
+        .filter(|(s, _)| *s == Some(429))
+        .map(|(_, ms)| *ms)
+        .collect();
+    let (succeeded, refused) = (count(200), count(429));
     StormResult {
         unloaded_ms,
         loaded_ms,
         offered_per_sec,
-        sent,
-        succeeded: succeeded.load(Ordering::Relaxed),
-        refused: refused.load(Ordering::Relaxed),
-        other: other.load(Ordering::Relaxed),
+        sent: answers.len() as u64,
+        succeeded,
+        refused,
+        other: answers.len() as u64 - succeeded - refused,
         storm_secs,
-        refusal_p99_ms,
+        refusal_p99_ms: if refusal_ms.is_empty() {
+            0.0
+        } else {
+            percentile(&refusal_ms, 99.0)
+        },
     }
 }
 

@@ -317,7 +317,7 @@ pub(crate) fn client(request: &HttpRequest) -> Client {
 
 /// The response to a right password when a second step is needed: the challenge travels in
 /// a short-lived cookie, so the code form needs nothing else.
-pub(crate) fn second_factor_needed(
+fn second_factor_needed(
     state: &AppState,
     builder: &mut actix_web::HttpResponseBuilder,
     challenge: String,
@@ -325,8 +325,38 @@ pub(crate) fn second_factor_needed(
     builder.cookie(identity::challenge_cookie(state, challenge));
 }
 
+/// Where a browser goes after the first factor: on to `next` signed in, or to the code form
+/// (which then continues to `next`).
+pub(crate) fn outcome_redirect(
+    state: &AppState,
+    outcome: LoginOutcome,
+    next: &str,
+) -> HttpResponse {
+    let mut response = HttpResponse::SeeOther();
+    match outcome {
+        LoginOutcome::Session(session) => {
+            signed_in(state, &mut response, &session, None);
+            response.insert_header((header::LOCATION, next.to_owned()));
+        }
+        LoginOutcome::SecondFactor { challenge } => {
+            second_factor_needed(state, &mut response, challenge);
+            response.insert_header((header::LOCATION, format!("/login/2fa{}", next_query(next))));
+        }
+    }
+    response.finish()
+}
+
+/// `?next=<next>` (encoded), or nothing when `next` is the start page.
+pub(crate) fn next_query(next: &str) -> String {
+    if next == "/" {
+        return String::new();
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+    format!("?next={encoded}")
+}
+
 /// Sets the session (and remembered-device) cookies of a finished sign-in.
-pub(crate) fn signed_in(
+fn signed_in(
     state: &AppState,
     builder: &mut actix_web::HttpResponseBuilder,
     session: &NewSession,
@@ -738,10 +768,7 @@ pub(crate) fn render_login(
     context.insert("next", next);
     context.insert("error", &error);
     context.insert("providers", &state.federation.buttons());
-    if next != "/" {
-        let encoded: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
-        context.insert("next_query", &format!("?next={encoded}"));
-    }
+    context.insert("next_query", &next_query(next));
     html(state, "auth/login.html", &context, status)
 }
 
@@ -771,19 +798,7 @@ async fn login_form(
         )
         .await
     {
-        Ok(LoginOutcome::Session(session)) => {
-            let mut response = HttpResponse::SeeOther();
-            signed_in(&state, &mut response, &session, None);
-            Ok(response.insert_header((header::LOCATION, next)).finish())
-        }
-        Ok(LoginOutcome::SecondFactor { challenge }) => {
-            let mut response = HttpResponse::SeeOther();
-            second_factor_needed(&state, &mut response, challenge);
-            let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
-            Ok(response
-                .insert_header((header::LOCATION, format!("/login/2fa?next={next}")))
-                .finish())
-        }
+        Ok(outcome) => Ok(outcome_redirect(&state, outcome, &next)),
         Err(
             error @ (LoginError::Hash(super::password::HashError::Failed(_))
             | LoginError::Database(_)),

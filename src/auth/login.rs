@@ -139,7 +139,7 @@ impl LoginService {
             .as_ref()
             .and_then(|c| c.locked_until)
             .filter(|until| *until > now)
-            .map(|until| ((until - now).num_seconds() + 59) / 60);
+            .map(|until| minutes_left(until, now));
         let stored = candidate.as_ref().and_then(|c| c.password_hash.clone());
         let matches = match stored {
             Some(hash) => self.hasher.verify(password, hash).await?,
@@ -178,21 +178,30 @@ impl LoginService {
         if self.settings.require_verified_email && !user.verified {
             return Err(LoginError::EmailUnverified);
         }
-        if self.two_factor.is_enabled(user.id).await? {
+        self.after_first_factor(user.id, client, "password").await
+    }
+
+    /// The first factor (`method`) passed: the second step when 2FA is on and this device is
+    /// not remembered, otherwise the session.
+    async fn after_first_factor(
+        &self,
+        user_id: i64,
+        client: &Client,
+        method: &str,
+    ) -> Result<LoginOutcome, LoginError> {
+        let mut method = method.to_owned();
+        if self.two_factor.is_enabled(user_id).await? {
             let remembered = match &client.remembered_device {
-                Some(token) => self.two_factor.is_remembered(user.id, token).await?,
+                Some(token) => self.two_factor.is_remembered(user_id, token).await?,
                 None => false,
             };
             if !remembered {
-                let challenge = self.two_factor.start_challenge(user.id).await?;
+                let challenge = self.two_factor.start_challenge(user_id).await?;
                 return Ok(LoginOutcome::SecondFactor { challenge });
             }
-            return self
-                .finish(user.id, client, "remembered_device")
-                .await
-                .map(LoginOutcome::Session);
+            method.push_str("+remembered_device");
         }
-        self.finish(user.id, client, "password")
+        self.finish(user_id, client, &method)
             .await
             .map(LoginOutcome::Session)
     }
@@ -228,7 +237,7 @@ impl LoginService {
         let now = Utc::now().naive_utc();
         if let Some(until) = locked_until.filter(|until| *until > now) {
             return Err(LoginError::Locked {
-                minutes: ((until - now).num_seconds() + 59) / 60,
+                minutes: minutes_left(until, now),
             });
         }
         let matches = match stored {
@@ -266,25 +275,13 @@ impl LoginService {
             None | Some((Some(_), _)) => return Err(LoginError::Disabled),
             Some((None, Some(until))) if until > now => {
                 return Err(LoginError::Locked {
-                    minutes: ((until - now).num_seconds() + 59) / 60,
+                    minutes: minutes_left(until, now),
                 });
             }
             Some(_) => {}
         }
-        let method = format!("provider:{provider}");
-        if self.two_factor.is_enabled(user_id).await? {
-            let remembered = match &client.remembered_device {
-                Some(token) => self.two_factor.is_remembered(user_id, token).await?,
-                None => false,
-            };
-            if !remembered {
-                let challenge = self.two_factor.start_challenge(user_id).await?;
-                return Ok(LoginOutcome::SecondFactor { challenge });
-            }
-        }
-        self.finish(user_id, client, &method)
+        self.after_first_factor(user_id, client, &format!("provider:{provider}"))
             .await
-            .map(LoginOutcome::Session)
     }
 
     /// The second step: a TOTP or recovery code for the challenge the first step issued.
@@ -543,4 +540,9 @@ impl LoginService {
             .inspect_err(|e| tracing::error!(error = %e, "cannot compose the lockout mail"))
             .ok()
     }
+}
+
+/// Whole minutes until `until`, rounded up (a lock with 10 s left is "1 minute").
+fn minutes_left(until: NaiveDateTime, now: NaiveDateTime) -> i64 {
+    ((until - now).num_seconds() + 59) / 60
 }

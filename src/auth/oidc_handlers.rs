@@ -12,11 +12,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::handlers::{
-    client, render_login, render_message, safe_next, second_factor_needed, signed_in,
-};
+use super::handlers::{client, outcome_redirect, render_login, render_message, safe_next};
 use super::identity::{self, Identity};
-use super::login::{LoginError, LoginOutcome};
+use super::login::LoginError;
 use super::oidc::{Finished, OidcError, UnlinkError};
 use crate::error::AppError;
 use crate::web::AppState;
@@ -158,7 +156,7 @@ async fn callback(
                 .collect(),
         }),
         (Some(code), Some(flow_state), None) => {
-            let ip = client(&request).ip.map(|ip| ip.to_string());
+            let ip = crate::web::client_ip(&request);
             state
                 .federation
                 .finish(&provider, code, &flow_state, cookie_state.as_deref(), ip)
@@ -176,20 +174,7 @@ async fn callback(
                 .federated(user_id, &client(&request), &provider)
                 .await
             {
-                Ok(LoginOutcome::Session(session)) => {
-                    let mut response = HttpResponse::SeeOther();
-                    signed_in(&state, &mut response, &session, None);
-                    response.insert_header((header::LOCATION, next)).finish()
-                }
-                Ok(LoginOutcome::SecondFactor { challenge }) => {
-                    let mut response = HttpResponse::SeeOther();
-                    second_factor_needed(&state, &mut response, challenge);
-                    let next: String =
-                        url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
-                    response
-                        .insert_header((header::LOCATION, format!("/login/2fa?next={next}")))
-                        .finish()
-                }
+                Ok(outcome) => outcome_redirect(&state, outcome, &next),
                 Err(error @ (LoginError::Disabled | LoginError::Locked { .. })) => {
                     let message = error.to_string();
                     let status = actix_web::ResponseError::status_code(&AppError::from(error));
@@ -289,7 +274,7 @@ async fn unlink(
     identity: &Identity,
     id: i64,
 ) -> Result<(), AppError> {
-    let ip = client(request).ip.map(|ip| ip.to_string());
+    let ip = crate::web::client_ip(request);
     if !state.federation.unlink(identity.user_id(), id, ip).await? {
         return Err(AppError::NotFound("No such connected account.".to_owned()));
     }

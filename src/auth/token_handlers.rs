@@ -132,11 +132,7 @@ async fn list_tokens(
     state: web::Data<AppState>,
     identity: Identity,
 ) -> Result<HttpResponse, AppError> {
-    let user_id = identity.user_id();
-    let rows = state
-        .db
-        .run(move |conn| api_tokens::list(conn, user_id).map_err(DbError::from))
-        .await?;
+    let rows = my_tokens(state.as_ref(), identity.user_id()).await?;
     Ok(HttpResponse::Ok().json(json!({ "tokens": rows.iter().map(describe).collect::<Vec<_>>() })))
 }
 
@@ -195,6 +191,13 @@ async fn revoke(state: &AppState, user_id: i64, token_id: i64) -> Result<bool, A
     Ok(revoked)
 }
 
+async fn my_tokens(state: &AppState, user_id: i64) -> Result<Vec<TokenRow>, DbError> {
+    state
+        .db
+        .run(move |conn| api_tokens::list(conn, user_id).map_err(DbError::from))
+        .await
+}
+
 /// `GET /settings/tokens`.
 async fn tokens_page(
     state: web::Data<AppState>,
@@ -212,11 +215,7 @@ async fn render_tokens(
     created: Option<(&str, &str)>,
     error: Option<&str>,
 ) -> Result<HttpResponse, AppError> {
-    let user_id = identity.user_id();
-    let rows = state
-        .db
-        .run(move |conn| api_tokens::list(conn, user_id).map_err(DbError::from))
-        .await?;
+    let rows = my_tokens(state, identity.user_id()).await?;
     let day = |t: chrono::NaiveDateTime| t.format("%Y-%m-%d").to_string();
     let tokens: Vec<_> = rows
         .iter()

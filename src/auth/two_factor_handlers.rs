@@ -263,6 +263,25 @@ async fn confirm_form(
     }
 }
 
+/// For the forms: `None` when the password is right, otherwise the notice the security page
+/// shows (a wrong password, or too many checks / a locked account). Other errors stay errors.
+async fn password_notice(
+    state: &AppState,
+    request: &actix_web::HttpRequest,
+    user_id: i64,
+    password: String,
+) -> Result<Option<&'static str>, AppError> {
+    match check_password(state, request, user_id, password).await {
+        Ok(()) => Ok(None),
+        Err(AppError::BadRequest(_)) => Ok(Some("2fa_wrong_password")),
+        Err(AppError::Coded {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            ..
+        }) => Ok(Some("too_many_checks")),
+        Err(other) => Err(other),
+    }
+}
+
 async fn recovery_codes_form(
     state: web::Data<AppState>,
     request: actix_web::HttpRequest,
@@ -270,16 +289,15 @@ async fn recovery_codes_form(
     identity: Identity,
     form: web::Form<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
-    if check_password(
+    if let Some(notice) = password_notice(
         &state,
         &request,
         identity.user_id(),
         form.into_inner().password,
     )
-    .await
-    .is_err()
+    .await?
     {
-        return Ok(back("2fa_wrong_password"));
+        return Ok(back(notice));
     }
     let codes = state
         .two_factor
@@ -299,16 +317,15 @@ async fn disable_form(
     identity: Identity,
     form: web::Form<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
-    if check_password(
+    if let Some(notice) = password_notice(
         &state,
         &request,
         identity.user_id(),
         form.into_inner().password,
     )
-    .await
-    .is_err()
+    .await?
     {
-        return Ok(back("2fa_wrong_password"));
+        return Ok(back(notice));
     }
     state.two_factor.disable(identity.user_id()).await?;
     Ok(back("2fa_disabled"))

@@ -63,17 +63,9 @@ async fn list_tenants(
     caller: Caller,
 ) -> Result<HttpResponse, AppError> {
     let user_id = caller.user_id;
-    let rows: Vec<(i64, String, String, String)> = state
+    let rows = state
         .db
-        .run(move |conn| {
-            memberships::table
-                .inner_join(tenants::table)
-                .filter(memberships::user_id.eq(user_id))
-                .order(tenants::id)
-                .select((tenants::id, tenants::slug, tenants::name, memberships::role))
-                .load(conn)
-                .map_err(DbError::from)
-        })
+        .run(move |conn| super::tenants_of(conn, user_id).map_err(DbError::from))
         .await?;
     let tenants: Vec<_> = rows
         .into_iter()
@@ -227,15 +219,7 @@ pub(crate) async fn create_invitation(
 ) -> Result<(i64, Email, Role, NaiveDateTime), AppError> {
     let (my_role, tenant_name) = state
         .db
-        .run(move |conn| {
-            let role = super::role_of(conn, tenant_id, user_id)?;
-            let name: Option<String> = tenants::table
-                .find(tenant_id)
-                .select(tenants::name)
-                .first(conn)
-                .optional()?;
-            Ok::<_, DbError>(role.zip(name))
-        })
+        .run(move |conn| super::place_of(conn, tenant_id, user_id).map_err(DbError::from))
         .await?
         .ok_or_else(|| AppError::NotFound("No such workspace.".to_owned()))?;
     if !Authorizer::can(my_role, Permission::ManageMembers) {

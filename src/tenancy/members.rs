@@ -19,7 +19,7 @@ use crate::audit;
 use crate::auth::identity::{Caller, Identity};
 use crate::db::{DbConnection, DbError, write_transaction};
 use crate::error::AppError;
-use crate::schema::{invitations, memberships, tenants, users};
+use crate::schema::{invitations, memberships, users};
 use crate::web::AppState;
 use crate::web::pages::{Page, html};
 
@@ -74,13 +74,7 @@ fn my_place(
     tenant_id: i64,
     user_id: i64,
 ) -> Result<(Role, String), AppError> {
-    let role = super::role_of(conn, tenant_id, user_id)?;
-    let name: Option<String> = tenants::table
-        .find(tenant_id)
-        .select(tenants::name)
-        .first(conn)
-        .optional()?;
-    role.zip(name)
+    super::place_of(conn, tenant_id, user_id)?
         .ok_or_else(|| AppError::NotFound("No such workspace.".to_owned()))
 }
 
@@ -136,6 +130,25 @@ fn pending_invitations(
             expires_at,
         })
         .collect())
+}
+
+/// My role, the tenant's name, its members, and (only for those who manage members) its
+/// pending invitations.
+type Workspace = (Role, String, Vec<Member>, Option<Vec<PendingInvitation>>);
+
+fn load_workspace(
+    conn: &mut DbConnection,
+    tenant_id: i64,
+    user_id: i64,
+) -> Result<Workspace, AppError> {
+    let (role, name) = my_place(conn, tenant_id, user_id)?;
+    let members = members_of(conn, tenant_id)?;
+    let invitations = if Authorizer::can(role, Permission::ManageMembers) {
+        Some(pending_invitations(conn, tenant_id)?)
+    } else {
+        None
+    };
+    Ok((role, name, members, invitations))
 }
 
 fn owners(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<i64> {
@@ -263,10 +276,6 @@ async fn revoke_invitation(
         .await
 }
 
-fn ip_of(request: &HttpRequest) -> Option<String> {
-    crate::web::client_info(request).0.map(|ip| ip.to_string())
-}
-
 #[utoipa::path(
     get,
     path = "/api/v1/tenants/{id}/members",
@@ -286,18 +295,9 @@ async fn api_members(
     tenant: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     let (tenant_id, user_id) = (tenant.into_inner(), caller.user_id);
-    let (role, members, invitations) = state
+    let (role, _, members, invitations) = state
         .db
-        .run(move |conn| {
-            let (role, _) = my_place(conn, tenant_id, user_id)?;
-            let members = members_of(conn, tenant_id)?;
-            let invitations = if Authorizer::can(role, Permission::ManageMembers) {
-                Some(pending_invitations(conn, tenant_id)?)
-            } else {
-                None
-            };
-            Ok::<_, AppError>((role, members, invitations))
-        })
+        .run(move |conn| load_workspace(conn, tenant_id, user_id))
         .await?;
     let members: Vec<_> = members
         .iter()
@@ -363,7 +363,7 @@ async fn api_change_role(
         tenant_id,
         target,
         Change::Role(role),
-        ip_of(&request),
+        crate::web::client_ip(&request),
     )
     .await?;
     Ok(HttpResponse::Ok().json(json!({ "user_id": target, "role": role })))
@@ -396,7 +396,7 @@ async fn api_remove(
         tenant_id,
         target,
         Change::Remove,
-        ip_of(&request),
+        crate::web::client_ip(&request),
     )
     .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -432,26 +432,18 @@ async fn workspaces_page(
     identity: Identity,
 ) -> Result<HttpResponse, AppError> {
     let user_id = identity.user_id();
-    let rows: Vec<(i64, String, String)> = state
+    let rows = state
         .db
-        .run(move |conn| {
-            memberships::table
-                .inner_join(tenants::table)
-                .filter(memberships::user_id.eq(user_id))
-                .order(tenants::id)
-                .select((tenants::id, tenants::name, memberships::role))
-                .load(conn)
-                .map_err(DbError::from)
-        })
+        .run(move |conn| super::tenants_of(conn, user_id).map_err(DbError::from))
         .await?;
-    if let [(id, _, _)] = rows.as_slice() {
+    if let [(id, ..)] = rows.as_slice() {
         return Ok(HttpResponse::SeeOther()
             .insert_header((header::LOCATION, format!("/workspaces/{id}")))
             .finish());
     }
     let workspaces: Vec<_> = rows
         .iter()
-        .map(|(id, name, role)| json!({ "id": id, "name": name, "role": role }))
+        .map(|(id, _, name, role)| json!({ "id": id, "name": name, "role": role }))
         .collect();
     let mut context = page.context(&state);
     context.insert("workspaces", &workspaces);
@@ -475,14 +467,9 @@ async fn workspace_page(
     let (tenant_id, user_id) = (tenant.into_inner(), identity.user_id());
     let (role, name, members, invitations) = state
         .db
-        .run(move |conn| {
-            let (role, name) = my_place(conn, tenant_id, user_id)?;
-            let members = members_of(conn, tenant_id)?;
-            let invitations = pending_invitations(conn, tenant_id)?;
-            Ok::<_, AppError>((role, name, members, invitations))
-        })
+        .run(move |conn| load_workspace(conn, tenant_id, user_id))
         .await?;
-    let manage = Authorizer::can(role, Permission::ManageMembers);
+    let manage = invitations.is_some();
     let grantable: Vec<&str> = Role::ALL
         .into_iter()
         .filter(|r| Authorizer::may_grant(role, *r))
@@ -506,6 +493,7 @@ async fn workspace_page(
         .collect();
     let invitations: Vec<_> = invitations
         .iter()
+        .flatten()
         .map(|i| {
             json!({
                 "id": i.id,
@@ -593,7 +581,7 @@ async fn role_form(
             tenant_id,
             target,
             Change::Role(role),
-            ip_of(&request),
+            crate::web::client_ip(&request),
         )
         .await
         .map(|()| "role_changed"),
@@ -615,7 +603,7 @@ async fn remove_form(
         tenant_id,
         target,
         Change::Remove,
-        ip_of(&request),
+        crate::web::client_ip(&request),
     )
     .await;
     if outcome.is_ok() && target == identity.user_id() {

@@ -125,6 +125,35 @@ pub fn role_of(conn: &mut DbConnection, tenant_id: i64, user_id: i64) -> QueryRe
     Ok(role.and_then(|r| r.parse().ok()))
 }
 
+/// `user_id`'s role in `tenant_id` and the tenant's name, if they are a member.
+pub fn place_of(
+    conn: &mut DbConnection,
+    tenant_id: i64,
+    user_id: i64,
+) -> QueryResult<Option<(Role, String)>> {
+    let row: Option<(String, String)> = memberships::table
+        .inner_join(tenants::table)
+        .filter(memberships::tenant_id.eq(tenant_id))
+        .filter(memberships::user_id.eq(user_id))
+        .select((memberships::role, tenants::name))
+        .first(conn)
+        .optional()?;
+    Ok(row.and_then(|(role, name)| Some((role.parse().ok()?, name))))
+}
+
+/// Every tenant `user_id` is in, oldest first: `(id, slug, name, role)`.
+pub fn tenants_of(
+    conn: &mut DbConnection,
+    user_id: i64,
+) -> QueryResult<Vec<(i64, String, String, String)>> {
+    memberships::table
+        .inner_join(tenants::table)
+        .filter(memberships::user_id.eq(user_id))
+        .order(tenants::id)
+        .select((tenants::id, tenants::slug, tenants::name, memberships::role))
+        .load(conn)
+}
+
 /// A user's place in one tenant.
 #[derive(Debug, Clone, Serialize)]
 pub struct Membership {

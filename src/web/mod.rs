@@ -57,6 +57,11 @@ pub fn client_info(request: &actix_web::HttpRequest) -> (Option<std::net::IpAddr
     (request.peer_addr().map(|addr| addr.ip()), user_agent)
 }
 
+/// The client's address as the audit log stores it.
+pub fn client_ip(request: &actix_web::HttpRequest) -> Option<String> {
+    request.peer_addr().map(|addr| addr.ip().to_string())
+}
+
 /// A resource that answers 405 (as a problem document) for methods it does not route.
 pub fn resource(path: &str) -> Resource {
     web::resource(path).default_service(web::to(errors::method_not_allowed))

@@ -573,14 +573,24 @@ pub async fn through_provider(
     start: &str,
     login: &str,
 ) -> reqwest::Response {
+    let callback = to_provider_and_back(client, app, start, login).await;
+    client.get(callback).send().await.expect("callback sent")
+}
+
+/// The same walk, stopping before Conclave's callback: returns the callback URL the provider
+/// redirected to (with its `code` and `state`).
+pub async fn to_provider_and_back(
+    client: &reqwest::Client,
+    app: &TestApp,
+    start: &str,
+    login: &str,
+) -> url::Url {
     let mut url = url::Url::parse(&app.url(start)).expect("start URL");
     for _ in 0..20 {
-        let is_callback =
-            url.as_str().starts_with(&app.address) && url.path().ends_with("/callback");
-        let response = client.get(url.clone()).send().await.expect("request sent");
-        if is_callback {
-            return response;
+        if url.as_str().starts_with(&app.address) && url.path().ends_with("/callback") {
+            return url;
         }
+        let response = client.get(url.clone()).send().await.expect("request sent");
         if response.status().is_redirection() {
             let location = response.headers()["location"].to_str().expect("location");
             url = url.join(location).expect("redirect URL");

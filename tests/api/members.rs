@@ -24,6 +24,17 @@ async fn send(
     request.send().await.unwrap()
 }
 
+async fn set_role(person: &Device, app: &TestApp, member: &str, role: &str) -> reqwest::Response {
+    send(
+        person,
+        app,
+        reqwest::Method::PATCH,
+        member,
+        Some(json!({ "role": role })),
+    )
+    .await
+}
+
 async fn page(person: &Device, app: &TestApp, path: &str) -> String {
     let response = person.client.get(app.url(path)).send().await.unwrap();
     assert_eq!(response.status(), 200, "{path}");
@@ -103,73 +114,24 @@ async fn roles_decide_who_may_change_whom_and_a_workspace_keeps_an_owner() {
         assert_eq!(refused.status(), 403);
     }
     // An admin cannot touch the owner, nor make anyone owner.
-    let on_owner = send(
-        &carl,
-        &app,
-        reqwest::Method::PATCH,
-        &member(ada_id),
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
+    let on_owner = set_role(&carl, &app, &member(ada_id), "viewer").await;
     assert_eq!(on_owner.status(), 403);
-    let to_owner = send(
-        &carl,
-        &app,
-        reqwest::Method::PATCH,
-        &member(eve_id),
-        Some(json!({"role": "owner"})),
-    )
-    .await;
+    let to_owner = set_role(&carl, &app, &member(eve_id), "owner").await;
     assert_eq!(to_owner.status(), 403);
-    let bad_role = send(
-        &carl,
-        &app,
-        reqwest::Method::PATCH,
-        &member(eve_id),
-        Some(json!({"role": "god"})),
-    )
-    .await;
+    let bad_role = set_role(&carl, &app, &member(eve_id), "god").await;
     assert_eq!(bad_role.status(), 400);
-    let promoted = send(
-        &carl,
-        &app,
-        reqwest::Method::PATCH,
-        &member(eve_id),
-        Some(json!({"role": "operator"})),
-    )
-    .await;
+    let promoted = set_role(&carl, &app, &member(eve_id), "operator").await;
     assert_eq!(promoted.status(), 200);
 
     // The only owner can neither step down nor leave.
-    let step_down = send(
-        &ada,
-        &app,
-        reqwest::Method::PATCH,
-        &member(ada_id),
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let step_down = set_role(&ada, &app, &member(ada_id), "admin").await;
     assert_eq!(step_down.status(), 409);
     let leave = send(&ada, &app, reqwest::Method::DELETE, &member(ada_id), None).await;
     assert_eq!(leave.status(), 409);
     // With a second owner she can.
-    let second = send(
-        &ada,
-        &app,
-        reqwest::Method::PATCH,
-        &member(carl_id),
-        Some(json!({"role": "owner"})),
-    )
-    .await;
+    let second = set_role(&ada, &app, &member(carl_id), "owner").await;
     assert_eq!(second.status(), 200);
-    let step_down = send(
-        &ada,
-        &app,
-        reqwest::Method::PATCH,
-        &member(ada_id),
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let step_down = set_role(&ada, &app, &member(ada_id), "admin").await;
     assert_eq!(step_down.status(), 200);
 
     // Anyone may leave; then the workspace is gone for them.

@@ -4,7 +4,9 @@
 use diesel::prelude::*;
 use serde_json::Value;
 
-use crate::helpers::{Device, IdentityProvider, TestApp, spawn_app_with, through_provider};
+use crate::helpers::{
+    Device, IdentityProvider, TestApp, spawn_app_with, through_provider, to_provider_and_back,
+};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -87,15 +89,7 @@ async fn a_new_person_signs_up_through_an_openid_provider_and_comes_back_as_the_
     assert_eq!(first["name"], "Grace", "the name comes from the ID token");
 
     // Verified by the provider, first user: owner of the default workspace.
-    let tenants: Value = browser
-        .client
-        .get(app.url("/api/v1/tenants"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenants = browser.get_json(&app, "/api/v1/tenants").await;
     assert_eq!(tenants["tenants"][0]["role"], "owner", "{tenants}");
 
     // Another browser, same provider account: the same user, not a second one.
@@ -105,15 +99,7 @@ async fn a_new_person_signs_up_through_an_openid_provider_and_comes_back_as_the_
     assert_eq!(location(&again), "/");
     assert_eq!(me(&other, &app).await["id"], first["id"]);
 
-    let identities: Value = other
-        .client
-        .get(app.url("/api/v1/me/identities"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let identities = other.get_json(&app, "/api/v1/me/identities").await;
     let list = identities["identities"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{identities}");
     assert_eq!(list[0]["provider"], "sso");
@@ -331,40 +317,8 @@ async fn a_callback_is_bound_to_the_browser_that_started_it_and_works_once() {
     let victim = Device::new(None);
     // The attacker runs the flow but stops before Conclave's callback...
     let attacker = Device::new(None);
-    let start = attacker
-        .client
-        .get(app.url("/login/oidc/sso"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(start.status(), 303);
-    let mut url = url::Url::parse(&location(&start)).unwrap();
-    let callback_url = loop {
-        let response = attacker.client.get(url.clone()).send().await.unwrap();
-        if response.status().is_redirection() {
-            url = url.join(&location(&response)).unwrap();
-            if url.as_str().starts_with(&app.address) {
-                break url;
-            }
-            continue;
-        }
-        let page = response.text().await.unwrap();
-        let action = page
-            .split("action=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let posted = attacker
-            .client
-            .post(url.join(action).unwrap())
-            .form(&[("login", "eve@example.com"), ("password", "x")])
-            .send()
-            .await
-            .unwrap();
-        url = url.join(&location(&posted)).unwrap();
-    };
+    let callback_url =
+        to_provider_and_back(&attacker.client, &app, "/login/oidc/sso", "eve@example.com").await;
     // ...and sends the link to the victim, whose browser lacks the state cookie.
     let forced = victim
         .client
@@ -390,9 +344,21 @@ async fn a_callback_is_bound_to_the_browser_that_started_it_and_works_once() {
         .await
         .unwrap();
     assert_eq!(own.status(), 303);
-    let replay = Device::new(None);
-    let again = replay.client.get(callback_url).send().await.unwrap();
+    // Replaying it, even with the right state cookie, finds the flow spent.
+    let state = callback_url
+        .query_pairs()
+        .find(|(key, _)| key == "state")
+        .map(|(_, value)| value.into_owned())
+        .unwrap();
+    let again = Device::new(None)
+        .client
+        .get(callback_url)
+        .header("Cookie", format!("conclave_oidc={state}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 400);
+    assert_eq!(victim.me_status(&app).await, 401);
 }
 
 #[tokio::test]
@@ -458,6 +424,6 @@ async fn the_second_factor_still_applies_to_provider_sign_ins() {
     let callback =
         through_provider(&browser.client, &app, "/login/oidc/sso", "ada@example.com").await;
     assert_eq!(callback.status(), 303);
-    assert_eq!(location(&callback), "/login/2fa?next=%2F");
+    assert_eq!(location(&callback), "/login/2fa");
     assert_eq!(browser.me_status(&app).await, 401, "not before the code");
 }
