@@ -41,9 +41,15 @@ fn main() {
     conclave::crypto::install_tls_provider();
     refuse_if_busy();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let hashes_per_sec = argon2_rate();
+    let hashes_per_sec = argon2_rate(1);
     let capacity = hashes_per_sec * cores as f64;
-    eprintln!("argon2id: {hashes_per_sec:.1} hashes/s on one thread; capacity {capacity:.1}/s");
+    // For the reader: what all cores hashing at once really achieve (they share caches and
+    // memory bandwidth). The target is set against the single-thread rate × cores.
+    let all_cores_per_sec = argon2_rate(cores);
+    eprintln!(
+        "argon2id: {hashes_per_sec:.1} hashes/s on one thread; capacity {capacity:.1}/s; \
+         {all_cores_per_sec:.1}/s with {cores} threads at once"
+    );
 
     let data = tempfile::tempdir().expect("temp dir");
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_conclave"));
@@ -81,13 +87,13 @@ fn main() {
         .build()
         .expect("runtime");
     let result = runtime.block_on(storm(format!("http://127.0.0.1:{port}"), capacity));
-    let report = report(&result, hashes_per_sec, cores);
+    let report = report(&result, hashes_per_sec, all_cores_per_sec, cores);
     println!("{report}");
     write_into_benchmarks_md("login-storm", &report);
 }
 
-/// Single-thread argon2id verifications per second with the server's parameters.
-fn argon2_rate() -> f64 {
+/// argon2id verifications per second with the server's parameters, on `threads` threads at once.
+fn argon2_rate(threads: usize) -> f64 {
     use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
     use conclave::auth::password::{ITERATIONS, MEMORY_KIB, PARALLELISM};
     let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).expect("params");
@@ -96,14 +102,20 @@ fn argon2_rate() -> f64 {
         .hash_password(PASSWORD.as_bytes())
         .expect("hash")
         .to_string();
-    let parsed = argon2::PasswordHash::new(&hash).expect("parse");
     let started = Instant::now();
-    for _ in 0..HASH_SAMPLES {
-        argon2
-            .verify_password(PASSWORD.as_bytes(), &parsed)
-            .expect("verifies");
-    }
-    f64::from(HASH_SAMPLES) / started.elapsed().as_secs_f64()
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let parsed = argon2::PasswordHash::new(&hash).expect("parse");
+                for _ in 0..HASH_SAMPLES {
+                    argon2
+                        .verify_password(PASSWORD.as_bytes(), &parsed)
+                        .expect("verifies");
+                }
+            });
+        }
+    });
+    f64::from(HASH_SAMPLES) * threads as f64 / started.elapsed().as_secs_f64()
 }
 
 struct StormResult {
@@ -143,70 +155,41 @@ async fn storm(base: String, capacity: f64) -> StormResult {
         .and_then(|v| v.split(';').next())
         .expect("session cookie")
         .to_owned();
-    let probe = |client: reqwest::Client, base: String, cookie: String| async move {
-        let started = Instant::now();
-        let response = client
-            .get(format!("{base}/api/v1/me"))
-            .header(reqwest::header::COOKIE, cookie)
-            .send()
-            .await
-            .expect("probe");
-        assert_eq!(response.status(), 200);
-        response.bytes().await.expect("body");
-        started.elapsed().as_secs_f64() * 1_000.0
-    };
 
-    // Baseline: the same probe on the idle server (after a warm-up).
-    for _ in 0..100 {
-        probe(client.clone(), base.clone(), cookie.clone()).await;
-    }
-    let mut unloaded_ms = Vec::with_capacity(PROBES_UNLOADED);
-    for _ in 0..PROBES_UNLOADED {
-        unloaded_ms.push(probe(client.clone(), base.clone(), cookie.clone()).await);
-        tokio::time::sleep(PROBE_PAUSE).await;
-    }
+    // Baseline: the probe on the idle server (after a warm-up).
+    let unloaded_ms = Probe::start(&base, &cookie, Until::Samples(PROBES_UNLOADED)).finish();
 
-    // The storm: logins at twice the hashing capacity, open loop.
+    // The storm: logins at twice the hashing capacity, open loop, with the probe beside it.
     let offered_per_sec = 2.0 * capacity;
     let interval = Duration::from_secs_f64(1.0 / offered_per_sec);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(STORM_SECS);
+    let probe = Probe::start(&base, &cookie, Until::Deadline(deadline));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     // Each login task answers its status and how long it took.
-    let sender = {
-        let (client, base) = (client.clone(), base.clone());
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut tasks = Vec::new();
-            while Instant::now() < deadline {
-                ticker.tick().await;
-                let (client, base) = (client.clone(), base.clone());
-                tasks.push(tokio::spawn(async move {
-                    let sent = Instant::now();
-                    let status = client
-                        .post(format!("{base}/api/v1/auth/login"))
-                        .json(&serde_json::json!({ "email": EMAIL, "password": PASSWORD }))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .ok();
-                    (status, sent.elapsed().as_secs_f64() * 1_000.0)
-                }));
-            }
-            let mut answers = Vec::with_capacity(tasks.len());
-            for task in tasks {
-                answers.push(task.await.unwrap_or((None, 0.0)));
-            }
-            answers
-        })
-    };
-    let mut loaded_ms = Vec::new();
+    let mut tasks = Vec::new();
     while Instant::now() < deadline {
-        loaded_ms.push(probe(client.clone(), base.clone(), cookie.clone()).await);
-        tokio::time::sleep(PROBE_PAUSE).await;
+        ticker.tick().await;
+        let (client, base) = (client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let status = client
+                .post(format!("{base}/api/v1/auth/login"))
+                .json(&serde_json::json!({ "email": EMAIL, "password": PASSWORD }))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok();
+            (status, sent.elapsed().as_secs_f64() * 1_000.0)
+        }));
     }
-    let answers = sender.await.expect("sender");
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.unwrap_or((None, 0.0)));
+    }
     let storm_secs = started.elapsed().as_secs_f64();
+    let loaded_ms = probe.finish();
     let count = |wanted: u16| answers.iter().filter(|(s, _)| *s == Some(wanted)).count() as u64;
     let refusal_ms: Vec<f64> = answers
         .iter()
@@ -231,6 +214,60 @@ async fn storm(base: String, capacity: f64) -> StormResult {
     }
 }
 
+enum Until {
+    Samples(usize),
+    Deadline(Instant),
+}
+
+/// Timed `GET /api/v1/me` requests, one at a time, on a thread and connection of their own:
+/// what it measures is the server's latency, not how busy the load generator's runtime is.
+struct Probe(std::thread::JoinHandle<Vec<f64>>);
+
+impl Probe {
+    fn start(base: &str, cookie: &str, until: Until) -> Self {
+        let (url, cookie) = (format!("{base}/api/v1/me"), cookie.to_owned());
+        Self(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("probe runtime");
+            runtime.block_on(async move {
+                let client = reqwest::Client::new();
+                let once = || async {
+                    let started = Instant::now();
+                    let response = client
+                        .get(&url)
+                        .header(reqwest::header::COOKIE, &cookie)
+                        .send()
+                        .await
+                        .expect("probe");
+                    assert_eq!(response.status(), 200);
+                    response.bytes().await.expect("body");
+                    started.elapsed().as_secs_f64() * 1_000.0
+                };
+                for _ in 0..100 {
+                    once().await;
+                }
+                let mut samples = Vec::new();
+                loop {
+                    match until {
+                        Until::Samples(n) if samples.len() >= n => break,
+                        Until::Deadline(at) if Instant::now() >= at => break,
+                        _ => {}
+                    }
+                    samples.push(once().await);
+                    tokio::time::sleep(PROBE_PAUSE).await;
+                }
+                samples
+            })
+        }))
+    }
+
+    fn finish(self) -> Vec<f64> {
+        self.0.join().expect("probe thread")
+    }
+}
+
 async fn wait_ready(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -244,7 +281,12 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
     panic!("the server did not become ready");
 }
 
-fn report(result: &StormResult, hashes_per_sec: f64, cores: usize) -> String {
+fn report(
+    result: &StormResult,
+    hashes_per_sec: f64,
+    all_cores_per_sec: f64,
+    cores: usize,
+) -> String {
     let capacity = hashes_per_sec * cores as f64;
     let logins_per_sec = result.succeeded as f64 / result.storm_secs;
     let login_ratio = logins_per_sec / capacity;
@@ -259,14 +301,18 @@ fn report(result: &StormResult, hashes_per_sec: f64, cores: usize) -> String {
          Baselines from the same run: argon2id (m=19 MiB, t=2, p=1) verifications on one thread in \
          the benchmark process, and `GET /api/v1/me` on the idle server just before the storm. \
          The storm offers {offered:.0} logins/s (2× the hashing capacity) for {secs} s, open loop, \
-         with a `/me` probe beside it; hashing runs on `SCHED_IDLE` threads.\n\n\
+         with a `/me` probe beside it (its own thread and connection); hashing runs on `SCHED_IDLE` \
+         threads, and a sign-in is admitted to the hashing queue before any database work.\n\n\
          | measure | value | baseline | ratio | target | verdict |\n\
          |---|---|---|---|---|---|\n\
          | successful logins/s during the storm | {logins_per_sec:.1} | {capacity:.1} ({hashes_per_sec:.1} hashes/s × {cores}) | {login_ratio:.2} | ≥ {LOGIN_RATIO_TARGET} | {} |\n\
          | `GET /api/v1/me` p99 | {loaded_p99:.2} ms | {unloaded_p99:.2} ms (unloaded) | {p99_ratio:.2}× | ≤ {P99_RATIO_TARGET}× | {} |\n\
          | `GET /api/v1/me` p50 | {:.2} ms | {:.2} ms (unloaded) | {:.2}× | | |\n\n\
          Logins sent {sent}: {ok} signed in, {refused} refused with 429 (p99 {refusal:.1} ms to the refusal), \
-         {other} other. `/me` samples: {n_unloaded} unloaded, {n_loaded} during the storm.\n\
+         {other} other. `/me` samples: {n_unloaded} unloaded, {n_loaded} during the storm. \
+         For comparison, {cores} threads verifying at once reach {all_cores_per_sec:.1} hashes/s in \
+         total ({all_ratio:.2} of the single-thread rate × {cores}): cores share caches and memory \
+         bandwidth, so that is the real ceiling of any server here.\n\
          <!-- login-storm:end -->",
         verdict(login_ratio >= LOGIN_RATIO_TARGET),
         verdict(p99_ratio <= P99_RATIO_TARGET),
@@ -283,5 +329,6 @@ fn report(result: &StormResult, hashes_per_sec: f64, cores: usize) -> String {
         other = result.other,
         n_unloaded = result.unloaded_ms.len(),
         n_loaded = result.loaded_ms.len(),
+        all_ratio = all_cores_per_sec / capacity,
     )
 }

@@ -18,7 +18,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::SecretString;
 
-use super::password::HashError;
+use super::password::{Admitted, HashError};
 use super::sessions::{NewSession, Sessions};
 use super::two_factor::{CodeKind, TwoFactor, TwoFactorError};
 use super::{Email, PasswordHasher};
@@ -126,6 +126,8 @@ impl LoginService {
         client: &Client,
     ) -> Result<LoginOutcome, LoginError> {
         self.check_rate(client)?;
+        // Admission first: in a storm the refusal costs no database work.
+        let hashing = self.hasher.admit()?;
         let email = Email::parse(email).ok();
         let candidate = match &email {
             Some(email) => self.find(email.clone()).await?,
@@ -142,14 +144,15 @@ impl LoginService {
             .map(|until| minutes_left(until, now));
         let stored = candidate.as_ref().and_then(|c| c.password_hash.clone());
         let matches = match stored {
-            Some(hash) => self.hasher.verify(password, hash).await?,
+            Some(hash) => hashing.verify(password, hash).await?,
             None => {
                 // Same work as a real check, so timing does not reveal unknown addresses.
-                let dummy = self.dummy_hash().await?;
-                self.hasher.verify(password, dummy).await?;
+                let dummy = self.dummy_hash(&hashing).await?;
+                hashing.verify(password, dummy).await?;
                 false
             }
         };
+        drop(hashing);
         let Some(user) = candidate else {
             return Err(LoginError::InvalidCredentials);
         };
@@ -336,47 +339,45 @@ impl LoginService {
             client.ip.map(|ip| ip.to_string()),
             client.user_agent.clone(),
         );
-        // Fully signed in (password and, if on, the second step): the failure count starts over.
-        self.db
-            .run(move |conn| {
-                // Filtered, so the usual sign-in (nothing to reset) writes nothing here.
-                diesel::update(
-                    users::table.find(user_id).filter(
-                        users::failed_logins
-                            .ne(0)
-                            .or(users::locked_until.is_not_null()),
-                    ),
-                )
-                .set((
-                    users::failed_logins.eq(0),
-                    users::locked_until.eq(None::<NaiveDateTime>),
-                ))
-                .execute(conn)
-                .map_err(DbError::from)
-            })
-            .await?;
+        let starter = self.sessions.starter();
+        // One transaction: the session, its audit event and the reset of the failure count
+        // (fully signed in, so it starts over) are written together.
         let session = self
-            .sessions
-            .create(user_id, ip.clone(), user_agent.clone())
-            .await?;
-        self.db
+            .db
             .run(move |conn| {
-                audit::record(
-                    conn,
-                    &AuditEvent {
-                        event: events::LOGIN_SUCCEEDED,
-                        actor_user_id: Some(user_id),
-                        subject: Some(format!("user:{user_id}")),
-                        ip,
-                        user_agent,
-                        details: serde_json::json!({ "method": method }),
-                        ..AuditEvent::default()
-                    },
-                    Utc::now().naive_utc(),
-                )
-                .map_err(DbError::from)
+                crate::db::write_transaction(conn, |tx| {
+                    // Filtered, so the usual sign-in (nothing to reset) writes nothing here.
+                    diesel::update(
+                        users::table.find(user_id).filter(
+                            users::failed_logins
+                                .ne(0)
+                                .or(users::locked_until.is_not_null()),
+                        ),
+                    )
+                    .set((
+                        users::failed_logins.eq(0),
+                        users::locked_until.eq(None::<NaiveDateTime>),
+                    ))
+                    .execute(tx)?;
+                    let session = starter.start(tx, user_id, ip.clone(), user_agent.clone())?;
+                    audit::record(
+                        tx,
+                        &AuditEvent {
+                            event: events::LOGIN_SUCCEEDED,
+                            actor_user_id: Some(user_id),
+                            subject: Some(format!("user:{user_id}")),
+                            ip,
+                            user_agent,
+                            details: serde_json::json!({ "method": method }),
+                            ..AuditEvent::default()
+                        },
+                        Utc::now().naive_utc(),
+                    )?;
+                    Ok::<_, DbError>(session)
+                })
             })
             .await?;
+        self.sessions.remember(&session).await;
         Ok(session)
     }
 
@@ -396,13 +397,13 @@ impl LoginService {
         })
     }
 
-    async fn dummy_hash(&self) -> Result<String, HashError> {
+    async fn dummy_hash(&self, hashing: &Admitted) -> Result<String, HashError> {
         self.dummy_hash
             .get_or_try_init(|| async {
                 let mut bytes = [0u8; 24];
                 rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
                 let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                self.hasher.hash(SecretString::from(random)).await
+                hashing.hash(SecretString::from(random)).await
             })
             .await
             .cloned()

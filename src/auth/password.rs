@@ -125,6 +125,41 @@ impl PasswordHasher {
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) with a fresh random salt.
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
+        self.admit()?.hash(password).await
+    }
+
+    /// True when `password` matches `phc`. The parameters come from the stored hash, so hashes
+    /// made with older parameters keep working.
+    pub async fn verify(&self, password: SecretString, phc: String) -> Result<bool, HashError> {
+        self.admit()?.verify(password, phc).await
+    }
+
+    /// A place among the running and queued hashes, or `Busy` at once. Take it before any
+    /// other work on a request that will hash, so a refused request costs next to nothing
+    /// (no database read for a sign-in that would be turned away anyway).
+    pub fn admit(&self) -> Result<Admitted, HashError> {
+        // Holding a `waiting` permit from arrival to completion bounds running + queued work.
+        let permit = self.waiting.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("password_hash_rejected_total").increment(1);
+            HashError::Busy
+        })?;
+        Ok(Admitted {
+            pool: self.pool.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+/// Admission to the hashing pool (see [`PasswordHasher::admit`]); the place is given back when
+/// this is dropped. Several hashes may run under one admission, one after the other.
+pub struct Admitted {
+    pool: Arc<rayon::ThreadPool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Admitted {
+    /// See [`PasswordHasher::hash`].
+    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
         self.run(move || {
             argon2()?
                 .hash_password(password.expose_secret().as_bytes())
@@ -134,8 +169,7 @@ impl PasswordHasher {
         .await
     }
 
-    /// True when `password` matches `phc`. The parameters come from the stored hash, so hashes
-    /// made with older parameters keep working.
+    /// See [`PasswordHasher::verify`].
     pub async fn verify(&self, password: SecretString, phc: String) -> Result<bool, HashError> {
         self.run(move || {
             match argon2()?.verify_password(password.expose_secret().as_bytes(), phc.as_str()) {
@@ -151,11 +185,6 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
-        // Holding a `waiting` slot from arrival to completion bounds running + queued work.
-        let _slot = self.waiting.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("password_hash_rejected_total").increment(1);
-            HashError::Busy
-        })?;
         let (done, result) = tokio::sync::oneshot::channel();
         let span = tracing::Span::current();
         self.pool.spawn(move || {

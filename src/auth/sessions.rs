@@ -18,7 +18,7 @@ use diesel::prelude::*;
 use rand::RngCore as _;
 use sha2::Digest as _;
 
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbConnection, DbError};
 use crate::schema::{sessions, users};
 use crate::settings::SessionSettings;
 
@@ -85,6 +85,59 @@ pub fn token_id(token: &str) -> String {
         .collect()
 }
 
+/// Writes new sessions on a connection the caller holds; see [`Sessions::starter`].
+#[derive(Debug, Clone, Copy)]
+pub struct SessionStarter {
+    lifetime: chrono::TimeDelta,
+}
+
+impl SessionStarter {
+    /// A new random token and its row. The token itself is never stored, only its id.
+    pub fn start(
+        self,
+        conn: &mut DbConnection,
+        user_id: i64,
+        ip: Option<String>,
+        user_agent: Option<String>,
+    ) -> Result<NewSession, DbError> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let id = token_id(&token);
+        let now = Utc::now().naive_utc();
+        let expires_at = now
+            .checked_add_signed(self.lifetime)
+            .unwrap_or(NaiveDateTime::MAX);
+        diesel::insert_into(sessions::table)
+            .values((
+                sessions::id.eq(&id),
+                sessions::user_id.eq(user_id),
+                sessions::created_at.eq(now),
+                sessions::last_seen_at.eq(now),
+                sessions::expires_at.eq(expires_at),
+                sessions::ip.eq(ip),
+                sessions::user_agent.eq(user_agent),
+            ))
+            .execute(conn)?;
+        let (email, display_name): (String, String) = users::table
+            .find(user_id)
+            .select((users::email, users::display_name))
+            .first(conn)?;
+        Ok(NewSession {
+            token,
+            info: SessionInfo {
+                id,
+                user_id,
+                email,
+                display_name,
+                created_at: now,
+                last_seen_at: now,
+                expires_at,
+            },
+        })
+    }
+}
+
 impl Sessions {
     pub fn new(db: Db, settings: &SessionSettings) -> Self {
         let hours = i64::try_from(settings.idle_timeout_hours).unwrap_or(i64::MAX / 7_200_000);
@@ -111,48 +164,29 @@ impl Sessions {
         ip: Option<String>,
         user_agent: Option<String>,
     ) -> Result<NewSession, DbError> {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let id = token_id(&token);
-        let lifetime = self.lifetime;
-        let info = self
+        let starter = self.starter();
+        let session = self
             .db
-            .run(move |conn| {
-                let now = Utc::now().naive_utc();
-                let expires_at = now
-                    .checked_add_signed(lifetime)
-                    .unwrap_or(NaiveDateTime::MAX);
-                diesel::insert_into(sessions::table)
-                    .values((
-                        sessions::id.eq(&id),
-                        sessions::user_id.eq(user_id),
-                        sessions::created_at.eq(now),
-                        sessions::last_seen_at.eq(now),
-                        sessions::expires_at.eq(expires_at),
-                        sessions::ip.eq(ip),
-                        sessions::user_agent.eq(user_agent),
-                    ))
-                    .execute(conn)?;
-                let (email, display_name): (String, String) = users::table
-                    .find(user_id)
-                    .select((users::email, users::display_name))
-                    .first(conn)?;
-                Ok::<_, DbError>(SessionInfo {
-                    id,
-                    user_id,
-                    email,
-                    display_name,
-                    created_at: now,
-                    last_seen_at: now,
-                    expires_at,
-                })
-            })
+            .run(move |conn| starter.start(conn, user_id, ip, user_agent))
             .await?;
+        self.remember(&session).await;
+        Ok(session)
+    }
+
+    /// What [`SessionStarter::start`] needs, to write a session inside a caller's transaction
+    /// (a sign-in writes the session and its audit event together). Call
+    /// [`Sessions::remember`] once that transaction committed.
+    pub fn starter(&self) -> SessionStarter {
+        SessionStarter {
+            lifetime: self.lifetime,
+        }
+    }
+
+    /// Puts a session that was just written into the cache in front of the table.
+    pub async fn remember(&self, session: &NewSession) {
         self.cache
-            .insert(info.id.clone(), Arc::new(info.clone()))
+            .insert(session.info.id.clone(), Arc::new(session.info.clone()))
             .await;
-        Ok(NewSession { token, info })
     }
 
     /// The live session a cookie token belongs to, if any. Expired sessions are deleted.
