@@ -42,6 +42,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::auth::oidc_handlers::ApiDoc::openapi(),
         crate::tenancy::handlers::ApiDoc::openapi(),
         crate::tenancy::members::ApiDoc::openapi(),
+        crate::chat::api::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {
         doc.merge(part);

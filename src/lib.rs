@@ -6,10 +6,12 @@
 pub mod api_docs;
 pub mod audit;
 pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod history;
 pub mod jobs;
 pub mod mail;
 pub mod metrics;

@@ -27,6 +27,8 @@ diesel::table! {
         slug -> Text,
         name -> Text,
         created_at -> Timestamp,
+        default_privacy -> Text,
+        retention_days -> Nullable<Integer>,
     }
 }
 
@@ -189,6 +191,67 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    rooms (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        kind -> Text,
+        name -> Text,
+        topic -> Text,
+        visibility -> Text,
+        privacy -> Text,
+        retention_days -> Nullable<Integer>,
+        legal_hold -> Bool,
+        archived_at -> Nullable<Timestamp>,
+        direct_key -> Nullable<Text>,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    room_members (room_id, member_kind, member_id) {
+        room_id -> BigInt,
+        member_kind -> Text,
+        member_id -> BigInt,
+        role -> Text,
+        joined_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    conversation_keys (room_id) {
+        room_id -> BigInt,
+        kek_id -> Text,
+        wrapped -> Text,
+        created_at -> Timestamp,
+        rewrapped_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> BigInt,
+        room_id -> BigInt,
+        sender_kind -> Text,
+        sender_id -> Nullable<BigInt>,
+        body_sealed -> Nullable<Binary>,
+        reply_to -> Nullable<BigInt>,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamp,
+        edited_at -> Nullable<Timestamp>,
+        deleted_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    message_terms (term, message_id) {
+        term -> Binary,
+        message_id -> BigInt,
+    }
+}
+
 diesel::joinable!(memberships -> tenants (tenant_id));
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
@@ -196,8 +259,18 @@ diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(invitations -> tenants (tenant_id));
 diesel::joinable!(user_identities -> users (user_id));
+diesel::joinable!(rooms -> tenants (tenant_id));
+diesel::joinable!(room_members -> rooms (room_id));
+diesel::joinable!(conversation_keys -> rooms (room_id));
+diesel::joinable!(messages -> rooms (room_id));
+diesel::joinable!(message_terms -> messages (message_id));
 diesel::allow_tables_to_appear_in_same_query!(
     jobs,
+    rooms,
+    room_members,
+    conversation_keys,
+    messages,
+    message_terms,
     tenants,
     users,
     sessions,

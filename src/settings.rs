@@ -37,6 +37,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub captcha: CaptchaSettings,
     pub oidc: OidcSettings,
+    pub keys: KeySettings,
+    pub chat: ChatSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -85,6 +87,45 @@ pub struct SecuritySettings {
     /// 32 random bytes, base64. Required in production; generated into `data_dir` otherwise.
     #[serde(serialize_with = "redact_opt")]
     pub secret_key: Option<SecretString>,
+}
+
+/// Where the key-encryption keys that wrap every room's data key come from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// The key-encryption key (32 random bytes, base64). Unset: derived from
+    /// `security.secret_key`. To rotate: set a new one, list the old one in `previous_keks`,
+    /// run `conclave keys rotate`, then drop the old one.
+    #[serde(serialize_with = "redact_opt")]
+    pub kek: Option<SecretString>,
+    /// Older key-encryption keys, still accepted to unwrap until `conclave keys rotate` ran.
+    /// A list in TOML; in the environment, one string with the keys separated by commas.
+    #[serde(serialize_with = "redact_vec", deserialize_with = "secrets_list")]
+    pub previous_keks: Vec<SecretString>,
+}
+
+/// Rooms and messages.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatSettings {
+    /// Longest message body, in bytes of UTF-8.
+    pub max_message_bytes: usize,
+    /// Longest room name and topic, in characters.
+    pub max_name_chars: usize,
+    pub max_topic_chars: usize,
+    /// How long a room's unwrapped data key stays in memory after its last use.
+    pub key_cache_minutes: u64,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 * 1024,
+            max_name_chars: 80,
+            max_topic_chars: 500,
+            key_cache_minutes: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -318,6 +359,8 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             captcha: CaptchaSettings::default(),
             oidc: OidcSettings::default(),
+            keys: KeySettings::default(),
+            chat: ChatSettings::default(),
         }
     }
 }
@@ -408,6 +451,35 @@ fn redact_opt<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok
         Some(_) => s.serialize_str("[redacted]"),
         None => s.serialize_none(),
     }
+}
+
+/// A list of secrets from a TOML array, or from one comma-separated string (environment
+/// variables and `_FILE` files carry strings).
+fn secrets_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Given::deserialize(d)? {
+        Given::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| SecretString::from(t.to_owned()))
+            .collect(),
+        Given::Many(list) => list.into_iter().map(SecretString::from).collect(),
+    })
+}
+
+fn redact_vec<S: Serializer>(value: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq as _;
+    let mut seq = s.serialize_seq(Some(value.len()))?;
+    for _ in value {
+        seq.serialize_element("[redacted]")?;
+    }
+    seq.end()
 }
 
 /// Which database a URL names; anything else is refused at start-up.
@@ -561,6 +633,41 @@ impl Settings {
             && let Err(e) = crate::crypto::decode_key(key.expose_secret())
         {
             problems.push(format!("security.secret_key: {e}"));
+        }
+        for (name, key) in self
+            .keys
+            .kek
+            .iter()
+            .map(|k| ("keys.kek".to_owned(), k))
+            .chain(
+                self.keys
+                    .previous_keks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (format!("keys.previous_keks[{i}]"), k)),
+            )
+        {
+            if let Err(e) = crate::crypto::decode_key(key.expose_secret()) {
+                problems.push(format!("{name}: {e}"));
+            }
+        }
+        let chat = &self.chat;
+        for (key, value, min, max) in [
+            ("chat.max_message_bytes", chat.max_message_bytes, 1, 1 << 20),
+            ("chat.max_name_chars", chat.max_name_chars, 1, 1_000),
+            ("chat.max_topic_chars", chat.max_topic_chars, 0, 10_000),
+            (
+                "chat.key_cache_minutes",
+                chat.key_cache_minutes as usize,
+                1,
+                24 * 60,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                problems.push(format!(
+                    "{key}: must be between {min} and {max}, got {value}"
+                ));
+            }
         }
         let public_url = match self.server.public_url.as_deref().map(url::Url::parse) {
             Some(Ok(url)) => Some(url),

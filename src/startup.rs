@@ -131,6 +131,11 @@ impl Application {
             public_url.clone(),
             settings.accounts.signup_enabled,
         )?;
+        let chat = crate::chat::rooms::ChatService::new(
+            db.clone(),
+            history_store(&settings, &master_key, db.clone())?,
+            settings.chat.clone(),
+        );
         let (db_for_captcha, master_key_for_captcha) = (db.clone(), master_key.clone());
         let state = web::Data::new(AppState {
             public_url,
@@ -155,6 +160,7 @@ impl Application {
                 settings.captcha.clone(),
                 &master_key_for_captcha,
             ),
+            chat,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {
@@ -264,4 +270,19 @@ async fn stop_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
+}
+
+/// The history store of `standard` rooms, with the configured key provider.
+pub fn history_store(
+    settings: &Settings,
+    master_key: &crate::crypto::MasterKey,
+    db: crate::db::Db,
+) -> anyhow::Result<Arc<dyn crate::history::HistoryStore>> {
+    use crate::history::keys::{Keyring, LocalKeyProvider};
+    let provider = Arc::new(LocalKeyProvider::from_settings(&settings.keys, master_key)?);
+    let keyring = Keyring::new(
+        provider,
+        Duration::from_secs(settings.chat.key_cache_minutes.saturating_mul(60)),
+    );
+    Ok(Arc::new(crate::history::SqlHistoryStore::new(db, keyring)))
 }

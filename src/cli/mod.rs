@@ -46,6 +46,18 @@ pub enum Command {
         #[command(subcommand)]
         action: accounts::AuditAction,
     },
+    /// Manage the keys that protect message history.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Re-wrap every room's data key under the current key-encryption key (`keys.kek`).
+    /// Messages are not re-encrypted. Afterwards, drop the old key from `keys.previous_keks`.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +120,27 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve(settings),
         Command::User { action } => with_runtime(|| accounts::user(settings, action)),
         Command::Audit { action } => with_runtime(|| accounts::audit(settings, action)),
+        Command::Keys {
+            action: KeysAction::Rotate,
+        } => with_runtime(|| async move {
+            let db = Db::connect(&settings)
+                .await
+                .map_err(|e| (exit::UNAVAILABLE, e))?;
+            db.migrate().await.map_err(|e| (exit::FAILURE, e))?;
+            let master =
+                crate::crypto::load_master_key(&settings).map_err(|e| (exit::FAILURE, e))?;
+            let store = crate::startup::history_store(&settings, &master, db)
+                .map_err(|e| (exit::FAILURE, e))?;
+            let report = store
+                .rotate_keys()
+                .await
+                .map_err(|e| (exit::FAILURE, anyhow::Error::new(e)))?;
+            println!(
+                "re-wrapped {} room key(s); {} already used the current key",
+                report.rewrapped, report.current
+            );
+            Ok(())
+        }),
     }
 }
 

@@ -78,7 +78,7 @@ fn my_place(
         .ok_or_else(|| AppError::NotFound("No such workspace.".to_owned()))
 }
 
-fn members_of(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<Vec<Member>> {
+pub(crate) fn members_of(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<Vec<Member>> {
     let rows: Vec<(i64, String, String, String, NaiveDateTime)> = memberships::table
         .inner_join(users::table)
         .filter(memberships::tenant_id.eq(tenant_id))

@@ -179,3 +179,20 @@ pub async fn method_not_allowed(request: actix_web::HttpRequest) -> Result<HttpR
         request.path()
     )))
 }
+
+/// A query string that does not parse (e.g. `?limit=abc`) is a 400 problem document naming the
+/// field.
+pub fn query_error(
+    error: actix_web::error::QueryPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    AppError::BadRequest(format!("The query string is invalid: {error}")).into()
+}
+
+/// A path segment that does not parse (e.g. `/api/v1/rooms/abc`) is a 404: no such resource.
+pub fn path_error(
+    error: actix_web::error::PathError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    AppError::NotFound(format!("No such resource ({error}).")).into()
+}

@@ -42,6 +42,7 @@ pub struct AppState {
     pub hasher: crate::auth::PasswordHasher,
     pub federation: crate::auth::oidc::Federation,
     pub captcha: crate::auth::captcha::Captcha,
+    pub chat: crate::chat::rooms::ChatService,
 }
 
 /// Longest User-Agent kept for logs and the audit log.
@@ -95,7 +96,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::auth::token_handlers::configure)
         .configure(crate::auth::oidc_handlers::configure)
         .configure(crate::tenancy::handlers::configure)
-        .configure(crate::tenancy::members::configure);
+        .configure(crate::tenancy::members::configure)
+        .configure(crate::chat::api::configure)
+        .configure(crate::chat::pages::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last
@@ -120,10 +123,14 @@ pub fn app(
         .limit(limits.form_limit_bytes)
         .error_handler(errors::form_error);
     let payload = web::PayloadConfig::new(limits.payload_limit_bytes);
+    let query = web::QueryConfig::default().error_handler(errors::query_error);
+    let path = web::PathConfig::default().error_handler(errors::path_error);
     App::new()
         .app_data(state)
         .app_data(json)
         .app_data(form)
+        .app_data(query)
+        .app_data(path)
         .app_data(payload)
         .configure(configure)
         .default_service(web::to(errors::not_found))

@@ -21,6 +21,7 @@ mod oidc;
 mod openapi;
 mod packaging;
 mod passwords;
+mod rooms;
 mod schema;
 mod sessions;
 mod settings;

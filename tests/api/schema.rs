@@ -66,9 +66,10 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
-        api_tokens, audit_events, captcha_spent, email_tokens, invitations, jobs, memberships,
-        mfa_challenges, oidc_flows, recovery_codes, remembered_devices, sessions, tenants,
-        totp_secrets, user_identities, users,
+        api_tokens, audit_events, captcha_spent, conversation_keys, email_tokens, invitations,
+        jobs, memberships, message_terms, messages, mfa_challenges, oidc_flows, recovery_codes,
+        remembered_devices, room_members, rooms, sessions, tenants, totp_secrets, user_identities,
+        users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -90,6 +91,11 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     }
     table_columns!(
         jobs,
+        rooms,
+        room_members,
+        conversation_keys,
+        messages,
+        message_terms,
         tenants,
         users,
         sessions,

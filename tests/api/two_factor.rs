@@ -1,7 +1,7 @@
 //! Two-factor authentication through HTTP, checked against an independent RFC 6238
 //! implementation written here (HMAC-SHA1 from the `hmac`/`sha1` crates, not totp-rs).
 
-use hmac::{Hmac, Mac};
+use hmac_sha1::{Hmac, Mac};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app};

@@ -1,0 +1,1313 @@
+//! Room and message operations shared by the JSON API and the pages. Every operation takes
+//! the caller, asks the [`Authorizer`] and only then touches the database or the history.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Privacy, Room, RoomAccess, RoomAction, RoomKind, RoomRole, Visibility, markdown};
+use crate::audit::{self, AuditEvent};
+use crate::db::{Db, DbConnection, DbError, write_transaction};
+use crate::error::AppError;
+use crate::history::{
+    Cursor, HistoryStore, MemberKind, NewMessage, SearchQuery, Sender, StoredMessage, words,
+};
+use crate::schema::{memberships, room_members, rooms, tenants, users};
+use crate::settings::ChatSettings;
+use crate::tenancy::{Authorizer, Role};
+
+/// Rooms and messages for the API and the pages.
+#[derive(Clone)]
+pub struct ChatService {
+    db: Db,
+    history: Arc<dyn HistoryStore>,
+    settings: ChatSettings,
+}
+
+/// A room as listed for someone: their role in it (if a member) and, for a direct room, who
+/// the other person is.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSummary {
+    #[serde(flatten)]
+    pub room: Room,
+    pub tenant_name: String,
+    pub my_role: Option<RoomRole>,
+    pub member_count: i64,
+    /// For direct rooms: the other person's display name.
+    pub direct_with: Option<String>,
+}
+
+impl RoomSummary {
+    /// What to call the room: its name, or for a direct room the other person.
+    pub fn title(&self) -> String {
+        match (&self.room.kind, &self.direct_with) {
+            (RoomKind::Direct, Some(other)) => other.clone(),
+            _ => self.room.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomMember {
+    pub kind: MemberKind,
+    pub id: i64,
+    pub name: String,
+    pub role: RoomRole,
+    pub joined_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageSender {
+    pub kind: MemberKind,
+    pub id: Option<i64>,
+    pub name: String,
+}
+
+/// A message as the API and pages show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub id: i64,
+    pub room_id: i64,
+    pub sender: MessageSender,
+    /// The Markdown source; `null` once deleted.
+    pub body: Option<String>,
+    /// The body rendered to safe HTML; `null` once deleted.
+    pub html: Option<String>,
+    pub reply_to: Option<i64>,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+    pub edited: bool,
+    pub deleted: bool,
+}
+
+/// A search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    pub message: MessageView,
+    pub room_name: String,
+    /// Escaped text around the first match, the matching words in `<mark>`.
+    pub snippet_html: String,
+}
+
+pub struct NewRoom {
+    pub tenant_id: Option<i64>,
+    pub name: String,
+    pub topic: String,
+    pub visibility: Visibility,
+    pub privacy: Option<Privacy>,
+}
+
+#[derive(Default)]
+pub struct RoomPatch {
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub archived: Option<bool>,
+    /// `Some(None)` removes the room's own retention (the workspace's applies).
+    pub retention_days: Option<Option<i32>>,
+    pub legal_hold: Option<bool>,
+}
+
+pub struct SearchParams {
+    pub q: String,
+    pub room: Option<i64>,
+    pub sender: Option<i64>,
+    pub from: Option<NaiveDateTime>,
+    pub to: Option<NaiveDateTime>,
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+pub const MAX_PAGE: usize = 200;
+pub const DEFAULT_PAGE: usize = 50;
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+type RoomRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i32>,
+    bool,
+    Option<NaiveDateTime>,
+    NaiveDateTime,
+    NaiveDateTime,
+);
+
+macro_rules! room_columns {
+    () => {
+        (
+            rooms::id,
+            rooms::tenant_id,
+            rooms::kind,
+            rooms::name,
+            rooms::topic,
+            rooms::visibility,
+            rooms::privacy,
+            rooms::retention_days,
+            rooms::legal_hold,
+            rooms::archived_at,
+            rooms::created_at,
+            rooms::updated_at,
+        )
+    };
+}
+
+fn room_of(row: RoomRow) -> Room {
+    let (
+        id,
+        tenant_id,
+        kind,
+        name,
+        topic,
+        visibility,
+        privacy,
+        retention_days,
+        legal_hold,
+        archived_at,
+        created_at,
+        updated_at,
+    ) = row;
+    Room {
+        id,
+        tenant_id,
+        kind: if kind == "direct" {
+            RoomKind::Direct
+        } else {
+            RoomKind::Room
+        },
+        name,
+        topic,
+        visibility: visibility.parse().unwrap_or(Visibility::Private),
+        privacy: privacy.parse().unwrap_or(Privacy::Standard),
+        retention_days,
+        legal_hold,
+        archived_at,
+        created_at,
+        updated_at,
+    }
+}
+
+const NO_ROOM: &str = "No such room.";
+
+fn not_found() -> AppError {
+    AppError::NotFound(NO_ROOM.to_owned())
+}
+
+fn room_event(
+    name: &'static str,
+    actor: i64,
+    room: &Room,
+    ip: Option<String>,
+    details: serde_json::Value,
+) -> AuditEvent {
+    AuditEvent {
+        event: name,
+        actor_user_id: Some(actor),
+        tenant_id: Some(room.tenant_id),
+        subject: Some(format!("room:{}", room.id)),
+        ip,
+        details,
+        ..AuditEvent::default()
+    }
+}
+
+/// `user_id`'s view of a room: 404 unless they may read it (a private room they are not in
+/// does not exist for them), except that workspace admins see it for `Delete`/`Archive`.
+pub fn access_in(
+    conn: &mut DbConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<RoomAccess, AppError> {
+    let row: Option<RoomRow> = rooms::table
+        .find(room_id)
+        .select(room_columns!())
+        .first(conn)
+        .optional()?;
+    let room = room_of(row.ok_or_else(not_found)?);
+    let tenant_role =
+        crate::tenancy::role_of(conn, room.tenant_id, user_id)?.ok_or_else(not_found)?;
+    let room_role = member_role(conn, room.id, MemberKind::User, user_id)?;
+    Ok(RoomAccess {
+        room,
+        tenant_role,
+        room_role,
+    })
+}
+
+fn member_role(
+    conn: &mut DbConnection,
+    room_id: i64,
+    kind: MemberKind,
+    id: i64,
+) -> QueryResult<Option<RoomRole>> {
+    let role: Option<String> = room_members::table
+        .find((room_id, kind.as_str(), id))
+        .select(room_members::role)
+        .first(conn)
+        .optional()?;
+    Ok(role.and_then(|r| r.parse().ok()))
+}
+
+/// The access, or 404 when the caller may not even read the room, or 403 when they may read
+/// it but not do `action`.
+fn require(
+    conn: &mut DbConnection,
+    room_id: i64,
+    user_id: i64,
+    action: RoomAction,
+) -> Result<RoomAccess, AppError> {
+    let access = access_in(conn, room_id, user_id)?;
+    if Authorizer::room(&access, action) {
+        Ok(access)
+    } else if Authorizer::room(&access, RoomAction::Read) {
+        Err(AppError::Forbidden(forbidden_reason(&access, action)))
+    } else {
+        Err(not_found())
+    }
+}
+
+fn forbidden_reason(access: &RoomAccess, action: RoomAction) -> String {
+    if access.room.archived_at.is_some()
+        && matches!(
+            action,
+            RoomAction::Post | RoomAction::Invite | RoomAction::Rename | RoomAction::Join
+        )
+    {
+        return "The room is archived: it is read-only until it is unarchived.".to_owned();
+    }
+    let role = access
+        .room_role
+        .map_or("not a member".to_owned(), |r| format!("{r}"));
+    let what = match action {
+        RoomAction::Read => "read this room",
+        RoomAction::Join => "join this room",
+        RoomAction::Post => "post in this room",
+        RoomAction::Invite => "add people to this room",
+        RoomAction::Rename => "rename this room",
+        RoomAction::Archive => "archive this room",
+        RoomAction::Delete => "delete this room",
+        RoomAction::Moderate => "delete other people's messages",
+        RoomAction::SetRetention => "change this room's retention",
+        RoomAction::LegalHold => "change the legal hold",
+    };
+    format!("Your role ({role}) cannot {what}.")
+}
+
+fn check_name(settings: &ChatSettings, name: &str) -> Result<String, AppError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(AppError::BadRequest("name: must not be empty".to_owned()));
+    }
+    if name.chars().count() > settings.max_name_chars {
+        return Err(AppError::BadRequest(format!(
+            "name: must be at most {} characters",
+            settings.max_name_chars
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AppError::BadRequest(
+            "name: must not contain control characters".to_owned(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn check_topic(settings: &ChatSettings, topic: &str) -> Result<String, AppError> {
+    let topic = topic.trim();
+    if topic.chars().count() > settings.max_topic_chars {
+        return Err(AppError::BadRequest(format!(
+            "topic: must be at most {} characters",
+            settings.max_topic_chars
+        )));
+    }
+    Ok(topic.to_owned())
+}
+
+fn check_body(settings: &ChatSettings, body: &str) -> Result<(), AppError> {
+    if body.trim().is_empty() {
+        return Err(AppError::BadRequest("body: must not be empty".to_owned()));
+    }
+    if body.len() > settings.max_message_bytes {
+        return Err(AppError::PayloadTooLarge(format!(
+            "body: must be at most {} bytes, got {}",
+            settings.max_message_bytes,
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_retention(days: Option<i32>) -> Result<(), AppError> {
+    match days {
+        Some(d) if !(1..=36_500).contains(&d) => Err(AppError::BadRequest(
+            "retention_days: must be between 1 and 36500, or null".to_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Display names of the given users (absent ones are simply missing).
+fn names_of(conn: &mut DbConnection, ids: Vec<i64>) -> QueryResult<HashMap<i64, String>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(users::table
+        .filter(users::id.eq_any(ids))
+        .select((users::id, users::display_name))
+        .load::<(i64, String)>(conn)?
+        .into_iter()
+        .collect())
+}
+
+fn timestamp(at: NaiveDateTime) -> String {
+    at.and_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl ChatService {
+    pub fn new(db: Db, history: Arc<dyn HistoryStore>, settings: ChatSettings) -> Self {
+        Self {
+            db,
+            history,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &ChatSettings {
+        &self.settings
+    }
+
+    pub async fn access(&self, user_id: i64, room_id: i64) -> Result<RoomAccess, AppError> {
+        let access = self
+            .db
+            .run(move |conn| access_in(conn, room_id, user_id))
+            .await?;
+        if !Authorizer::room(&access, RoomAction::Read) {
+            return Err(not_found());
+        }
+        Ok(access)
+    }
+
+    /// Rooms `user_id` is in, and public rooms of their workspaces they could join.
+    pub async fn list(
+        &self,
+        user_id: i64,
+        tenant: Option<i64>,
+    ) -> Result<Vec<RoomSummary>, AppError> {
+        self.db
+            .run(move |conn| {
+                let mine = room_members::table
+                    .filter(room_members::member_kind.eq("user"))
+                    .filter(room_members::member_id.eq(user_id))
+                    .select(room_members::room_id);
+                let my_tenants = memberships::table
+                    .filter(memberships::user_id.eq(user_id))
+                    .select(memberships::tenant_id);
+                let mut query = rooms::table
+                    .inner_join(tenants::table)
+                    .filter(rooms::tenant_id.eq_any(my_tenants))
+                    .filter(
+                        rooms::id
+                            .eq_any(mine)
+                            .or(rooms::visibility.eq("public").and(rooms::kind.eq("room"))),
+                    )
+                    .select((room_columns!(), tenants::name))
+                    .order((rooms::archived_at.is_not_null(), rooms::name, rooms::id))
+                    .into_boxed();
+                if let Some(tenant) = tenant {
+                    query = query.filter(rooms::tenant_id.eq(tenant));
+                }
+                let rows: Vec<(RoomRow, String)> = query.load(conn)?;
+                let ids: Vec<i64> = rows.iter().map(|(r, _)| r.0).collect();
+                let members: Vec<(i64, String, i64, String)> = room_members::table
+                    .filter(room_members::room_id.eq_any(&ids))
+                    .select((
+                        room_members::room_id,
+                        room_members::member_kind,
+                        room_members::member_id,
+                        room_members::role,
+                    ))
+                    .load(conn)?;
+                let direct_others: Vec<i64> = members
+                    .iter()
+                    .filter(|(_, kind, id, _)| kind == "user" && *id != user_id)
+                    .map(|(_, _, id, _)| *id)
+                    .collect();
+                let names = names_of(conn, direct_others)?;
+                Ok::<_, AppError>(
+                    rows.into_iter()
+                        .map(|(row, tenant_name)| {
+                            let room = room_of(row);
+                            let in_room: Vec<_> =
+                                members.iter().filter(|m| m.0 == room.id).collect();
+                            let my_role = in_room
+                                .iter()
+                                .find(|m| m.1 == "user" && m.2 == user_id)
+                                .and_then(|m| m.3.parse().ok());
+                            let direct_with = (room.kind == RoomKind::Direct)
+                                .then(|| {
+                                    in_room
+                                        .iter()
+                                        .find(|m| m.1 == "user" && m.2 != user_id)
+                                        .and_then(|m| names.get(&m.2).cloned())
+                                })
+                                .flatten();
+                            RoomSummary {
+                                member_count: in_room.len() as i64,
+                                room,
+                                tenant_name,
+                                my_role,
+                                direct_with,
+                            }
+                        })
+                        .collect(),
+                )
+            })
+            .await
+    }
+
+    /// The workspace to use when the caller names none: their only one, else the default.
+    fn pick_tenant(
+        conn: &mut DbConnection,
+        user_id: i64,
+        tenant: Option<i64>,
+    ) -> Result<(i64, Role), AppError> {
+        if let Some(tenant_id) = tenant {
+            let role = crate::tenancy::role_of(conn, tenant_id, user_id)?
+                .ok_or_else(|| AppError::NotFound("No such workspace.".to_owned()))?;
+            return Ok((tenant_id, role));
+        }
+        let mine = crate::tenancy::tenants_of(conn, user_id)?;
+        let (tenant_id, _, _, role) = mine.first().ok_or_else(|| {
+            AppError::Forbidden("You are not a member of any workspace.".to_owned())
+        })?;
+        let role: Role = role.parse().map_err(AppError::BadRequest)?;
+        Ok((*tenant_id, role))
+    }
+
+    pub async fn create(
+        &self,
+        user_id: i64,
+        new: NewRoom,
+        ip: Option<String>,
+    ) -> Result<Room, AppError> {
+        let name = check_name(&self.settings, &new.name)?;
+        let topic = check_topic(&self.settings, &new.topic)?;
+        let room = self
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let (tenant_id, role) = Self::pick_tenant(tx, user_id, new.tenant_id)?;
+                    if !Authorizer::may_create_room(role) {
+                        return Err(AppError::Forbidden(format!(
+                            "Your role ({role}) cannot create rooms in this workspace."
+                        )));
+                    }
+                    let privacy = match new.privacy {
+                        Some(privacy) => privacy,
+                        None => tenants::table
+                            .find(tenant_id)
+                            .select(tenants::default_privacy)
+                            .first::<String>(tx)?
+                            .parse()
+                            .unwrap_or(Privacy::Standard),
+                    };
+                    if privacy != Privacy::Standard {
+                        return Err(AppError::Coded {
+                            status: actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                            code: "privacy_unavailable",
+                            message: format!(
+                                "privacy: {} rooms are not available yet; use standard",
+                                privacy.as_str()
+                            ),
+                            retry_after_secs: None,
+                        });
+                    }
+                    let now = Utc::now().naive_utc();
+                    let id: i64 = diesel::insert_into(rooms::table)
+                        .values((
+                            rooms::tenant_id.eq(tenant_id),
+                            rooms::kind.eq("room"),
+                            rooms::name.eq(&name),
+                            rooms::topic.eq(&topic),
+                            rooms::visibility.eq(new.visibility.as_str()),
+                            rooms::privacy.eq(privacy.as_str()),
+                            rooms::created_by.eq(user_id),
+                            rooms::created_at.eq(now),
+                            rooms::updated_at.eq(now),
+                        ))
+                        .returning(rooms::id)
+                        .get_result(tx)?;
+                    add_member_row(tx, id, MemberKind::User, user_id, RoomRole::Owner, now)?;
+                    let access = access_in(tx, id, user_id)?;
+                    audit::record(
+                        tx,
+                        &room_event(
+                            "room.created",
+                            user_id,
+                            &access.room,
+                            ip,
+                            json!({ "visibility": new.visibility.as_str() }),
+                        ),
+                        now,
+                    )?;
+                    Ok(access.room)
+                })
+            })
+            .await?;
+        Ok(room)
+    }
+
+    /// The direct room between the caller and `other` (made on first use); `true` when made.
+    pub async fn open_direct(
+        &self,
+        user_id: i64,
+        tenant: Option<i64>,
+        other: i64,
+    ) -> Result<(Room, bool), AppError> {
+        if other == user_id {
+            return Err(AppError::BadRequest(
+                "direct_with: choose someone other than yourself".to_owned(),
+            ));
+        }
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let (tenant_id, _) = Self::pick_tenant(tx, user_id, tenant)?;
+                    if crate::tenancy::role_of(tx, tenant_id, other)?.is_none() {
+                        return Err(AppError::NotFound(
+                            "direct_with: no such member in this workspace".to_owned(),
+                        ));
+                    }
+                    let key = format!("{tenant_id}:{}:{}", user_id.min(other), user_id.max(other));
+                    let existing: Option<i64> = rooms::table
+                        .filter(rooms::direct_key.eq(&key))
+                        .select(rooms::id)
+                        .first(tx)
+                        .optional()?;
+                    if let Some(id) = existing {
+                        return Ok((access_in(tx, id, user_id)?.room, false));
+                    }
+                    let now = Utc::now().naive_utc();
+                    let id: i64 = diesel::insert_into(rooms::table)
+                        .values((
+                            rooms::tenant_id.eq(tenant_id),
+                            rooms::kind.eq("direct"),
+                            rooms::name.eq(""),
+                            rooms::visibility.eq("private"),
+                            rooms::privacy.eq(Privacy::Standard.as_str()),
+                            rooms::direct_key.eq(&key),
+                            rooms::created_by.eq(user_id),
+                            rooms::created_at.eq(now),
+                            rooms::updated_at.eq(now),
+                        ))
+                        .returning(rooms::id)
+                        .get_result(tx)?;
+                    for person in [user_id, other] {
+                        add_member_row(tx, id, MemberKind::User, person, RoomRole::Member, now)?;
+                    }
+                    Ok((access_in(tx, id, user_id)?.room, true))
+                })
+            })
+            .await
+    }
+
+    pub async fn update(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        patch: RoomPatch,
+        ip: Option<String>,
+    ) -> Result<Room, AppError> {
+        let name = patch
+            .name
+            .as_deref()
+            .map(|n| check_name(&self.settings, n))
+            .transpose()?;
+        let topic = patch
+            .topic
+            .as_deref()
+            .map(|t| check_topic(&self.settings, t))
+            .transpose()?;
+        if let Some(days) = patch.retention_days {
+            check_retention(days)?;
+        }
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = access_in(tx, room_id, user_id)?;
+                    let mut wanted = Vec::new();
+                    if name.is_some() || topic.is_some() {
+                        wanted.push(RoomAction::Rename);
+                    }
+                    if patch.archived.is_some() {
+                        wanted.push(RoomAction::Archive);
+                    }
+                    if patch.retention_days.is_some() {
+                        wanted.push(RoomAction::SetRetention);
+                    }
+                    if patch.legal_hold.is_some() {
+                        wanted.push(RoomAction::LegalHold);
+                    }
+                    let readable = Authorizer::room(&access, RoomAction::Read);
+                    for action in &wanted {
+                        if !Authorizer::room(&access, *action) {
+                            // Unarchiving must be possible on an archived room.
+                            return Err(if readable {
+                                AppError::Forbidden(forbidden_reason(&access, *action))
+                            } else {
+                                not_found()
+                            });
+                        }
+                    }
+                    let now = Utc::now().naive_utc();
+                    let target = rooms::table.find(room_id);
+                    if let Some(name) = &name {
+                        diesel::update(target)
+                            .set(rooms::name.eq(name))
+                            .execute(tx)?;
+                    }
+                    if let Some(topic) = &topic {
+                        diesel::update(target)
+                            .set(rooms::topic.eq(topic))
+                            .execute(tx)?;
+                    }
+                    if let Some(archived) = patch.archived
+                        && archived != access.room.archived_at.is_some()
+                    {
+                        diesel::update(target)
+                            .set(rooms::archived_at.eq(archived.then_some(now)))
+                            .execute(tx)?;
+                        let event = if archived {
+                            "room.archived"
+                        } else {
+                            "room.unarchived"
+                        };
+                        audit::record(
+                            tx,
+                            &room_event(event, user_id, &access.room, ip.clone(), json!({})),
+                            now,
+                        )?;
+                    }
+                    if let Some(days) = patch.retention_days {
+                        diesel::update(target)
+                            .set(rooms::retention_days.eq(days))
+                            .execute(tx)?;
+                        audit::record(
+                            tx,
+                            &room_event(
+                                "room.retention_changed",
+                                user_id,
+                                &access.room,
+                                ip.clone(),
+                                json!({ "retention_days": days }),
+                            ),
+                            now,
+                        )?;
+                    }
+                    if let Some(hold) = patch.legal_hold {
+                        diesel::update(target)
+                            .set(rooms::legal_hold.eq(hold))
+                            .execute(tx)?;
+                        audit::record(
+                            tx,
+                            &room_event(
+                                "room.legal_hold_changed",
+                                user_id,
+                                &access.room,
+                                ip.clone(),
+                                json!({ "legal_hold": hold }),
+                            ),
+                            now,
+                        )?;
+                    }
+                    diesel::update(target)
+                        .set(rooms::updated_at.eq(now))
+                        .execute(tx)?;
+                    Ok(access_in(tx, room_id, user_id)?.room)
+                })
+            })
+            .await
+    }
+
+    /// Deletes the room with its messages, index entries and data key.
+    pub async fn delete(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        ip: Option<String>,
+    ) -> Result<(), AppError> {
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = require(tx, room_id, user_id, RoomAction::Delete)?;
+                    // Explicitly, not only by cascade: SQLite enforces foreign keys only when
+                    // the connection enables them, and deletion must be real.
+                    delete_room_rows(tx, room_id)?;
+                    audit::record(
+                        tx,
+                        &room_event(
+                            "room.deleted",
+                            user_id,
+                            &access.room,
+                            ip,
+                            json!({ "name": access.room.name }),
+                        ),
+                        Utc::now().naive_utc(),
+                    )?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    pub async fn members(
+        &self,
+        user_id: i64,
+        room_id: i64,
+    ) -> Result<(RoomAccess, Vec<RoomMember>), AppError> {
+        self.db
+            .run(move |conn| {
+                let access = require(conn, room_id, user_id, RoomAction::Read)?;
+                let rows: Vec<(String, i64, String, NaiveDateTime)> = room_members::table
+                    .filter(room_members::room_id.eq(room_id))
+                    .order((room_members::joined_at, room_members::member_id))
+                    .select((
+                        room_members::member_kind,
+                        room_members::member_id,
+                        room_members::role,
+                        room_members::joined_at,
+                    ))
+                    .load(conn)?;
+                let user_ids = rows.iter().filter(|r| r.0 == "user").map(|r| r.1).collect();
+                let names = names_of(conn, user_ids)?;
+                let members = rows
+                    .into_iter()
+                    .filter_map(|(kind, id, role, joined_at)| {
+                        let kind = MemberKind::parse(&kind)?;
+                        let name = match kind {
+                            MemberKind::User => names.get(&id).cloned()?,
+                            MemberKind::Device => format!("Device {id}"),
+                            MemberKind::Assistant => "Assistant".to_owned(),
+                        };
+                        Some(RoomMember {
+                            kind,
+                            id,
+                            name,
+                            role: role.parse().ok()?,
+                            joined_at,
+                        })
+                    })
+                    .collect();
+                Ok::<_, AppError>((access, members))
+            })
+            .await
+    }
+
+    /// Joins a public room (members of the workspace only).
+    pub async fn join(&self, user_id: i64, room_id: i64) -> Result<RoomRole, AppError> {
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = access_in(tx, room_id, user_id)?;
+                    if let Some(role) = access.room_role {
+                        return Ok(role);
+                    }
+                    if !Authorizer::room(&access, RoomAction::Join) {
+                        return Err(if Authorizer::room(&access, RoomAction::Read) {
+                            AppError::Forbidden(forbidden_reason(&access, RoomAction::Join))
+                        } else {
+                            not_found()
+                        });
+                    }
+                    let role = Authorizer::default_room_role(access.tenant_role);
+                    add_member_row(
+                        tx,
+                        room_id,
+                        MemberKind::User,
+                        user_id,
+                        role,
+                        Utc::now().naive_utc(),
+                    )?;
+                    Ok(role)
+                })
+            })
+            .await
+    }
+
+    /// Adds a workspace member to the room (invite). Without a role: the default for their
+    /// workspace role.
+    pub async fn add_member(
+        &self,
+        actor: i64,
+        room_id: i64,
+        target: i64,
+        role: Option<RoomRole>,
+        ip: Option<String>,
+    ) -> Result<RoomRole, AppError> {
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = require(tx, room_id, actor, RoomAction::Invite)?;
+                    let Some(target_tenant_role) =
+                        crate::tenancy::role_of(tx, access.room.tenant_id, target)?
+                    else {
+                        return Err(AppError::NotFound(
+                            "user_id: no such member in this room's workspace".to_owned(),
+                        ));
+                    };
+                    if member_role(tx, room_id, MemberKind::User, target)?.is_some() {
+                        return Err(AppError::Conflict(
+                            "They are already a member of this room.".to_owned(),
+                        ));
+                    }
+                    let role = match role {
+                        Some(role) if !Authorizer::room_may_grant(&access, role) => {
+                            return Err(AppError::Forbidden(format!(
+                                "You cannot give a room role ({role}) above your own."
+                            )));
+                        }
+                        Some(role) => role,
+                        None => Authorizer::default_room_role(target_tenant_role),
+                    };
+                    let now = Utc::now().naive_utc();
+                    add_member_row(tx, room_id, MemberKind::User, target, role, now)?;
+                    audit::record(
+                        tx,
+                        &room_event(
+                            "room.member_added",
+                            actor,
+                            &access.room,
+                            ip,
+                            json!({ "user_id": target, "role": role.as_str() }),
+                        ),
+                        now,
+                    )?;
+                    Ok(role)
+                })
+            })
+            .await
+    }
+
+    /// Changes a member's room role.
+    pub async fn set_role(
+        &self,
+        actor: i64,
+        room_id: i64,
+        target: i64,
+        role: RoomRole,
+        ip: Option<String>,
+    ) -> Result<(), AppError> {
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = require(tx, room_id, actor, RoomAction::Read)?;
+                    let current = member_role(tx, room_id, MemberKind::User, target)?
+                        .ok_or_else(|| {
+                            AppError::NotFound("No such member in this room.".to_owned())
+                        })?;
+                    if !Authorizer::room_may_manage(&access, current)
+                        || !Authorizer::room_may_grant(&access, role)
+                    {
+                        return Err(AppError::Forbidden(format!(
+                            "Your room role ({}) cannot make a {current} {role}.",
+                            access
+                                .room_role
+                                .map_or("not a member".to_owned(), |r| r.to_string())
+                        )));
+                    }
+                    if current == RoomRole::Owner && role != RoomRole::Owner {
+                        last_owner_check(tx, room_id)?;
+                    }
+                    diesel::update(room_members::table.find((room_id, "user", target)))
+                        .set(room_members::role.eq(role.as_str()))
+                        .execute(tx)?;
+                    audit::record(
+                        tx,
+                        &room_event(
+                            "room.role_changed",
+                            actor,
+                            &access.room,
+                            ip,
+                            json!({ "user_id": target, "from": current.as_str(), "to": role.as_str() }),
+                        ),
+                        Utc::now().naive_utc(),
+                    )?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    /// Removes a member (kick), or the caller leaves.
+    pub async fn remove_member(
+        &self,
+        actor: i64,
+        room_id: i64,
+        target: i64,
+        ip: Option<String>,
+    ) -> Result<(), AppError> {
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = require(tx, room_id, actor, RoomAction::Read)?;
+                    let current =
+                        member_role(tx, room_id, MemberKind::User, target)?.ok_or_else(|| {
+                            AppError::NotFound("No such member in this room.".to_owned())
+                        })?;
+                    let leaving = actor == target;
+                    if access.room.kind == RoomKind::Direct {
+                        return Err(AppError::Conflict(
+                            "Nobody leaves a direct conversation; it stays between the two of you."
+                                .to_owned(),
+                        ));
+                    }
+                    if !leaving && !Authorizer::room_may_manage(&access, current) {
+                        return Err(AppError::Forbidden(format!(
+                            "Your room role ({}) cannot remove a {current}.",
+                            access
+                                .room_role
+                                .map_or("not a member".to_owned(), |r| r.to_string())
+                        )));
+                    }
+                    if current == RoomRole::Owner {
+                        last_owner_check(tx, room_id)?;
+                    }
+                    diesel::delete(room_members::table.find((room_id, "user", target)))
+                        .execute(tx)?;
+                    audit::record(
+                        tx,
+                        &room_event(
+                            "room.member_removed",
+                            actor,
+                            &access.room,
+                            ip,
+                            json!({ "user_id": target, "role": current.as_str(), "left": leaving }),
+                        ),
+                        Utc::now().naive_utc(),
+                    )?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    // ----- messages -----
+
+    async fn views(&self, messages: Vec<StoredMessage>) -> Result<Vec<MessageView>, AppError> {
+        let ids: Vec<i64> = messages
+            .iter()
+            .filter(|m| m.sender_kind == MemberKind::User)
+            .filter_map(|m| m.sender_id)
+            .collect();
+        let names = self
+            .db
+            .run(move |conn| names_of(conn, ids).map_err(DbError::from))
+            .await?;
+        Ok(messages
+            .into_iter()
+            .map(|m| {
+                let name = match (m.sender_kind, m.sender_id) {
+                    (MemberKind::User, Some(id)) => names
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| "Deleted user".to_owned()),
+                    (MemberKind::User, None) => "Deleted user".to_owned(),
+                    (MemberKind::Device, id) => format!("Device {}", id.unwrap_or_default()),
+                    (MemberKind::Assistant, _) => "Assistant".to_owned(),
+                };
+                MessageView {
+                    id: m.id,
+                    room_id: m.room_id,
+                    sender: MessageSender {
+                        kind: m.sender_kind,
+                        id: m.sender_id,
+                        name,
+                    },
+                    html: m.body.as_deref().map(markdown::render),
+                    body: m.body,
+                    reply_to: m.reply_to,
+                    created_at: timestamp(m.created_at),
+                    edited_at: m.edited_at.map(timestamp),
+                    edited: m.edited_at.is_some(),
+                    deleted: m.deleted_at.is_some(),
+                }
+            })
+            .collect())
+    }
+
+    async fn view(&self, message: StoredMessage) -> Result<MessageView, AppError> {
+        self.views(vec![message])
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("a message view went missing")))
+    }
+
+    /// A page of history, chronological.
+    pub async fn history(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<MessageView>, AppError> {
+        self.access(user_id, room_id).await?;
+        let page = self
+            .history
+            .page(room_id, cursor, limit.clamp(1, MAX_PAGE))
+            .await?;
+        self.views(page).await
+    }
+
+    /// Posts a message; `false` when an earlier post with the same idempotency key stored it.
+    pub async fn post(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        body: String,
+        reply_to: Option<i64>,
+        idempotency_key: Option<String>,
+    ) -> Result<(MessageView, bool), AppError> {
+        check_body(&self.settings, &body)?;
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(AppError::BadRequest(format!(
+                "idempotency_key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+            )));
+        }
+        self.db
+            .run(move |conn| require(conn, room_id, user_id, RoomAction::Post).map(|_| ()))
+            .await?;
+        let appended = self
+            .history
+            .append(
+                room_id,
+                NewMessage {
+                    sender: Sender::user(user_id),
+                    body,
+                    reply_to,
+                    idempotency_key,
+                },
+            )
+            .await?;
+        Ok((self.view(appended.message).await?, appended.created))
+    }
+
+    /// Edits one's own message.
+    pub async fn edit(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        message_id: i64,
+        body: String,
+    ) -> Result<MessageView, AppError> {
+        check_body(&self.settings, &body)?;
+        let access = self.access(user_id, room_id).await?;
+        let message = self
+            .history
+            .get(room_id, message_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
+        if message.sender_kind != MemberKind::User || message.sender_id != Some(user_id) {
+            return Err(AppError::Forbidden(
+                "Only its author can edit a message.".to_owned(),
+            ));
+        }
+        if !Authorizer::room(&access, RoomAction::Post) {
+            return Err(AppError::Forbidden(forbidden_reason(
+                &access,
+                RoomAction::Post,
+            )));
+        }
+        let edited = self.history.edit(room_id, message_id, body).await?;
+        self.view(edited).await
+    }
+
+    /// Deletes a message: its author, or a moderator.
+    pub async fn delete_message(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        message_id: i64,
+        ip: Option<String>,
+    ) -> Result<(), AppError> {
+        let access = self.access(user_id, room_id).await?;
+        let message = self
+            .history
+            .get(room_id, message_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
+        let own = message.sender_kind == MemberKind::User && message.sender_id == Some(user_id);
+        if !own && !Authorizer::room(&access, RoomAction::Moderate) {
+            return Err(AppError::Forbidden(
+                "Only its author or a moderator can delete a message.".to_owned(),
+            ));
+        }
+        self.history.delete(room_id, message_id).await?;
+        if !own {
+            let room = access.room.clone();
+            self.db
+                .run(move |conn| {
+                    audit::record(
+                        conn,
+                        &room_event(
+                            "message.deleted_by_moderator",
+                            user_id,
+                            &room,
+                            ip,
+                            json!({ "message_id": message_id, "sender_id": message.sender_id }),
+                        ),
+                        Utc::now().naive_utc(),
+                    )
+                    .map_err(DbError::from)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The ids and names of every room `user_id` may read.
+    pub async fn readable_rooms(&self, user_id: i64) -> Result<Vec<(i64, String)>, AppError> {
+        Ok(self
+            .list(user_id, None)
+            .await?
+            .into_iter()
+            .map(|r| (r.room.id, r.title()))
+            .collect())
+    }
+
+    /// Search across every room the caller may read (or one of them), newest first.
+    pub async fn search(
+        &self,
+        user_id: i64,
+        params: SearchParams,
+    ) -> Result<Vec<SearchHit>, AppError> {
+        let terms = words::query_terms(&params.q);
+        if terms.is_empty() {
+            return Err(AppError::BadRequest(
+                "q: give at least one word to search for".to_owned(),
+            ));
+        }
+        if terms.len() > 8 {
+            return Err(AppError::BadRequest(
+                "q: at most 8 words at a time".to_owned(),
+            ));
+        }
+        let readable = self.readable_rooms(user_id).await?;
+        let rooms: Vec<i64> = match params.room {
+            Some(room) => {
+                if !readable.iter().any(|(id, _)| *id == room) {
+                    return Err(not_found());
+                }
+                vec![room]
+            }
+            None => readable.iter().map(|(id, _)| *id).collect(),
+        };
+        let names: HashMap<i64, String> = readable.into_iter().collect();
+        let hits = self
+            .history
+            .search(&SearchQuery {
+                terms,
+                rooms,
+                sender: params.sender.map(Sender::user),
+                from: params.from,
+                to: params.to,
+                before: params.before,
+                limit: params.limit.clamp(1, 100),
+            })
+            .await?;
+        let mut out = Vec::with_capacity(hits.len());
+        let views = self
+            .views(hits.iter().map(|h| h.message.clone()).collect())
+            .await?;
+        for (hit, message) in hits.into_iter().zip(views) {
+            out.push(SearchHit {
+                room_name: names.get(&message.room_id).cloned().unwrap_or_default(),
+                message,
+                snippet_html: hit.snippet_html,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Everything the caller wrote, with the rooms it was written in.
+    pub async fn export_mine(&self, user_id: i64) -> Result<serde_json::Value, AppError> {
+        let messages = self.history.by_sender(Sender::user(user_id), None).await?;
+        let room_ids: Vec<i64> = messages.iter().map(|m| m.room_id).collect();
+        let rooms: Vec<(i64, String, String)> = self
+            .db
+            .run(move |conn| {
+                rooms::table
+                    .filter(rooms::id.eq_any(room_ids))
+                    .select((rooms::id, rooms::kind, rooms::name))
+                    .load(conn)
+                    .map_err(DbError::from)
+            })
+            .await?;
+        let views = self.views(messages).await?;
+        Ok(json!({
+            "exported_at": timestamp(Utc::now().naive_utc()),
+            "rooms": rooms.iter().map(|(id, kind, name)| json!({"id": id, "kind": kind, "name": name})).collect::<Vec<_>>(),
+            "messages": views,
+        }))
+    }
+}
+
+fn add_member_row(
+    conn: &mut DbConnection,
+    room_id: i64,
+    kind: MemberKind,
+    id: i64,
+    role: RoomRole,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::insert_into(room_members::table)
+        .values((
+            room_members::room_id.eq(room_id),
+            room_members::member_kind.eq(kind.as_str()),
+            room_members::member_id.eq(id),
+            room_members::role.eq(role.as_str()),
+            room_members::joined_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Refuses to remove or demote a room's last owner while others remain.
+fn last_owner_check(conn: &mut DbConnection, room_id: i64) -> Result<(), AppError> {
+    let owners: i64 = room_members::table
+        .filter(room_members::room_id.eq(room_id))
+        .filter(room_members::role.eq(RoomRole::Owner.as_str()))
+        .count()
+        .get_result(conn)?;
+    if owners <= 1 {
+        return Err(AppError::Conflict(
+            "A room needs an owner: make someone else owner first, or delete the room.".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes a room and everything in it: index entries, messages, key, members.
+pub fn delete_room_rows(conn: &mut DbConnection, room_id: i64) -> QueryResult<()> {
+    use crate::schema::{conversation_keys, message_terms, messages};
+    let ids = messages::table
+        .filter(messages::room_id.eq(room_id))
+        .select(messages::id);
+    diesel::delete(message_terms::table.filter(message_terms::message_id.eq_any(ids)))
+        .execute(conn)?;
+    diesel::delete(messages::table.filter(messages::room_id.eq(room_id))).execute(conn)?;
+    diesel::delete(conversation_keys::table.filter(conversation_keys::room_id.eq(room_id)))
+        .execute(conn)?;
+    diesel::delete(room_members::table.filter(room_members::room_id.eq(room_id))).execute(conn)?;
+    diesel::delete(rooms::table.find(room_id)).execute(conn)?;
+    Ok(())
+}

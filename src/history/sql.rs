@@ -1,0 +1,624 @@
+//! The SQL history store (SQLite and PostgreSQL through diesel).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{NaiveDateTime, Utc};
+use diesel::prelude::*;
+
+use super::keys::{Keyring, RoomKey, Wrapped, new_data_key, wrap_context};
+use super::words::{highlight, matches_all, terms};
+use super::{
+    Appended, Cursor, HistoryError, HistoryStore, Hit, MemberKind, NewMessage, RotationReport,
+    SearchQuery, Sender, StoredMessage,
+};
+use crate::db::{Db, DbConnection, DbError, write_transaction};
+use crate::schema::{conversation_keys, message_terms, messages};
+
+/// The associated data of a sealed body: it opens only as a message of its room.
+fn body_context(room_id: i64) -> Vec<u8> {
+    format!("conclave/message/{room_id}").into_bytes()
+}
+
+type Row = (
+    i64,
+    i64,
+    String,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+);
+
+macro_rules! row_columns {
+    () => {
+        (
+            messages::id,
+            messages::room_id,
+            messages::sender_kind,
+            messages::sender_id,
+            messages::body_sealed,
+            messages::reply_to,
+            messages::created_at,
+            messages::edited_at,
+            messages::deleted_at,
+        )
+    };
+}
+
+#[derive(Clone)]
+pub struct SqlHistoryStore {
+    db: Db,
+    keyring: Keyring,
+}
+
+impl SqlHistoryStore {
+    pub fn new(db: Db, keyring: Keyring) -> Self {
+        Self { db, keyring }
+    }
+
+    /// The room's working keys; the data key is made (and wrapped, and stored) on first use.
+    async fn room_key(&self, room_id: i64) -> Result<Arc<RoomKey>, HistoryError> {
+        if let Some(key) = self.existing_room_key(room_id).await? {
+            return Ok(key);
+        }
+        let provider = self.keyring.provider().clone();
+        let data_key = new_data_key();
+        let wrapped = provider.wrap(&data_key, &wrap_context(room_id)).await?;
+        let stored = self
+            .db
+            .run(move |conn| {
+                let now = Utc::now().naive_utc();
+                let inserted = diesel::insert_into(conversation_keys::table)
+                    .values((
+                        conversation_keys::room_id.eq(room_id),
+                        conversation_keys::kek_id.eq(&wrapped.kek_id),
+                        conversation_keys::wrapped.eq(&wrapped.blob),
+                        conversation_keys::created_at.eq(now),
+                    ))
+                    .execute(conn);
+                match inserted {
+                    Ok(_) => Ok(true),
+                    // Another request made the room's key first: use theirs.
+                    Err(diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => Ok(false),
+                    Err(e) => Err(DbError::from(e)),
+                }
+            })
+            .await?;
+        if !stored {
+            return self
+                .existing_room_key(room_id)
+                .await?
+                .ok_or(HistoryError::NotFound);
+        }
+        let key = Arc::new(RoomKey::from_data_key(&data_key));
+        self.keyring.remember(room_id, key.clone()).await;
+        Ok(key)
+    }
+
+    /// The room's keys if it has a data key yet (a room without one has no messages).
+    async fn existing_room_key(&self, room_id: i64) -> Result<Option<Arc<RoomKey>>, HistoryError> {
+        if let Some(key) = self.keyring.cached(room_id).await {
+            return Ok(Some(key));
+        }
+        let stored: Option<(String, String)> = self
+            .db
+            .run(move |conn| {
+                conversation_keys::table
+                    .find(room_id)
+                    .select((conversation_keys::kek_id, conversation_keys::wrapped))
+                    .first(conn)
+                    .optional()
+                    .map_err(DbError::from)
+            })
+            .await?;
+        let Some((kek_id, blob)) = stored else {
+            return Ok(None);
+        };
+        let data_key = self
+            .keyring
+            .provider()
+            .unwrap(&Wrapped { kek_id, blob }, &wrap_context(room_id))
+            .await?;
+        let key = Arc::new(RoomKey::from_data_key(&data_key));
+        self.keyring.remember(room_id, key.clone()).await;
+        Ok(Some(key))
+    }
+
+    /// Opens rows into messages (their rooms' keys fetched once each).
+    async fn open_rows(&self, rows: Vec<Row>) -> Result<Vec<StoredMessage>, HistoryError> {
+        let mut keys: HashMap<i64, Arc<RoomKey>> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (id, room_id, kind, sender_id, sealed, reply_to, created_at, edited_at, deleted_at) =
+                row;
+            let body = match sealed {
+                None => None,
+                Some(sealed) => {
+                    let key = match keys.get(&room_id) {
+                        Some(key) => key.clone(),
+                        None => {
+                            let key = self
+                                .existing_room_key(room_id)
+                                .await?
+                                .ok_or(HistoryError::Undecryptable(id))?;
+                            keys.insert(room_id, key.clone());
+                            key
+                        }
+                    };
+                    let plain = key
+                        .open(&sealed, &body_context(room_id))
+                        .map_err(|_| HistoryError::Undecryptable(id))?;
+                    Some(String::from_utf8(plain).map_err(|_| HistoryError::Undecryptable(id))?)
+                }
+            };
+            out.push(StoredMessage {
+                id,
+                room_id,
+                sender_kind: MemberKind::parse(&kind).unwrap_or(MemberKind::User),
+                sender_id,
+                body,
+                reply_to,
+                created_at,
+                edited_at,
+                deleted_at,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn load(&self, room_id: i64, message_id: i64) -> Result<Option<Row>, HistoryError> {
+        Ok(self
+            .db
+            .run(move |conn| {
+                messages::table
+                    .find(message_id)
+                    .filter(messages::room_id.eq(room_id))
+                    .select(row_columns!())
+                    .first::<Row>(conn)
+                    .optional()
+                    .map_err(DbError::from)
+            })
+            .await?)
+    }
+
+    async fn one(&self, row: Row) -> Result<StoredMessage, HistoryError> {
+        self.open_rows(vec![row])
+            .await?
+            .pop()
+            .ok_or(HistoryError::NotFound)
+    }
+}
+
+/// Serializes writes to one room's history on PostgreSQL (SQLite serializes all writes), so
+/// ids are handed out in commit order within a room and `after=<id>` paging never skips.
+fn lock_room(conn: &mut DbConnection, room_id: i64) -> QueryResult<()> {
+    if let DbConnection::Postgresql(pg) = conn {
+        diesel::sql_query("SELECT id FROM rooms WHERE id = $1 FOR UPDATE")
+            .bind::<diesel::sql_types::BigInt, _>(room_id)
+            .execute(pg)?;
+    }
+    Ok(())
+}
+
+/// Inserts the message's blind-index entries, many rows per statement. (Written as SQL:
+/// diesel's batch insert does not compile through `MultiConnection` for SQLite.)
+fn index_terms(
+    conn: &mut DbConnection,
+    key: &RoomKey,
+    message_id: i64,
+    body: &str,
+) -> QueryResult<()> {
+    use diesel::sql_types::{BigInt, Binary};
+    const ROWS_PER_STATEMENT: usize = 256;
+    let hashed: Vec<Vec<u8>> = terms(body).iter().map(|word| key.term(word)).collect();
+    for chunk in hashed.chunks(ROWS_PER_STATEMENT) {
+        let postgres = matches!(conn, DbConnection::Postgresql(_));
+        let placeholders: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                if postgres {
+                    format!("(${}, ${})", 2 * i + 1, 2 * i + 2)
+                } else {
+                    "(?, ?)".to_owned()
+                }
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO message_terms (term, message_id) VALUES {}",
+            placeholders.join(", ")
+        );
+        match conn {
+            DbConnection::Sqlite(sqlite) => {
+                let mut query = diesel::sql_query(sql).into_boxed();
+                for term in chunk {
+                    query = query
+                        .bind::<Binary, _>(term.clone())
+                        .bind::<BigInt, _>(message_id);
+                }
+                query.execute(sqlite)?;
+            }
+            DbConnection::Postgresql(pg) => {
+                let mut query = diesel::sql_query(sql).into_boxed();
+                for term in chunk {
+                    query = query
+                        .bind::<Binary, _>(term.clone())
+                        .bind::<BigInt, _>(message_id);
+                }
+                query.execute(pg)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn find_by_key(
+    conn: &mut DbConnection,
+    room_id: i64,
+    sender: Sender,
+    key: &str,
+) -> QueryResult<Option<Row>> {
+    messages::table
+        .filter(messages::room_id.eq(room_id))
+        .filter(messages::sender_kind.eq(sender.kind.as_str()))
+        .filter(messages::sender_id.eq(sender.id))
+        .filter(messages::idempotency_key.eq(key))
+        .select(row_columns!())
+        .first::<Row>(conn)
+        .optional()
+}
+
+#[async_trait::async_trait]
+impl HistoryStore for SqlHistoryStore {
+    async fn append(&self, room_id: i64, message: NewMessage) -> Result<Appended, HistoryError> {
+        let key = self.room_key(room_id).await?;
+        let sealed = key.seal(message.body.as_bytes(), &body_context(room_id));
+        let outcome = self
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    lock_room(tx, room_id)?;
+                    if let Some(idempotency) = &message.idempotency_key
+                        && let Some(row) = find_by_key(tx, room_id, message.sender, idempotency)?
+                    {
+                        return Ok((row, false));
+                    }
+                    if let Some(reply_to) = message.reply_to {
+                        let exists: bool = diesel::select(diesel::dsl::exists(
+                            messages::table
+                                .find(reply_to)
+                                .filter(messages::room_id.eq(room_id)),
+                        ))
+                        .get_result(tx)?;
+                        if !exists {
+                            return Err(HistoryError::BadReply);
+                        }
+                    }
+                    let now = Utc::now().naive_utc();
+                    let id: i64 = diesel::insert_into(messages::table)
+                        .values((
+                            messages::room_id.eq(room_id),
+                            messages::sender_kind.eq(message.sender.kind.as_str()),
+                            messages::sender_id.eq(message.sender.id),
+                            messages::body_sealed.eq(&sealed),
+                            messages::reply_to.eq(message.reply_to),
+                            messages::idempotency_key.eq(&message.idempotency_key),
+                            messages::created_at.eq(now),
+                        ))
+                        .returning(messages::id)
+                        .get_result(tx)?;
+                    index_terms(tx, &key, id, &message.body)?;
+                    let row: Row = (
+                        id,
+                        room_id,
+                        message.sender.kind.as_str().to_owned(),
+                        Some(message.sender.id),
+                        Some(sealed),
+                        message.reply_to,
+                        now,
+                        None,
+                        None,
+                    );
+                    Ok((row, true))
+                })
+            })
+            .await?;
+        let (row, created) = outcome;
+        Ok(Appended {
+            message: self.one(row).await?,
+            created,
+        })
+    }
+
+    async fn edit(
+        &self,
+        room_id: i64,
+        message_id: i64,
+        body: String,
+    ) -> Result<StoredMessage, HistoryError> {
+        let key = self.room_key(room_id).await?;
+        let sealed = key.seal(body.as_bytes(), &body_context(room_id));
+        let row = self
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let deleted: Option<Option<NaiveDateTime>> = messages::table
+                        .find(message_id)
+                        .filter(messages::room_id.eq(room_id))
+                        .select(messages::deleted_at)
+                        .first(tx)
+                        .optional()?;
+                    match deleted {
+                        None => return Err(HistoryError::NotFound),
+                        Some(Some(_)) => return Err(HistoryError::Deleted),
+                        Some(None) => {}
+                    }
+                    diesel::update(messages::table.find(message_id))
+                        .set((
+                            messages::body_sealed.eq(&sealed),
+                            messages::edited_at.eq(Utc::now().naive_utc()),
+                        ))
+                        .execute(tx)?;
+                    diesel::delete(
+                        message_terms::table.filter(message_terms::message_id.eq(message_id)),
+                    )
+                    .execute(tx)?;
+                    index_terms(tx, &key, message_id, &body)?;
+                    Ok::<_, HistoryError>(
+                        messages::table
+                            .find(message_id)
+                            .select(row_columns!())
+                            .first::<Row>(tx)?,
+                    )
+                })
+            })
+            .await?;
+        self.one(row).await
+    }
+
+    async fn delete(&self, room_id: i64, message_id: i64) -> Result<StoredMessage, HistoryError> {
+        let row = self
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let found = messages::table
+                        .find(message_id)
+                        .filter(messages::room_id.eq(room_id))
+                        .select(messages::deleted_at)
+                        .first::<Option<NaiveDateTime>>(tx)
+                        .optional()?;
+                    match found {
+                        None => return Err(HistoryError::NotFound),
+                        Some(Some(_)) => {}
+                        Some(None) => {
+                            diesel::update(messages::table.find(message_id))
+                                .set((
+                                    messages::body_sealed.eq(None::<Vec<u8>>),
+                                    messages::deleted_at.eq(Utc::now().naive_utc()),
+                                ))
+                                .execute(tx)?;
+                            diesel::delete(
+                                message_terms::table
+                                    .filter(message_terms::message_id.eq(message_id)),
+                            )
+                            .execute(tx)?;
+                        }
+                    }
+                    Ok::<_, HistoryError>(
+                        messages::table
+                            .find(message_id)
+                            .select(row_columns!())
+                            .first::<Row>(tx)?,
+                    )
+                })
+            })
+            .await?;
+        self.one(row).await
+    }
+
+    async fn get(
+        &self,
+        room_id: i64,
+        message_id: i64,
+    ) -> Result<Option<StoredMessage>, HistoryError> {
+        match self.load(room_id, message_id).await? {
+            Some(row) => Ok(Some(self.one(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn page(
+        &self,
+        room_id: i64,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, HistoryError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .run(move |conn| {
+                let query = messages::table
+                    .filter(messages::room_id.eq(room_id))
+                    .select(row_columns!())
+                    .limit(limit)
+                    .into_boxed();
+                let mut rows: Vec<Row> = match cursor {
+                    Cursor::Latest => query.order(messages::id.desc()).load(conn)?,
+                    Cursor::Before(id) => query
+                        .filter(messages::id.lt(id))
+                        .order(messages::id.desc())
+                        .load(conn)?,
+                    Cursor::After(id) => query
+                        .filter(messages::id.gt(id))
+                        .order(messages::id.asc())
+                        .load(conn)?,
+                };
+                if !matches!(cursor, Cursor::After(_)) {
+                    rows.reverse();
+                }
+                Ok::<_, DbError>(rows)
+            })
+            .await?;
+        self.open_rows(rows).await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<Hit>, HistoryError> {
+        if query.terms.is_empty() || query.rooms.is_empty() || query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Each term's keyed hash in every room that has a key (rooms without one are empty).
+        let mut keyed = Vec::new();
+        for room_id in &query.rooms {
+            if let Some(key) = self.existing_room_key(*room_id).await? {
+                keyed.push((*room_id, key));
+            }
+        }
+        if keyed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hashed: Vec<Vec<Vec<u8>>> = query
+            .terms
+            .iter()
+            .map(|term| keyed.iter().map(|(_, key)| key.term(term)).collect())
+            .collect();
+        let rooms: Vec<i64> = keyed.iter().map(|(id, _)| *id).collect();
+        let (sender, from, to, before) = (query.sender, query.from, query.to, query.before);
+        // A few more than asked, for the rare false hit dropped below.
+        let fetch = i64::try_from(query.limit + query.limit / 4 + 2).unwrap_or(i64::MAX);
+        let rows: Vec<Row> = self
+            .db
+            .run(move |conn| {
+                let mut q = messages::table
+                    .filter(messages::room_id.eq_any(rooms))
+                    .filter(messages::deleted_at.is_null())
+                    .select(row_columns!())
+                    .order(messages::id.desc())
+                    .limit(fetch)
+                    .into_boxed();
+                for term in hashed {
+                    q = q.filter(
+                        messages::id.eq_any(
+                            message_terms::table
+                                .filter(message_terms::term.eq_any(term))
+                                .select(message_terms::message_id),
+                        ),
+                    );
+                }
+                if let Some(sender) = sender {
+                    q = q
+                        .filter(messages::sender_kind.eq(sender.kind.as_str()))
+                        .filter(messages::sender_id.eq(sender.id));
+                }
+                if let Some(from) = from {
+                    q = q.filter(messages::created_at.ge(from));
+                }
+                if let Some(to) = to {
+                    q = q.filter(messages::created_at.lt(to));
+                }
+                if let Some(before) = before {
+                    q = q.filter(messages::id.lt(before));
+                }
+                q.load(conn).map_err(DbError::from)
+            })
+            .await?;
+        let mut hits = Vec::new();
+        for message in self.open_rows(rows).await? {
+            let Some(body) = &message.body else { continue };
+            if !matches_all(body, &query.terms) {
+                continue;
+            }
+            let snippet_html = highlight(body, &query.terms);
+            hits.push(Hit {
+                message,
+                snippet_html,
+            });
+            if hits.len() == query.limit {
+                break;
+            }
+        }
+        Ok(hits)
+    }
+
+    async fn by_sender(
+        &self,
+        sender: Sender,
+        rooms: Option<Vec<i64>>,
+    ) -> Result<Vec<StoredMessage>, HistoryError> {
+        let rows = self
+            .db
+            .run(move |conn| {
+                let mut q = messages::table
+                    .filter(messages::sender_kind.eq(sender.kind.as_str()))
+                    .filter(messages::sender_id.eq(sender.id))
+                    .select(row_columns!())
+                    .order(messages::id.asc())
+                    .into_boxed();
+                if let Some(rooms) = rooms {
+                    q = q.filter(messages::room_id.eq_any(rooms));
+                }
+                q.load::<Row>(conn).map_err(DbError::from)
+            })
+            .await?;
+        self.open_rows(rows).await
+    }
+
+    async fn rotate_keys(&self) -> Result<RotationReport, HistoryError> {
+        let provider = self.keyring.provider().clone();
+        let current = provider.current_kek_id();
+        let mut report = RotationReport::default();
+        let (total, stale): (i64, Vec<(i64, String, String)>) = {
+            let current = current.clone();
+            self.db
+                .run(move |conn| {
+                    let total = conversation_keys::table.count().get_result(conn)?;
+                    let stale = conversation_keys::table
+                        .filter(conversation_keys::kek_id.ne(current))
+                        .select((
+                            conversation_keys::room_id,
+                            conversation_keys::kek_id,
+                            conversation_keys::wrapped,
+                        ))
+                        .load(conn)?;
+                    Ok::<_, DbError>((total, stale))
+                })
+                .await?
+        };
+        report.current = u64::try_from(total).unwrap_or(0) - stale.len() as u64;
+        for (room_id, kek_id, blob) in stale {
+            let context = wrap_context(room_id);
+            let key = provider
+                .unwrap(
+                    &Wrapped {
+                        kek_id: kek_id.clone(),
+                        blob,
+                    },
+                    &context,
+                )
+                .await?;
+            let rewrapped = provider.wrap(&key, &context).await?;
+            let updated = self
+                .db
+                .run(move |conn| {
+                    diesel::update(
+                        conversation_keys::table
+                            .find(room_id)
+                            .filter(conversation_keys::kek_id.eq(kek_id)),
+                    )
+                    .set((
+                        conversation_keys::kek_id.eq(rewrapped.kek_id),
+                        conversation_keys::wrapped.eq(rewrapped.blob),
+                        conversation_keys::rewrapped_at.eq(Utc::now().naive_utc()),
+                    ))
+                    .execute(conn)
+                    .map_err(DbError::from)
+                })
+                .await?;
+            report.rewrapped += updated as u64;
+        }
+        Ok(report)
+    }
+}
