@@ -26,6 +26,10 @@ for who in "$CONCLAVE_TEST_EMAIL:Ada Lovelace" "$CONCLAVE_RESET_EMAIL:Katherine 
   (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "${who%%:*}" \
     --password "$CONCLAVE_TEST_PASSWORD" --name "${who#*:}" >/dev/null)
 done
+# Grace, a second owner, is the rooms test's own (no other test turns on her 2FA or resets her).
+export CONCLAVE_ROOMS_EMAIL="grace@example.com"
+(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ROOMS_EMAIL" \
+  --password "$CONCLAVE_TEST_PASSWORD" --name "Grace Hopper" --owner >/dev/null)
 
 # A real OpenID provider (and a fake GitHub) to sign in with; it runs until its stdin closes.
 coproc IDP { exec node tests/browser/oidc-provider.mjs --port 0 2>"$data/idp.log"; }
