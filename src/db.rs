@@ -85,11 +85,13 @@ impl r2d2::ManageConnection for ConnectionManager {
                 let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
                 // WAL lets readers proceed during a write; NORMAL sync is durable in WAL mode
                 // except for the last transactions on power loss, the usual server trade-off.
+                // secure_delete zeroes freed pages, so deleted messages do not linger in the file.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {};
                      PRAGMA journal_mode = WAL;
                      PRAGMA synchronous = NORMAL;
-                     PRAGMA foreign_keys = ON;",
+                     PRAGMA foreign_keys = ON;
+                     PRAGMA secure_delete = ON;",
                     self.sqlite_busy_timeout_ms
                 ))?;
                 Ok(DbConnection::Sqlite(conn))

@@ -75,6 +75,8 @@ impl Application {
             settings.sessions.clone(),
         );
         crate::auth::sweep::schedule(&queue).await?;
+        crate::history::retention::register_jobs(&mut registry, db.clone(), queue.clone());
+        crate::history::retention::schedule(&queue).await?;
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
 
         let templates = Arc::new(Templates::load(settings.templates.dir.as_deref())?);

@@ -12,6 +12,7 @@
 //! - a retried post with the same idempotency key answers the stored message, never a copy.
 
 pub mod keys;
+pub mod retention;
 mod sql;
 pub mod words;
 

@@ -1191,3 +1191,132 @@ async fn room_pages_work_without_javascript() {
         .unwrap();
     assert_eq!(forged.status(), 403);
 }
+
+#[tokio::test]
+async fn retention_deletes_expired_messages_and_their_index_unless_on_legal_hold() {
+    use conclave::history::retention::{RETENTION_JOB, purge_expired};
+    use conclave::schema::{jobs, message_terms, messages};
+    use diesel::prelude::*;
+    let Team { app, ada, .. } = team().await;
+    let kept = create_room(&ada, &app, "kept", "public").await;
+    let held = create_room(&ada, &app, "held", "public").await;
+    let old = say(&ada, &app, kept, "ancient launch codes").await["id"]
+        .as_i64()
+        .unwrap();
+    let fresh = say(&ada, &app, kept, "fresh launch plans").await["id"]
+        .as_i64()
+        .unwrap();
+    let reply = post(
+        &ada,
+        &app,
+        &format!("/api/v1/rooms/{kept}/messages"),
+        json!({"body": "about the codes", "reply_to": old}),
+    )
+    .await
+    .1["id"]
+        .as_i64()
+        .unwrap();
+    let on_hold = say(&ada, &app, held, "ancient held launch records").await["id"]
+        .as_i64()
+        .unwrap();
+    for (room, hold) in [(kept, false), (held, true)] {
+        let (status, _) = send(
+            &ada,
+            &app,
+            Method::PATCH,
+            &format!("/api/v1/rooms/{room}"),
+            Some(json!({"retention_days": 30, "legal_hold": hold})),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // Age two messages past the 30 days.
+    let aged = chrono::Utc::now().naive_utc() - chrono::TimeDelta::days(31);
+    app.state
+        .db
+        .run(move |conn| {
+            diesel::update(messages::table.filter(messages::id.eq_any([old, on_hold])))
+                .set(messages::created_at.eq(aged))
+                .execute(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+
+    // The scheduled job does it (made due now).
+    let job: i64 = app
+        .state
+        .db
+        .run(|conn| {
+            let id = jobs::table
+                .filter(jobs::kind.eq(RETENTION_JOB))
+                .filter(jobs::state.eq("queued"))
+                .select(jobs::id)
+                .first::<i64>(conn)?;
+            diesel::update(jobs::table.find(id))
+                .set(jobs::run_at.eq(chrono::Utc::now().naive_utc()))
+                .execute(conn)?;
+            Ok::<_, conclave::db::DbError>(id)
+        })
+        .await
+        .unwrap();
+    app.state.queue.wake();
+    crate::helpers::wait_for_job(&app.state.queue, job, |j| j.state == "succeeded").await;
+
+    let (_, page) = get(&ada, &app, &format!("/api/v1/rooms/{kept}/messages")).await;
+    let ids: Vec<i64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [fresh, reply], "the expired message is gone");
+    assert_eq!(
+        page["messages"][1]["reply_to"],
+        Value::Null,
+        "a reply outlives what it replied to"
+    );
+    let (_, page) = get(&ada, &app, &format!("/api/v1/rooms/{held}/messages")).await;
+    assert_eq!(
+        page["messages"][0]["id"].as_i64(),
+        Some(on_hold),
+        "legal hold keeps it"
+    );
+    let terms: i64 = app
+        .state
+        .db
+        .run(move |conn| {
+            message_terms::table
+                .filter(message_terms::message_id.eq(old))
+                .count()
+                .get_result(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(terms, 0, "its index entries went with it");
+    let found = ada
+        .client
+        .get(app.url("/api/v1/search?q=ancient"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        found["results"].as_array().unwrap().len(),
+        1,
+        "only the held one is found"
+    );
+    // Running again deletes nothing more.
+    let again = app
+        .state
+        .db
+        .run(|conn| {
+            purge_expired(conn, chrono::Utc::now().naive_utc()).map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+}
