@@ -81,16 +81,9 @@ pub fn register_jobs(registry: &mut JobRegistry, db: Db, queue: Queue, settings:
     });
 }
 
-/// Schedules the first sweep unless one is already waiting (call at start-up).
+/// Schedules the first run unless one is already waiting (call at start-up).
 pub async fn schedule(queue: &Queue) -> Result<(), DbError> {
-    let scheduler = queue.clone();
     queue
-        .db()
-        .run(move |conn| {
-            scheduler
-                .ensure_scheduled_in(conn, SWEEP_JOB, Utc::now() + TimeDelta::minutes(1), true)
-                .map(drop)
-                .map_err(DbError::from)
-        })
+        .schedule_recurring(SWEEP_JOB, TimeDelta::minutes(1))
         .await
 }

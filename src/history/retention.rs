@@ -92,19 +92,7 @@ pub fn register_jobs(registry: &mut JobRegistry, db: Db, queue: Queue) {
 
 /// Schedules the first run unless one is already waiting (call at start-up).
 pub async fn schedule(queue: &Queue) -> Result<(), DbError> {
-    let scheduler = queue.clone();
     queue
-        .db()
-        .run(move |conn| {
-            scheduler
-                .ensure_scheduled_in(
-                    conn,
-                    RETENTION_JOB,
-                    Utc::now() + TimeDelta::minutes(2),
-                    true,
-                )
-                .map(drop)
-                .map_err(DbError::from)
-        })
+        .schedule_recurring(RETENTION_JOB, TimeDelta::minutes(2))
         .await
 }

@@ -211,6 +211,24 @@ impl Queue {
         })
     }
 
+    /// Schedules the first run of a recurring job of `kind` in `first_in`, unless one is
+    /// already waiting or running (call at start-up, from every node).
+    pub async fn schedule_recurring(
+        &self,
+        kind: &'static str,
+        first_in: chrono::TimeDelta,
+    ) -> Result<(), DbError> {
+        let scheduler = self.clone();
+        self.db
+            .run(move |conn| {
+                scheduler
+                    .ensure_scheduled_in(conn, kind, Utc::now() + first_in, true)
+                    .map(drop)
+                    .map_err(DbError::from)
+            })
+            .await
+    }
+
     /// One job row, for admin pages and tests.
     pub async fn get(&self, id: i64) -> Result<Option<JobRow>, DbError> {
         self.db
