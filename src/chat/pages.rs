@@ -248,7 +248,7 @@ async fn room_page(
     let replying = match query.reply {
         Some(id) => state
             .chat
-            .history(user_id, room_id, Cursor::After(id - 1), 1)
+            .history(user_id, room_id, Cursor::After(id.saturating_sub(1)), 1)
             .await?
             .into_iter()
             .find(|m| m.id == id && !m.deleted),
@@ -429,7 +429,12 @@ async fn edit_page(
     let access = state.chat.access(user_id, room_id).await?;
     let message = state
         .chat
-        .history(user_id, room_id, Cursor::After(message_id - 1), 1)
+        .history(
+            user_id,
+            room_id,
+            Cursor::After(message_id.saturating_sub(1)),
+            1,
+        )
         .await?
         .into_iter()
         .find(|m| m.id == message_id && !m.deleted)

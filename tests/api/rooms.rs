@@ -1181,6 +1181,21 @@ async fn room_pages_work_without_javascript() {
         .unwrap();
     assert_eq!(bad.status(), 200);
     assert!(bad.text().await.unwrap().contains("from: give a day"));
+    // Odd ids are a 404 or an ignored reply, never a crash.
+    let edit = ada
+        .client
+        .get(app.url(&format!("{room_url}/messages/-9223372036854775808/edit")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edit.status(), 404);
+    let odd = ada
+        .client
+        .get(app.url(&format!("{room_url}?reply=-9223372036854775808")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 200);
     // A form post without the CSRF token is refused.
     let forged = ada
         .client
