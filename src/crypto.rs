@@ -188,7 +188,9 @@ mod tests {
             "fresh nonce each time"
         );
         assert_eq!(
-            sealer.open(&sealed, b"user:1").unwrap(),
+            sealer
+                .open(&sealed, b"user:1")
+                .expect("opens with its own key and row"),
             b"JBSWY3DPEHPK3PXP"
         );
         assert!(sealer.open(&sealed, b"user:2").is_err(), "bound to its row");

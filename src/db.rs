@@ -222,6 +222,29 @@ impl Db {
 /// then writes fails with "database is locked" whenever another writer committed in between
 /// (a WAL snapshot conflict, which the busy timeout does not cover). Nested calls become
 /// savepoints. On PostgreSQL it is an ordinary transaction.
+/// Locks one row (`SELECT … FOR UPDATE`) until the transaction ends, to serialize changes to
+/// it across nodes on PostgreSQL. SQLite needs nothing: `write_transaction` already holds the
+/// database's single write lock.
+pub fn lock_row(conn: &mut DbConnection, table: LockableTable, id: i64) -> QueryResult<()> {
+    if let DbConnection::Postgresql(pg) = conn {
+        let sql = match table {
+            LockableTable::Tenants => "SELECT id FROM tenants WHERE id = $1 FOR UPDATE",
+            LockableTable::Rooms => "SELECT id FROM rooms WHERE id = $1 FOR UPDATE",
+        };
+        diesel::sql_query(sql)
+            .bind::<diesel::sql_types::BigInt, _>(id)
+            .execute(pg)?;
+    }
+    Ok(())
+}
+
+/// The tables [`lock_row`] locks rows of (a closed list, so no SQL is built from text).
+#[derive(Debug, Clone, Copy)]
+pub enum LockableTable {
+    Tenants,
+    Rooms,
+}
+
 pub fn write_transaction<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,

@@ -14,7 +14,7 @@ use crate::db::DbError;
 use crate::error::AppError;
 use crate::history::Cursor;
 use crate::tenancy::{Authorizer, Role};
-use crate::web::pages::{Page, html};
+use crate::web::pages::{Page, back_to as back, html};
 use crate::web::{AppState, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -47,31 +47,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct Notice {
     notice: Option<String>,
     error: Option<String>,
-}
-
-/// A redirect to `to` with a notice, or with the error's message when it is the caller's to
-/// fix (anything else becomes the usual error page).
-fn back(to: &str, outcome: Result<&str, AppError>) -> Result<HttpResponse, AppError> {
-    let separator = if to.contains('?') { '&' } else { '?' };
-    let location = match outcome {
-        Ok("") => to.to_owned(),
-        Ok(notice) => format!("{to}{separator}notice={notice}"),
-        Err(
-            error @ (AppError::BadRequest(_)
-            | AppError::Forbidden(_)
-            | AppError::Conflict(_)
-            | AppError::PayloadTooLarge(_)
-            | AppError::Coded { .. }),
-        ) => {
-            let message: String =
-                url::form_urlencoded::byte_serialize(error.to_string().as_bytes()).collect();
-            format!("{to}{separator}error={message}")
-        }
-        Err(other) => return Err(other),
-    };
-    Ok(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .finish())
 }
 
 /// `GET /rooms`: my rooms, public rooms I could join, and the forms to start new ones.
@@ -246,12 +221,12 @@ async fn room_page(
     let last = messages.last().map(|m| m.id);
     let can_moderate = Authorizer::room(&access, RoomAction::Moderate);
     let replying = match query.reply {
-        Some(id) => state
-            .chat
-            .history(user_id, room_id, Cursor::After(id.saturating_sub(1)), 1)
-            .await?
-            .into_iter()
-            .find(|m| m.id == id && !m.deleted),
+        // A reply to a message that is gone (or never was) is simply not offered.
+        Some(id) => match state.chat.message(user_id, room_id, id).await {
+            Ok(message) => Some(message).filter(|m| !m.deleted),
+            Err(AppError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     let views: Vec<_> = messages
@@ -427,19 +402,12 @@ async fn edit_page(
     let (room_id, message_id) = path.into_inner();
     let user_id = identity.user_id();
     let access = state.chat.access(user_id, room_id).await?;
-    let message = state
-        .chat
-        .history(
-            user_id,
-            room_id,
-            Cursor::After(message_id.saturating_sub(1)),
-            1,
-        )
-        .await?
-        .into_iter()
-        .find(|m| m.id == message_id && !m.deleted)
-        .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
-    if message.sender.id != Some(user_id) {
+    let message = state.chat.message(user_id, room_id, message_id).await?;
+    if message.deleted {
+        return Err(AppError::NotFound("That message was deleted.".to_owned()));
+    }
+    if message.sender.kind != crate::history::MemberKind::User || message.sender.id != Some(user_id)
+    {
         return Err(AppError::Forbidden(
             "Only its author can edit a message.".to_owned(),
         ));

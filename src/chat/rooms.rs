@@ -403,27 +403,12 @@ impl ChatService {
     ) -> Result<Vec<RoomSummary>, AppError> {
         self.db
             .run(move |conn| {
-                let mine = room_members::table
-                    .filter(room_members::member_kind.eq("user"))
-                    .filter(room_members::member_id.eq(user_id))
-                    .select(room_members::room_id);
-                let my_tenants = memberships::table
-                    .filter(memberships::user_id.eq(user_id))
-                    .select(memberships::tenant_id);
-                let mut query = rooms::table
+                let readable = readable_ids(conn, user_id, tenant)?;
+                let query = rooms::table
                     .inner_join(tenants::table)
-                    .filter(rooms::tenant_id.eq_any(my_tenants))
-                    .filter(
-                        rooms::id
-                            .eq_any(mine)
-                            .or(rooms::visibility.eq("public").and(rooms::kind.eq("room"))),
-                    )
+                    .filter(rooms::id.eq_any(readable))
                     .select((room_columns!(), tenants::name))
-                    .order((rooms::archived_at.is_not_null(), rooms::name, rooms::id))
-                    .into_boxed();
-                if let Some(tenant) = tenant {
-                    query = query.filter(rooms::tenant_id.eq(tenant));
-                }
+                    .order((rooms::archived_at.is_not_null(), rooms::name, rooms::id));
                 let rows: Vec<(RoomRow, String)> = query.load(conn)?;
                 let ids: Vec<i64> = rows.iter().map(|(r, _)| r.0).collect();
                 let members: Vec<(i64, String, i64, String)> = room_members::table
@@ -1066,6 +1051,22 @@ impl ChatService {
         self.views(page).await
     }
 
+    /// One message of a room the caller may read (deleted ones included, as tombstones).
+    pub async fn message(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        message_id: i64,
+    ) -> Result<MessageView, AppError> {
+        self.access(user_id, room_id).await?;
+        let message = self
+            .history
+            .get(room_id, message_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
+        self.view(message).await
+    }
+
     /// Posts a message; `false` when an earlier post with the same idempotency key stored it.
     pub async fn post(
         &self,
@@ -1201,17 +1202,15 @@ impl ChatService {
                 "q: at most 8 words at a time".to_owned(),
             ));
         }
-        let readable = self.readable_rooms(user_id).await?;
+        let readable = self
+            .db
+            .run(move |conn| readable_ids(conn, user_id, None).map_err(DbError::from))
+            .await?;
         let rooms: Vec<i64> = match params.room {
-            Some(room) => {
-                if !readable.iter().any(|(id, _)| *id == room) {
-                    return Err(not_found());
-                }
-                vec![room]
-            }
-            None => readable.iter().map(|(id, _)| *id).collect(),
+            Some(room) if readable.contains(&room) => vec![room],
+            Some(_) => return Err(not_found()),
+            None => readable,
         };
-        let names: HashMap<i64, String> = readable.into_iter().collect();
         let hits = self
             .history
             .search(&SearchQuery {
@@ -1224,18 +1223,23 @@ impl ChatService {
                 limit: params.limit.clamp(1, 100),
             })
             .await?;
-        let mut out = Vec::with_capacity(hits.len());
+        let hit_rooms: Vec<i64> = hits.iter().map(|h| h.message.room_id).collect();
+        let names = self
+            .db
+            .run(move |conn| titles(conn, user_id, &hit_rooms).map_err(DbError::from))
+            .await?;
         let views = self
             .views(hits.iter().map(|h| h.message.clone()).collect())
             .await?;
-        for (hit, message) in hits.into_iter().zip(views) {
-            out.push(SearchHit {
+        Ok(hits
+            .into_iter()
+            .zip(views)
+            .map(|(hit, message)| SearchHit {
                 room_name: names.get(&message.room_id).cloned().unwrap_or_default(),
                 message,
                 snippet_html: hit.snippet_html,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Everything the caller wrote, with the rooms it was written in.
@@ -1259,6 +1263,61 @@ impl ChatService {
             "messages": views,
         }))
     }
+}
+
+/// The rooms `user_id` may read (see `RoomAction::Read`): their own, and the public rooms of
+/// their workspaces; only those of `tenant` when given.
+fn readable_ids(
+    conn: &mut DbConnection,
+    user_id: i64,
+    tenant: Option<i64>,
+) -> QueryResult<Vec<i64>> {
+    let mine = room_members::table
+        .filter(room_members::member_kind.eq(MemberKind::User.as_str()))
+        .filter(room_members::member_id.eq(user_id))
+        .select(room_members::room_id);
+    let my_tenants = memberships::table
+        .filter(memberships::user_id.eq(user_id))
+        .select(memberships::tenant_id);
+    let mut query = rooms::table
+        .filter(rooms::tenant_id.eq_any(my_tenants))
+        .filter(
+            rooms::id
+                .eq_any(mine)
+                .or(rooms::visibility.eq("public").and(rooms::kind.eq("room"))),
+        )
+        .select(rooms::id)
+        .into_boxed();
+    if let Some(tenant) = tenant {
+        query = query.filter(rooms::tenant_id.eq(tenant));
+    }
+    query.load(conn)
+}
+
+/// What `user_id` calls each of `ids`: the room's name, or for a direct room the other person.
+fn titles(conn: &mut DbConnection, user_id: i64, ids: &[i64]) -> QueryResult<HashMap<i64, String>> {
+    let rooms: Vec<(i64, String, String)> = rooms::table
+        .filter(rooms::id.eq_any(ids))
+        .select((rooms::id, rooms::kind, rooms::name))
+        .load(conn)?;
+    let direct: Vec<i64> = rooms
+        .iter()
+        .filter(|(_, kind, _)| kind == "direct")
+        .map(|(id, ..)| *id)
+        .collect();
+    let others: HashMap<i64, String> = room_members::table
+        .inner_join(users::table.on(users::id.eq(room_members::member_id)))
+        .filter(room_members::room_id.eq_any(direct))
+        .filter(room_members::member_kind.eq(MemberKind::User.as_str()))
+        .filter(room_members::member_id.ne(user_id))
+        .select((room_members::room_id, users::display_name))
+        .load::<(i64, String)>(conn)?
+        .into_iter()
+        .collect();
+    Ok(rooms
+        .into_iter()
+        .map(|(id, _, name)| (id, others.get(&id).cloned().unwrap_or(name)))
+        .collect())
 }
 
 fn add_member_row(

@@ -302,9 +302,15 @@ mod tests {
         let rotated = LocalKeyProvider::new(vec![[2; KEY_LEN], [1; KEY_LEN]]);
         let stranger = LocalKeyProvider::new(vec![[3; KEY_LEN]]);
         let key = new_data_key();
-        let wrapped = old.wrap(&key, &wrap_context(7)).await.unwrap();
+        let wrapped = old
+            .wrap(&key, &wrap_context(7))
+            .await
+            .expect("the current KEK wraps");
         assert!(wrapped.kek_id.starts_with("local:"));
-        let opened = rotated.unwrap(&wrapped, &wrap_context(7)).await.unwrap();
+        let opened = rotated
+            .unwrap(&wrapped, &wrap_context(7))
+            .await
+            .expect("a previous KEK still unwraps");
         assert_eq!(opened.expose_secret(), key.expose_secret());
         assert!(matches!(
             old.unwrap(&wrapped, &wrap_context(8)).await,
@@ -314,7 +320,10 @@ mod tests {
             stranger.unwrap(&wrapped, &wrap_context(7)).await,
             Err(KeyError::UnknownKek(_))
         ));
-        let rewrapped = rotated.wrap(&opened, &wrap_context(7)).await.unwrap();
+        let rewrapped = rotated
+            .wrap(&opened, &wrap_context(7))
+            .await
+            .expect("the new current KEK wraps");
         assert_eq!(rewrapped.kek_id, rotated.current_kek_id());
         assert_ne!(rewrapped.kek_id, wrapped.kek_id);
     }
@@ -324,7 +333,10 @@ mod tests {
         let a = RoomKey::from_data_key(&new_data_key());
         let b = RoomKey::from_data_key(&new_data_key());
         let sealed = a.seal(b"hello there", b"room:1");
-        assert_eq!(a.open(&sealed, b"room:1").unwrap(), b"hello there");
+        assert_eq!(
+            a.open(&sealed, b"room:1").expect("opens in its own room"),
+            b"hello there"
+        );
         assert!(a.open(&sealed, b"room:2").is_err());
         assert!(b.open(&sealed, b"room:1").is_err());
         assert_eq!(a.term("hello"), a.term("hello"));

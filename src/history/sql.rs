@@ -195,15 +195,10 @@ impl SqlHistoryStore {
     }
 }
 
-/// Serializes writes to one room's history on PostgreSQL (SQLite serializes all writes), so
-/// ids are handed out in commit order within a room and `after=<id>` paging never skips.
+/// Serializes writes to one room's history, so ids are handed out in commit order within a
+/// room and `after=<id>` paging never skips.
 fn lock_room(conn: &mut DbConnection, room_id: i64) -> QueryResult<()> {
-    if let DbConnection::Postgresql(pg) = conn {
-        diesel::sql_query("SELECT id FROM rooms WHERE id = $1 FOR UPDATE")
-            .bind::<diesel::sql_types::BigInt, _>(room_id)
-            .execute(pg)?;
-    }
-    Ok(())
+    crate::db::lock_row(conn, crate::db::LockableTable::Rooms, room_id)
 }
 
 /// Inserts the message's blind-index entries, many rows per statement. (Written as SQL:
@@ -232,25 +227,21 @@ fn index_terms(
             "INSERT INTO message_terms (term, message_id) VALUES {}",
             placeholders.join(", ")
         );
+        // The same statement for either backend's connection type.
+        macro_rules! insert_chunk {
+            ($conn:expr) => {{
+                let mut query = diesel::sql_query(sql).into_boxed();
+                for term in chunk {
+                    query = query
+                        .bind::<Binary, _>(term.clone())
+                        .bind::<BigInt, _>(message_id);
+                }
+                query.execute($conn)?;
+            }};
+        }
         match conn {
-            DbConnection::Sqlite(sqlite) => {
-                let mut query = diesel::sql_query(sql).into_boxed();
-                for term in chunk {
-                    query = query
-                        .bind::<Binary, _>(term.clone())
-                        .bind::<BigInt, _>(message_id);
-                }
-                query.execute(sqlite)?;
-            }
-            DbConnection::Postgresql(pg) => {
-                let mut query = diesel::sql_query(sql).into_boxed();
-                for term in chunk {
-                    query = query
-                        .bind::<Binary, _>(term.clone())
-                        .bind::<BigInt, _>(message_id);
-                }
-                query.execute(pg)?;
-            }
+            DbConnection::Sqlite(sqlite) => insert_chunk!(sqlite),
+            DbConnection::Postgresql(pg) => insert_chunk!(pg),
         }
     }
     Ok(())

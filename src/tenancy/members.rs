@@ -521,23 +521,7 @@ async fn workspace_page(
 
 /// Back to the workspace page with a notice, or with the error's message.
 fn back(tenant_id: i64, outcome: Result<&str, AppError>) -> Result<HttpResponse, AppError> {
-    let query = match outcome {
-        Ok(notice) => format!("notice={notice}"),
-        Err(
-            error @ (AppError::BadRequest(_)
-            | AppError::Forbidden(_)
-            | AppError::Conflict(_)
-            | AppError::Coded { .. }),
-        ) => {
-            let message: String =
-                url::form_urlencoded::byte_serialize(error.to_string().as_bytes()).collect();
-            format!("error={message}")
-        }
-        Err(other) => return Err(other),
-    };
-    Ok(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, format!("/workspaces/{tenant_id}?{query}")))
-        .finish())
+    crate::web::pages::back_to(&format!("/workspaces/{tenant_id}"), outcome)
 }
 
 #[derive(Deserialize)]

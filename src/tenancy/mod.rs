@@ -172,12 +172,7 @@ pub fn default_tenant_id(conn: &mut DbConnection) -> QueryResult<i64> {
 /// Serialises decisions about a tenant's members (e.g. "is there an owner yet?") between
 /// concurrent transactions. SQLite already runs one writer at a time.
 pub fn lock_tenant(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<()> {
-    if let DbConnection::Postgresql(pg) = conn {
-        diesel::sql_query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
-            .bind::<diesel::sql_types::BigInt, _>(tenant_id)
-            .execute(pg)?;
-    }
-    Ok(())
+    crate::db::lock_row(conn, crate::db::LockableTable::Tenants, tenant_id)
 }
 
 pub fn has_owner(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<bool> {

@@ -83,6 +83,32 @@ pub fn html(
         .body(body))
 }
 
+/// The answer to a form post: a redirect (303) back to the page `to`, with `?notice=<notice>`
+/// on success (none when `notice` is empty), or `?error=<message>` when the error is the
+/// person's to fix (bad input, not allowed, conflict). Other errors become the error page.
+pub fn back_to(to: &str, outcome: Result<&str, AppError>) -> Result<HttpResponse, AppError> {
+    let separator = if to.contains('?') { '&' } else { '?' };
+    let location = match outcome {
+        Ok("") => to.to_owned(),
+        Ok(notice) => format!("{to}{separator}notice={notice}"),
+        Err(
+            error @ (AppError::BadRequest(_)
+            | AppError::Forbidden(_)
+            | AppError::Conflict(_)
+            | AppError::PayloadTooLarge(_)
+            | AppError::Coded { .. }),
+        ) => {
+            let message: String =
+                url::form_urlencoded::byte_serialize(error.to_string().as_bytes()).collect();
+            format!("{to}{separator}error={message}")
+        }
+        Err(other) => return Err(other),
+    };
+    Ok(HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, location))
+        .finish())
+}
+
 /// `?token=…` of the links sent by mail.
 #[derive(serde::Deserialize)]
 pub struct TokenQuery {

@@ -620,3 +620,64 @@ pub async fn to_provider_and_back(
     }
     panic!("too many redirects from {start}");
 }
+
+/// Three people in the default workspace: Ada owns it, Carl is an admin, Eve a viewer. Each is
+/// signed in on their own `Device`.
+pub struct Team {
+    pub app: TestApp,
+    pub tenant: i64,
+    pub ada: Device,
+    pub carl: Device,
+    pub eve: Device,
+    /// Ada's, Carl's and Eve's user ids.
+    pub ids: [i64; 3],
+}
+
+pub const TEAM_PASSWORD: &str = "correct horse battery staple";
+
+pub async fn team() -> Team {
+    team_with(|_| {}).await
+}
+
+pub async fn team_with(customize: impl FnOnce(&mut Settings)) -> Team {
+    let app = spawn_app_with(customize).await;
+    let ada_id = app
+        .create_user("ada@example.com", TEAM_PASSWORD, true)
+        .await;
+    let carl_id = app
+        .create_user("carl@example.com", TEAM_PASSWORD, true)
+        .await;
+    let eve_id = app
+        .create_user("eve@example.com", TEAM_PASSWORD, true)
+        .await;
+    let ada = Device::signed_in(&app, "ada@example.com", TEAM_PASSWORD).await;
+    let carl = Device::signed_in(&app, "carl@example.com", TEAM_PASSWORD).await;
+    let eve = Device::signed_in(&app, "eve@example.com", TEAM_PASSWORD).await;
+    for person in [&ada, &carl, &eve] {
+        person
+            .client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+    }
+    let tenants = ada.get_json(&app, "/api/v1/tenants").await;
+    let tenant = tenants["tenants"][0]["id"].as_i64().expect("a workspace");
+    let promoted = ada
+        .client
+        .patch(app.url(&format!("/api/v1/tenants/{tenant}/members/{carl_id}")))
+        .header("X-CSRF-Token", ada.csrf(&app))
+        .json(&serde_json::json!({"role": "admin"}))
+        .send()
+        .await
+        .expect("promote Carl");
+    assert_eq!(promoted.status(), 200);
+    Team {
+        app,
+        tenant,
+        ada,
+        carl,
+        eve,
+        ids: [ada_id, carl_id, eve_id],
+    }
+}

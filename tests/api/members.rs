@@ -3,9 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Device, TestApp, spawn_app};
+use crate::helpers::{Device, Team, TestApp, team};
 
-const PASSWORD: &str = "correct horse battery staple";
+use crate::helpers::TEAM_PASSWORD as PASSWORD;
 
 async fn send(
     person: &Device,
@@ -39,48 +39,6 @@ async fn page(person: &Device, app: &TestApp, path: &str) -> String {
     let response = person.client.get(app.url(path)).send().await.unwrap();
     assert_eq!(response.status(), 200, "{path}");
     response.text().await.unwrap()
-}
-
-struct Team {
-    app: TestApp,
-    tenant: i64,
-    ada: Device,
-    carl: Device,
-    eve: Device,
-    ids: [i64; 3],
-}
-
-/// Ada owns the default workspace, Carl is an admin, Eve a viewer.
-async fn team() -> Team {
-    let app = spawn_app().await;
-    let ada_id = app.create_user("ada@example.com", PASSWORD, true).await;
-    let carl_id = app.create_user("carl@example.com", PASSWORD, true).await;
-    let eve_id = app.create_user("eve@example.com", PASSWORD, true).await;
-    let ada = Device::signed_in(&app, "ada@example.com", PASSWORD).await;
-    let carl = Device::signed_in(&app, "carl@example.com", PASSWORD).await;
-    let eve = Device::signed_in(&app, "eve@example.com", PASSWORD).await;
-    for person in [&ada, &carl, &eve] {
-        person.client.get(app.url("/healthz")).send().await.unwrap();
-    }
-    let tenants = ada.get_json(&app, "/api/v1/tenants").await;
-    let tenant = tenants["tenants"][0]["id"].as_i64().unwrap();
-    let promoted = send(
-        &ada,
-        &app,
-        reqwest::Method::PATCH,
-        &format!("/api/v1/tenants/{tenant}/members/{carl_id}"),
-        Some(json!({"role": "admin"})),
-    )
-    .await;
-    assert_eq!(promoted.status(), 200);
-    Team {
-        app,
-        tenant,
-        ada,
-        carl,
-        eve,
-        ids: [ada_id, carl_id, eve_id],
-    }
 }
 
 #[tokio::test]

@@ -5,9 +5,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Device, TestApp, backend, spawn_app_with};
-
-const PASSWORD: &str = "correct horse battery staple";
+use crate::helpers::{Device, Team, TestApp, backend, team, team_with};
 
 async fn send(
     person: &Device,
@@ -37,45 +35,12 @@ async fn post(person: &Device, app: &TestApp, path: &str, body: Value) -> (u16, 
     send(person, app, Method::POST, path, Some(body)).await
 }
 
-/// Ada owns the workspace, Carl is an admin, Eve a viewer.
-struct Team {
-    app: TestApp,
-    ada: Device,
-    carl: Device,
-    eve: Device,
-    ids: [i64; 3],
+async fn patch(person: &Device, app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    send(person, app, Method::PATCH, path, Some(body)).await
 }
 
-async fn team_with(customize: impl FnOnce(&mut conclave::settings::Settings)) -> Team {
-    let app = spawn_app_with(customize).await;
-    let ada_id = app.create_user("ada@example.com", PASSWORD, true).await;
-    let carl_id = app.create_user("carl@example.com", PASSWORD, true).await;
-    let eve_id = app.create_user("eve@example.com", PASSWORD, true).await;
-    let ada = Device::signed_in(&app, "ada@example.com", PASSWORD).await;
-    let carl = Device::signed_in(&app, "carl@example.com", PASSWORD).await;
-    let eve = Device::signed_in(&app, "eve@example.com", PASSWORD).await;
-    let tenants = ada.get_json(&app, "/api/v1/tenants").await;
-    let tenant = tenants["tenants"][0]["id"].as_i64().unwrap();
-    let (status, _) = send(
-        &ada,
-        &app,
-        Method::PATCH,
-        &format!("/api/v1/tenants/{tenant}/members/{carl_id}"),
-        Some(json!({"role": "admin"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    Team {
-        app,
-        ada,
-        carl,
-        eve,
-        ids: [ada_id, carl_id, eve_id],
-    }
-}
-
-async fn team() -> Team {
-    team_with(|_| {}).await
+async fn delete(person: &Device, app: &TestApp, path: &str) -> (u16, Value) {
+    send(person, app, Method::DELETE, path, None).await
 }
 
 async fn create_room(person: &Device, app: &TestApp, name: &str, visibility: &str) -> i64 {
@@ -110,6 +75,7 @@ async fn rooms_have_members_with_roles_and_private_rooms_stay_hidden() {
         carl,
         eve,
         ids: [ada_id, carl_id, eve_id],
+        ..
     } = team().await;
     let general = create_room(&ada, &app, "general", "public").await;
     let secret = create_room(&ada, &app, "secret", "private").await;
@@ -175,79 +141,68 @@ async fn rooms_have_members_with_roles_and_private_rooms_stay_hidden() {
     say(&carl, &app, general, "hello all").await;
 
     // Members may not rename, remove others or hand out roles; the owner may.
-    let (status, _) = send(
+    let (status, _) = patch(
         &carl,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{general}"),
-        Some(json!({"name": "x"})),
+        json!({"name": "x"}),
     )
     .await;
     assert_eq!(status, 403);
-    let (status, _) = send(
+    let (status, _) = delete(
         &carl,
         &app,
-        Method::DELETE,
         &format!("/api/v1/rooms/{general}/members/{eve_id}"),
-        None,
     )
     .await;
     assert_eq!(status, 403);
-    let (status, _) = send(
+    let (status, _) = patch(
         &ada,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{general}/members/{carl_id}"),
-        Some(json!({"role": "moderator"})),
+        json!({"role": "moderator"}),
     )
     .await;
     assert_eq!(status, 200);
     // A moderator manages those below, not other moderators, and never grants owner.
-    let (status, _) = send(
+    let (status, _) = patch(
         &carl,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{general}/members/{eve_id}"),
-        Some(json!({"role": "owner"})),
+        json!({"role": "owner"}),
     )
     .await;
     assert_eq!(status, 403);
-    let (status, _) = send(
+    let (status, _) = patch(
         &carl,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{general}/members/{eve_id}"),
-        Some(json!({"role": "member"})),
+        json!({"role": "member"}),
     )
     .await;
     assert_eq!(status, 200);
     say(&eve, &app, general, "now I can talk").await;
-    let (status, renamed) = send(
+    let (status, renamed) = patch(
         &carl,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{general}"),
-        Some(json!({"name": "lobby", "topic": "everything"})),
+        json!({"name": "lobby", "topic": "everything"}),
     )
     .await;
     assert_eq!((status, renamed["name"].as_str()), (200, Some("lobby")));
-    let (status, _) = send(
+    let (status, _) = delete(
         &carl,
         &app,
-        Method::DELETE,
         &format!("/api/v1/rooms/{general}/members/{eve_id}"),
-        None,
     )
     .await;
     assert_eq!(status, 204);
 
     // The only owner cannot leave while others remain.
-    let (status, _) = send(
+    let (status, _) = delete(
         &ada,
         &app,
-        Method::DELETE,
         &format!("/api/v1/rooms/{general}/members/{ada_id}"),
-        None,
     )
     .await;
     assert_eq!(status, 409);
@@ -282,12 +237,11 @@ async fn rooms_have_members_with_roles_and_private_rooms_stay_hidden() {
     assert_eq!(members["members"].as_array().unwrap().len(), 2);
 
     // Archived rooms are read-only until unarchived.
-    let (status, _) = send(
+    let (status, _) = patch(
         &ada,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{secret}"),
-        Some(json!({"archived": true})),
+        json!({"archived": true}),
     )
     .await;
     assert_eq!(status, 200);
@@ -306,32 +260,29 @@ async fn rooms_have_members_with_roles_and_private_rooms_stay_hidden() {
             .contains("archived"),
         "{problem}"
     );
-    let (status, _) = send(
+    let (status, _) = patch(
         &ada,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{secret}"),
-        Some(json!({"archived": false})),
+        json!({"archived": false}),
     )
     .await;
     assert_eq!(status, 200);
 
     // Legal hold is for workspace admins; retention for the room owner.
-    let (status, _) = send(
+    let (status, _) = patch(
         &eve,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{secret}"),
-        Some(json!({"legal_hold": true})),
+        json!({"legal_hold": true}),
     )
     .await;
     assert_eq!(status, 403);
-    let (status, room) = send(
+    let (status, room) = patch(
         &ada,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{secret}"),
-        Some(json!({"legal_hold": true, "retention_days": 30})),
+        json!({"legal_hold": true, "retention_days": 30}),
     )
     .await;
     assert_eq!(
@@ -342,25 +293,17 @@ async fn rooms_have_members_with_roles_and_private_rooms_stay_hidden() {
         ),
         (200, Some(true), Some(30))
     );
-    let (status, _) = send(
+    let (status, _) = patch(
         &ada,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{secret}"),
-        Some(json!({"retention_days": 0})),
+        json!({"retention_days": 0}),
     )
     .await;
     assert_eq!(status, 400);
 
     // A workspace admin may delete a private room they are not in; then it is gone for all.
-    let (status, _) = send(
-        &carl,
-        &app,
-        Method::DELETE,
-        &format!("/api/v1/rooms/{secret}"),
-        None,
-    )
-    .await;
+    let (status, _) = delete(&carl, &app, &format!("/api/v1/rooms/{secret}")).await;
     assert_eq!(status, 204);
     assert_eq!(
         get(&eve, &app, &format!("/api/v1/rooms/{secret}")).await.0,
@@ -425,6 +368,7 @@ async fn direct_rooms_are_one_per_pair_and_only_for_the_two() {
         carl,
         eve,
         ids: [ada_id, _, eve_id],
+        ..
     } = team().await;
     let (status, room) = post(&ada, &app, "/api/v1/rooms", json!({"direct_with": eve_id})).await;
     assert_eq!(status, 201, "{room}");
@@ -513,39 +457,18 @@ async fn messages_are_edited_deleted_replied_to_and_never_duplicated() {
     // Edits: only the author; the message is marked edited.
     let first_id = first["id"].as_i64().unwrap();
     let one = format!("{path}/{first_id}");
-    let (status, _) = send(
-        &carl,
-        &app,
-        Method::PATCH,
-        &one,
-        Some(json!({"body": "hijacked"})),
-    )
-    .await;
+    let (status, _) = patch(&carl, &app, &one, json!({"body": "hijacked"})).await;
     assert_eq!(status, 403);
-    let (status, edited) = send(
-        &ada,
-        &app,
-        Method::PATCH,
-        &one,
-        Some(json!({"body": "deploy at **one**"})),
-    )
-    .await;
+    let (status, edited) = patch(&ada, &app, &one, json!({"body": "deploy at **one**"})).await;
     assert_eq!(status, 200);
     assert_eq!(edited["edited"], true);
     assert_eq!(edited["html"], "<p>deploy at <strong>one</strong></p>\n");
 
     // Deletion leaves a tombstone; it cannot be edited any more; members cannot delete others'.
     let reply_id = reply["id"].as_i64().unwrap();
-    let (status, _) = send(
-        &ada,
-        &app,
-        Method::DELETE,
-        &format!("{path}/{reply_id}"),
-        None,
-    )
-    .await;
+    let (status, _) = delete(&ada, &app, &format!("{path}/{reply_id}")).await;
     assert_eq!(status, 204, "the room owner moderates");
-    let (status, _) = send(&carl, &app, Method::DELETE, &one, None).await;
+    let (status, _) = delete(&carl, &app, &one).await;
     assert_eq!(status, 403);
     let (_, page) = get(&ada, &app, &path).await;
     let tombstone = page["messages"]
@@ -563,23 +486,15 @@ async fn messages_are_edited_deleted_replied_to_and_never_duplicated() {
         ),
         (json!(true), Value::Null, Value::Null)
     );
-    let (status, _) = send(
+    let (status, _) = patch(
         &carl,
         &app,
-        Method::PATCH,
         &format!("{path}/{reply_id}"),
-        Some(json!({"body": "back"})),
+        json!({"body": "back"}),
     )
     .await;
     assert_eq!(status, 409);
-    let (status, _) = send(
-        &ada,
-        &app,
-        Method::PATCH,
-        &format!("{path}/424242"),
-        Some(json!({"body": "x"})),
-    )
-    .await;
+    let (status, _) = patch(&ada, &app, &format!("{path}/424242"), json!({"body": "x"})).await;
     assert_eq!(status, 404);
 
     // Bad input.
@@ -739,6 +654,7 @@ async fn search_finds_word_forms_across_readable_rooms_only() {
         carl,
         eve,
         ids: [ada_id, carl_id, _],
+        ..
     } = team().await;
     let general = create_room(&ada, &app, "general", "public").await;
     let secret = create_room(&ada, &app, "secret", "private").await;
@@ -782,20 +698,17 @@ async fn search_finds_word_forms_across_readable_rooms_only() {
             .collect()
     };
 
-    send(
+    delete(
         &ada,
         &app,
-        Method::DELETE,
         &format!("/api/v1/rooms/{general}/messages/{}", deleted["id"]),
-        None,
     )
     .await;
-    send(
+    patch(
         &carl,
         &app,
-        Method::PATCH,
         &format!("/api/v1/rooms/{general}/messages/{}", edited["id"]),
-        Some(json!({"body": "new wording about the budget"})),
+        json!({"body": "new wording about the budget"}),
     )
     .await;
 
@@ -1235,12 +1148,11 @@ async fn retention_deletes_expired_messages_and_their_index_unless_on_legal_hold
         .as_i64()
         .unwrap();
     for (room, hold) in [(kept, false), (held, true)] {
-        let (status, _) = send(
+        let (status, _) = patch(
             &ada,
             &app,
-            Method::PATCH,
             &format!("/api/v1/rooms/{room}"),
-            Some(json!({"retention_days": 30, "legal_hold": hold})),
+            json!({"retention_days": 30, "legal_hold": hold}),
         )
         .await;
         assert_eq!(status, 200);
