@@ -37,11 +37,13 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::auth::captcha::ApiDoc::openapi(),
         crate::auth::password_handlers::ApiDoc::openapi(),
         crate::auth::two_factor_handlers::ApiDoc::openapi(),
+        crate::auth::private_handlers::ApiDoc::openapi(),
         crate::auth::token_handlers::ApiDoc::openapi(),
         crate::auth::session_handlers::ApiDoc::openapi(),
         crate::auth::oidc_handlers::ApiDoc::openapi(),
         crate::tenancy::handlers::ApiDoc::openapi(),
         crate::tenancy::members::ApiDoc::openapi(),
+        crate::tenancy::defaults::ApiDoc::openapi(),
         crate::chat::api::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {

@@ -20,4 +20,5 @@ pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod tenancy;
+pub mod time;
 pub mod web;

@@ -231,6 +231,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    personal_keys (user_id) {
+        user_id -> BigInt,
+        salt -> Text,
+        m_cost -> Integer,
+        t_cost -> Integer,
+        p_cost -> Integer,
+        wrapped -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     messages (id) {
         id -> BigInt,
         room_id -> BigInt,
@@ -262,6 +275,7 @@ diesel::joinable!(user_identities -> users (user_id));
 diesel::joinable!(rooms -> tenants (tenant_id));
 diesel::joinable!(room_members -> rooms (room_id));
 diesel::joinable!(conversation_keys -> rooms (room_id));
+diesel::joinable!(personal_keys -> users (user_id));
 diesel::joinable!(messages -> rooms (room_id));
 diesel::joinable!(message_terms -> messages (message_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -271,6 +285,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversation_keys,
     messages,
     message_terms,
+    personal_keys,
     tenants,
     users,
     sessions,

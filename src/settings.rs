@@ -115,6 +115,11 @@ pub struct ChatSettings {
     pub max_topic_chars: usize,
     /// How long a room's unwrapped data key stays in memory after its last use.
     pub key_cache_minutes: u64,
+    /// How long someone's unlocked private conversations stay open without use; then their
+    /// key leaves memory and they unlock again with their password.
+    pub private_idle_minutes: u64,
+    /// Most messages an ephemeral room keeps in memory; older ones are dropped.
+    pub ephemeral_max_messages: usize,
 }
 
 impl Default for ChatSettings {
@@ -124,6 +129,8 @@ impl Default for ChatSettings {
             max_name_chars: 80,
             max_topic_chars: 500,
             key_cache_minutes: 10,
+            private_idle_minutes: 30,
+            ephemeral_max_messages: 5_000,
         }
     }
 }
@@ -661,6 +668,18 @@ impl Settings {
                 chat.key_cache_minutes as usize,
                 1,
                 24 * 60,
+            ),
+            (
+                "chat.private_idle_minutes",
+                chat.private_idle_minutes as usize,
+                1,
+                7 * 24 * 60,
+            ),
+            (
+                "chat.ephemeral_max_messages",
+                chat.ephemeral_max_messages,
+                1,
+                1_000_000,
             ),
         ] {
             if !(min..=max).contains(&value) {

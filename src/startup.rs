@@ -75,7 +75,15 @@ impl Application {
             settings.sessions.clone(),
         );
         crate::auth::sweep::schedule(&queue).await?;
-        crate::history::retention::register_jobs(&mut registry, db.clone(), queue.clone());
+        let ephemeral = Arc::new(crate::history::MemoryHistoryStore::new(
+            settings.chat.ephemeral_max_messages,
+        ));
+        crate::history::retention::register_jobs(
+            &mut registry,
+            db.clone(),
+            ephemeral.clone(),
+            queue.clone(),
+        );
         crate::history::retention::schedule(&queue).await?;
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
 
@@ -90,6 +98,11 @@ impl Application {
             crate::crypto::Sealer::for_purpose(&master_key, "totp"),
         );
         let password_hasher = hasher.clone();
+        let personal_keys = crate::auth::personal_keys::PersonalKeys::new(
+            db.clone(),
+            hasher.clone(),
+            Duration::from_secs(settings.chat.private_idle_minutes.saturating_mul(60)),
+        );
         let login = LoginService::new(
             db.clone(),
             hasher.clone(),
@@ -114,6 +127,7 @@ impl Application {
             hasher.clone(),
             PasswordPolicy::new(settings.accounts.password_min_length),
             sessions.clone(),
+            personal_keys.clone(),
             queue.clone(),
             templates.clone(),
             public_url.clone(),
@@ -135,7 +149,9 @@ impl Application {
         )?;
         let chat = crate::chat::rooms::ChatService::new(
             db.clone(),
-            history_store(&settings, &master_key, db.clone())?,
+            history_store(&settings, &master_key, db.clone(), personal_keys.clone())?,
+            ephemeral,
+            personal_keys,
             settings.chat.clone(),
         );
         let (db_for_captcha, master_key_for_captcha) = (db.clone(), master_key.clone());
@@ -274,11 +290,12 @@ async fn stop_signal() {
     }
 }
 
-/// The history store of `standard` rooms, with the configured key provider.
+/// The stored history (`standard` and `private` rooms), with the configured key provider.
 pub fn history_store(
     settings: &Settings,
     master_key: &crate::crypto::MasterKey,
     db: crate::db::Db,
+    personal: crate::auth::personal_keys::PersonalKeys,
 ) -> anyhow::Result<Arc<dyn crate::history::HistoryStore>> {
     use crate::history::keys::{Keyring, LocalKeyProvider};
     let provider = Arc::new(LocalKeyProvider::from_settings(&settings.keys, master_key)?);
@@ -286,5 +303,7 @@ pub fn history_store(
         provider,
         Duration::from_secs(settings.chat.key_cache_minutes.saturating_mul(60)),
     );
-    Ok(Arc::new(crate::history::SqlHistoryStore::new(db, keyring)))
+    Ok(Arc::new(crate::history::SqlHistoryStore::new(
+        db, keyring, personal,
+    )))
 }

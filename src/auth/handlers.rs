@@ -641,6 +641,8 @@ async fn end_session(
     identity: &Identity,
 ) -> Result<(), AppError> {
     state.sessions.revoke(&identity.session.id).await?;
+    // Signing out closes private conversations on this server at once.
+    state.chat.personal_keys().lock(identity.user_id());
     let client = client(request);
     let user_id = identity.user_id();
     state

@@ -16,6 +16,8 @@ pub mod oidc_handlers;
 pub mod password;
 pub mod password_handlers;
 pub mod passwords;
+pub mod personal_keys;
+pub mod private_handlers;
 pub mod session_handlers;
 pub mod sessions;
 pub mod signup;

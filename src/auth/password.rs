@@ -181,6 +181,28 @@ impl Admitted {
         .await
     }
 
+    /// A 32-byte key derived from `password` with argon2id (raw output, not a PHC string):
+    /// the key-encryption key of a person's private conversations. The cost parameters are
+    /// stored with the salt, so keys derived with older parameters still open.
+    pub async fn derive_key(
+        &self,
+        password: SecretString,
+        salt: Vec<u8>,
+        costs: (u32, u32, u32),
+    ) -> Result<secrecy::SecretBox<[u8; 32]>, HashError> {
+        self.run(move || {
+            let (m, t, p) = costs;
+            let params =
+                Params::new(m, t, p, Some(32)).map_err(|e| HashError::Failed(e.to_string()))?;
+            let mut key = Box::new([0u8; 32]);
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password_into(password.expose_secret().as_bytes(), &salt, key.as_mut())
+                .map_err(|e| HashError::Failed(e.to_string()))?;
+            Ok(secrecy::SecretBox::new(key))
+        })
+        .await
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, HashError> + Send + 'static,

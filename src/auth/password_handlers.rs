@@ -277,13 +277,20 @@ async fn reset_page(
 ) -> Result<HttpResponse, AppError> {
     let token = query.into_inner().token.unwrap_or_default();
     match state.passwords.check_reset_token(token.clone()).await? {
-        Ok(_) => render(
-            &state,
-            &page,
-            StatusCode::OK,
-            "auth/reset.html",
-            &[("token", &token)],
-        ),
+        Ok(user_id) => {
+            // A reset cannot carry the personal key over: say so before it happens.
+            let private = state.chat.personal_keys().exists(user_id).await?;
+            render(
+                &state,
+                &page,
+                StatusCode::OK,
+                "auth/reset.html",
+                &[
+                    ("token", &token),
+                    ("private_history", if private { "yes" } else { "" }),
+                ],
+            )
+        }
         Err(error) => link_broken(&state, &page, error),
     }
 }

@@ -55,6 +55,7 @@ pub struct PasswordService {
     hasher: PasswordHasher,
     policy: PasswordPolicy,
     sessions: Sessions,
+    personal: super::personal_keys::PersonalKeys,
     queue: Queue,
     templates: Arc<Templates>,
     public_url: String,
@@ -68,6 +69,7 @@ impl PasswordService {
         hasher: PasswordHasher,
         policy: PasswordPolicy,
         sessions: Sessions,
+        personal: super::personal_keys::PersonalKeys,
         queue: Queue,
         templates: Arc<Templates>,
         public_url: String,
@@ -78,6 +80,7 @@ impl PasswordService {
             hasher,
             policy,
             sessions,
+            personal,
             queue,
             templates,
             public_url,
@@ -120,12 +123,23 @@ impl PasswordService {
                     .map_err(DbError::from)
             })
             .await?;
-        match self.login.reauthenticate(user_id, current, client).await {
+        match self
+            .login
+            .reauthenticate(user_id, current.clone(), client)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return Err(PasswordError::WrongCurrent),
             Err(e) => return Err(PasswordError::Reauth(e)),
         }
         self.policy.check(&new, &stored_email(&email)?)?;
+        // The personal key of private conversations follows the password.
+        let rewrapped = match self.personal.rewrap(user_id, current, new.clone()).await {
+            Ok(rewrapped) => rewrapped,
+            Err(super::personal_keys::PersonalKeyError::WrongPassword) => None,
+            Err(super::personal_keys::PersonalKeyError::Hash(e)) => return Err(e.into()),
+            Err(super::personal_keys::PersonalKeyError::Db(e)) => return Err(e.into()),
+        };
         let hash = self.hasher.hash(new).await?;
         let mail = self.mail(
             "password_changed",
@@ -141,6 +155,9 @@ impl PasswordService {
                 write_transaction(conn, |tx| {
                     let now = Utc::now().naive_utc();
                     set_password(tx, user_id, &hash, now)?;
+                    if let Some(rewrapped) = &rewrapped {
+                        rewrapped.store(tx)?;
+                    }
                     super::two_factor::forget_remembered_devices(tx, user_id)?;
                     // Whoever knew the old password may have made tokens with it.
                     super::api_tokens::revoke_all(tx, user_id)?;
@@ -241,11 +258,17 @@ impl PasswordService {
                             users::locked_until.eq(None::<NaiveDateTime>),
                         ))
                         .execute(tx)?;
-                    audit::record(tx, &event(events::PASSWORD_RESET, user_id), now)?;
+                    // Nobody can open the private history without the old password: it goes,
+                    // as the reset page warned.
+                    let erased = super::personal_keys::erase(tx, user_id)?;
+                    let mut reset = event(events::PASSWORD_RESET, user_id);
+                    reset.details = serde_json::json!({ "private_rooms_erased": erased });
+                    audit::record(tx, &reset, now)?;
                     Ok::<_, PasswordError>(())
                 })
             })
             .await?;
+        self.personal.lock(user_id);
         self.sessions.revoke_all_for_user(user_id, None).await?;
         Ok(())
     }

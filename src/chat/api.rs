@@ -46,6 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(edit_message))
             .route(web::delete().to(delete_message)),
     )
+    .service(get("/api/v1/rooms/{id}/export", export_room))
     .service(get("/api/v1/search", search))
     .service(get("/api/v1/me/export", export));
 }
@@ -65,6 +66,7 @@ pub fn room_json(access: &RoomAccess) -> serde_json::Value {
         "moderate": can(RoomAction::Moderate),
         "set_retention": can(RoomAction::SetRetention),
         "legal_hold": can(RoomAction::LegalHold),
+        "export": can(RoomAction::Export),
     });
     value
 }
@@ -226,7 +228,7 @@ pub struct UpdateRoom {
 }
 
 /// Tells a missing field (`None`) from an explicit `null` (`Some(None)`).
-fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -748,6 +750,49 @@ async fn export(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
         .json(export))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/rooms/{id}/export",
+    tag = "rooms",
+    summary = "Download a room's whole history as JSON (room owners)",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "`{exported_at, room, members, messages}`, messages oldest first, deleted ones as tombstones"),
+        (status = 403, description = "Only the room's owners", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such room", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+async fn export_room(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    caller: Caller,
+    room: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    room_download(
+        &state,
+        caller.user_id,
+        room.into_inner(),
+        client_ip(&request),
+    )
+    .await
+}
+
+/// The room's history as a JSON attachment; the API and the room page share it.
+pub async fn room_download(
+    state: &AppState,
+    user_id: i64,
+    room_id: i64,
+    ip: Option<String>,
+) -> Result<HttpResponse, AppError> {
+    let export = state.chat.export_room(user_id, room_id, ip).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"conclave-room-{room_id}.json\""),
+        ))
+        .json(export))
+}
+
 /// This module's part of the OpenAPI document (`/api/openapi.json`).
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(
@@ -765,6 +810,7 @@ async fn export(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     edit_message,
     delete_message,
     search,
-    export
+    export,
+    export_room
 ))]
 pub struct ApiDoc;

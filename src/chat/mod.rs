@@ -153,8 +153,11 @@ pub struct Room {
     pub privacy: Privacy,
     pub retention_days: Option<i32>,
     pub legal_hold: bool,
+    #[serde(serialize_with = "crate::time::serialize_opt")]
     pub archived_at: Option<NaiveDateTime>,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub created_at: NaiveDateTime,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub updated_at: NaiveDateTime,
 }
 
@@ -189,6 +192,8 @@ pub enum RoomAction {
     SetRetention,
     /// Put the room under legal hold (exempt from retention), or lift it.
     LegalHold,
+    /// Download the whole history (everyone's messages) as JSON.
+    Export,
 }
 
 impl Authorizer {
@@ -211,6 +216,8 @@ impl Authorizer {
             RoomAction::Invite => {
                 !direct
                     && !archived
+                    // A private room is personal: its key opens with one person's password.
+                    && room.privacy != Privacy::Private
                     && (at_least(RoomRole::Moderator)
                         || (room.visibility == Visibility::Public && at_least(RoomRole::Member)))
             }
@@ -221,6 +228,9 @@ impl Authorizer {
             RoomAction::Delete => (!direct && at_least(RoomRole::Owner)) || workspace_admin,
             RoomAction::Moderate => at_least(RoomRole::Moderator),
             RoomAction::LegalHold => workspace_admin,
+            // The room's owners answer for its history; a workspace admin who is not a member
+            // does not get everyone's words through this door.
+            RoomAction::Export => at_least(RoomRole::Owner),
         }
     }
 

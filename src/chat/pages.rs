@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::rooms::{DEFAULT_PAGE, NewRoom, RoomPatch};
-use super::{RoomAction, RoomKind, RoomRole, Visibility};
+use super::{Privacy, RoomAction, RoomKind, RoomRole, Visibility};
 use crate::auth::identity::Identity;
 use crate::db::DbError;
 use crate::error::AppError;
@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/rooms/direct").route(web::post().to(direct_form)))
     .service(get("/rooms/{id}", room_page))
+    .service(get("/rooms/{id}/export", export_download))
     .service(resource("/rooms/{id}/messages").route(web::post().to(post_form)))
     .service(
         resource("/rooms/{id}/messages/{msg}/edit")
@@ -95,6 +96,7 @@ async fn rooms_page(
                     "topic": r.room.topic,
                     "direct": r.room.kind == RoomKind::Direct,
                     "visibility": r.room.visibility,
+                    "privacy": r.room.privacy,
                     "archived": r.room.archived_at.is_some(),
                     "members": r.member_count,
                     "workspace": r.tenant_name,
@@ -120,6 +122,9 @@ pub struct CreateForm {
     #[serde(default)]
     topic: String,
     visibility: String,
+    /// Empty: the workspace's default.
+    #[serde(default)]
+    privacy: String,
 }
 
 async fn create_form(
@@ -131,6 +136,10 @@ async fn create_form(
     let form = form.into_inner();
     let outcome = async {
         let visibility: Visibility = form.visibility.parse().map_err(AppError::BadRequest)?;
+        let privacy = match form.privacy.trim() {
+            "" => None,
+            text => Some(text.parse::<Privacy>().map_err(AppError::BadRequest)?),
+        };
         state
             .chat
             .create(
@@ -140,7 +149,7 @@ async fn create_form(
                     name: form.name,
                     topic: form.topic,
                     visibility,
-                    privacy: None,
+                    privacy,
                 },
                 client_ip(&request),
             )
@@ -207,10 +216,19 @@ async fn room_page(
     let (user_id, room_id) = (identity.user_id(), room.into_inner());
     let cursor = super::api::cursor(query.before, query.after)?;
     let (access, members) = state.chat.members(user_id, room_id).await?;
-    let messages = state
+    // A locked private room shows the unlock form instead of its history.
+    let (messages, locked) = match state
         .chat
         .history(user_id, room_id, cursor, DEFAULT_PAGE)
-        .await?;
+        .await
+    {
+        Ok(messages) => (messages, false),
+        Err(AppError::Coded {
+            code: "private_locked",
+            ..
+        }) => (Vec::new(), true),
+        Err(e) => return Err(e),
+    };
     let full = messages.len() == DEFAULT_PAGE;
     let (older, newer) = match cursor {
         Cursor::Latest => (full, false),
@@ -303,6 +321,12 @@ async fn room_page(
     context.insert("topic", &access.room.topic);
     context.insert("direct", &(access.room.kind == RoomKind::Direct));
     context.insert("visibility", access.room.visibility.as_str());
+    context.insert("privacy", access.room.privacy.as_str());
+    context.insert("locked", &locked);
+    context.insert(
+        "private_idle_minutes",
+        &(state.chat.personal_keys().idle().as_secs() / 60),
+    );
     context.insert("archived", &access.room.archived_at.is_some());
     context.insert("my_role", &access.room_role);
     context.insert("messages", &views);
@@ -319,6 +343,7 @@ async fn room_page(
     context.insert("can_rename", &can(RoomAction::Rename));
     context.insert("can_archive", &can(RoomAction::Archive));
     context.insert("can_delete", &can(RoomAction::Delete));
+    context.insert("can_export", &can(RoomAction::Export));
     context.insert(
         "can_leave",
         &(access.room_role.is_some() && access.room.kind == RoomKind::Room),
@@ -736,4 +761,20 @@ async fn search_page(
     });
     context.insert("next_url", &next_url);
     html(&state, "chat/search.html", &context, StatusCode::OK)
+}
+
+/// `GET /rooms/{id}/export`: the whole history as a JSON download (room owners).
+async fn export_download(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    identity: Identity,
+    room: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    super::api::room_download(
+        &state,
+        identity.user_id(),
+        room.into_inner(),
+        client_ip(&request),
+    )
+    .await
 }

@@ -11,10 +11,12 @@ use serde_json::json;
 
 use super::{Privacy, Room, RoomAccess, RoomAction, RoomKind, RoomRole, Visibility, markdown};
 use crate::audit::{self, AuditEvent};
+use crate::auth::personal_keys::PersonalKeys;
 use crate::db::{Db, DbConnection, DbError, write_transaction};
 use crate::error::AppError;
 use crate::history::{
-    Cursor, HistoryStore, MemberKind, NewMessage, SearchQuery, Sender, StoredMessage, words,
+    Cursor, HistoryStore, MemberKind, MemoryHistoryStore, NewMessage, SearchQuery, Sender,
+    StoredMessage, words,
 };
 use crate::schema::{memberships, room_members, rooms, tenants, users};
 use crate::settings::ChatSettings;
@@ -24,7 +26,11 @@ use crate::tenancy::{Authorizer, Role};
 #[derive(Clone)]
 pub struct ChatService {
     db: Db,
+    /// `standard` and `private` rooms.
     history: Arc<dyn HistoryStore>,
+    /// `ephemeral` rooms.
+    ephemeral: Arc<MemoryHistoryStore>,
+    personal: PersonalKeys,
     settings: ChatSettings,
 }
 
@@ -57,6 +63,7 @@ pub struct RoomMember {
     pub id: i64,
     pub name: String,
     pub role: RoomRole,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub joined_at: NaiveDateTime,
 }
 
@@ -282,6 +289,9 @@ fn forbidden_reason(access: &RoomAccess, action: RoomAction) -> String {
     {
         return "The room is archived: it is read-only until it is unarchived.".to_owned();
     }
+    if action == RoomAction::Invite && access.room.privacy == Privacy::Private {
+        return "A private room is personal: nobody else can be added.".to_owned();
+    }
     let role = access
         .room_role
         .map_or("not a member".to_owned(), |r| format!("{r}"));
@@ -296,6 +306,7 @@ fn forbidden_reason(access: &RoomAccess, action: RoomAction) -> String {
         RoomAction::Moderate => "delete other people's messages",
         RoomAction::SetRetention => "change this room's retention",
         RoomAction::LegalHold => "change the legal hold",
+        RoomAction::Export => "download this room's whole history",
     };
     format!("Your role ({role}) cannot {what}.")
 }
@@ -344,7 +355,7 @@ fn check_body(settings: &ChatSettings, body: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-fn check_retention(days: Option<i32>) -> Result<(), AppError> {
+pub(crate) fn check_retention(days: Option<i32>) -> Result<(), AppError> {
     match days {
         Some(d) if !(1..=36_500).contains(&d) => Err(AppError::BadRequest(
             "retention_days: must be between 1 and 36500, or null".to_owned(),
@@ -366,18 +377,38 @@ fn names_of(conn: &mut DbConnection, ids: Vec<i64>) -> QueryResult<HashMap<i64, 
         .collect())
 }
 
-fn timestamp(at: NaiveDateTime) -> String {
-    at.and_utc()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 impl ChatService {
-    pub fn new(db: Db, history: Arc<dyn HistoryStore>, settings: ChatSettings) -> Self {
+    pub fn new(
+        db: Db,
+        history: Arc<dyn HistoryStore>,
+        ephemeral: Arc<MemoryHistoryStore>,
+        personal: PersonalKeys,
+        settings: ChatSettings,
+    ) -> Self {
         Self {
             db,
             history,
+            ephemeral,
+            personal,
             settings,
         }
+    }
+
+    /// Where `room`'s messages live.
+    fn store(&self, room: &Room) -> &dyn HistoryStore {
+        match room.privacy {
+            Privacy::Ephemeral => self.ephemeral.as_ref(),
+            Privacy::Standard | Privacy::Private => self.history.as_ref(),
+        }
+    }
+
+    /// The in-memory history of ephemeral rooms (retention reaches it through here).
+    pub fn ephemeral(&self) -> &Arc<MemoryHistoryStore> {
+        &self.ephemeral
+    }
+
+    pub fn personal_keys(&self) -> &PersonalKeys {
+        &self.personal
     }
 
     pub fn settings(&self) -> &ChatSettings {
@@ -496,25 +527,23 @@ impl ChatService {
                         )));
                     }
                     let privacy = match new.privacy {
+                        Some(Privacy::Private) if new.visibility == Visibility::Public => {
+                            return Err(AppError::BadRequest(
+                                "privacy: private rooms are personal and cannot be public; \
+                                 use standard or ephemeral"
+                                    .to_owned(),
+                            ));
+                        }
                         Some(privacy) => privacy,
-                        None => tenants::table
-                            .find(tenant_id)
-                            .select(tenants::default_privacy)
-                            .first::<String>(tx)?
-                            .parse()
-                            .unwrap_or(Privacy::Standard),
+                        None => match tenant_privacy(tx, tenant_id)? {
+                            // The workspace's default applies where it can: a public room is
+                            // shared by definition, so it is never private.
+                            Privacy::Private if new.visibility == Visibility::Public => {
+                                Privacy::Standard
+                            }
+                            privacy => privacy,
+                        },
                     };
-                    if privacy != Privacy::Standard {
-                        return Err(AppError::Coded {
-                            status: actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
-                            code: "privacy_unavailable",
-                            message: format!(
-                                "privacy: {} rooms are not available yet; use standard",
-                                privacy.as_str()
-                            ),
-                            retry_after_secs: None,
-                        });
-                    }
                     let now = Utc::now().naive_utc();
                     let id: i64 = diesel::insert_into(rooms::table)
                         .values((
@@ -580,6 +609,12 @@ impl ChatService {
                     if let Some(id) = existing {
                         return Ok((access_in(tx, id, user_id)?.room, false));
                     }
+                    // Private rooms are personal; a conversation of two is ephemeral when the
+                    // workspace says so, standard otherwise.
+                    let privacy = match tenant_privacy(tx, tenant_id)? {
+                        Privacy::Ephemeral => Privacy::Ephemeral,
+                        Privacy::Standard | Privacy::Private => Privacy::Standard,
+                    };
                     let now = Utc::now().naive_utc();
                     let id: i64 = diesel::insert_into(rooms::table)
                         .values((
@@ -587,7 +622,7 @@ impl ChatService {
                             rooms::kind.eq("direct"),
                             rooms::name.eq(""),
                             rooms::visibility.eq("private"),
-                            rooms::privacy.eq(Privacy::Standard.as_str()),
+                            rooms::privacy.eq(privacy.as_str()),
                             rooms::direct_key.eq(&key),
                             rooms::created_by.eq(user_id),
                             rooms::created_at.eq(now),
@@ -747,10 +782,12 @@ impl ChatService {
                         ),
                         Utc::now().naive_utc(),
                     )?;
-                    Ok(())
+                    Ok::<_, AppError>(())
                 })
             })
-            .await
+            .await?;
+        self.ephemeral.forget(room_id);
+        Ok(())
     }
 
     pub async fn members(
@@ -1019,8 +1056,8 @@ impl ChatService {
                     html: m.body.as_deref().map(markdown::render),
                     body: m.body,
                     reply_to: m.reply_to,
-                    created_at: timestamp(m.created_at),
-                    edited_at: m.edited_at.map(timestamp),
+                    created_at: crate::time::rfc3339(m.created_at),
+                    edited_at: m.edited_at.map(crate::time::rfc3339),
                     edited: m.edited_at.is_some(),
                     deleted: m.deleted_at.is_some(),
                 }
@@ -1043,9 +1080,9 @@ impl ChatService {
         cursor: Cursor,
         limit: usize,
     ) -> Result<Vec<MessageView>, AppError> {
-        self.access(user_id, room_id).await?;
+        let access = self.access(user_id, room_id).await?;
         let page = self
-            .history
+            .store(&access.room)
             .page(room_id, cursor, limit.clamp(1, MAX_PAGE))
             .await?;
         self.views(page).await
@@ -1058,9 +1095,9 @@ impl ChatService {
         room_id: i64,
         message_id: i64,
     ) -> Result<MessageView, AppError> {
-        self.access(user_id, room_id).await?;
+        let access = self.access(user_id, room_id).await?;
         let message = self
-            .history
+            .store(&access.room)
             .get(room_id, message_id)
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
@@ -1084,11 +1121,12 @@ impl ChatService {
                 "idempotency_key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
             )));
         }
-        self.db
-            .run(move |conn| require(conn, room_id, user_id, RoomAction::Post).map(|_| ()))
+        let access = self
+            .db
+            .run(move |conn| require(conn, room_id, user_id, RoomAction::Post))
             .await?;
         let appended = self
-            .history
+            .store(&access.room)
             .append(
                 room_id,
                 NewMessage {
@@ -1113,7 +1151,7 @@ impl ChatService {
         check_body(&self.settings, &body)?;
         let access = self.access(user_id, room_id).await?;
         let message = self
-            .history
+            .store(&access.room)
             .get(room_id, message_id)
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
@@ -1128,7 +1166,10 @@ impl ChatService {
                 RoomAction::Post,
             )));
         }
-        let edited = self.history.edit(room_id, message_id, body).await?;
+        let edited = self
+            .store(&access.room)
+            .edit(room_id, message_id, body)
+            .await?;
         self.view(edited).await
     }
 
@@ -1142,7 +1183,7 @@ impl ChatService {
     ) -> Result<(), AppError> {
         let access = self.access(user_id, room_id).await?;
         let message = self
-            .history
+            .store(&access.room)
             .get(room_id, message_id)
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
@@ -1152,7 +1193,7 @@ impl ChatService {
                 "Only its author or a moderator can delete a message.".to_owned(),
             ));
         }
-        self.history.delete(room_id, message_id).await?;
+        self.store(&access.room).delete(room_id, message_id).await?;
         if !own {
             let room = access.room.clone();
             self.db
@@ -1202,17 +1243,44 @@ impl ChatService {
                 "q: at most 8 words at a time".to_owned(),
             ));
         }
-        let readable = self
+        let readable: Vec<(i64, String)> = self
             .db
-            .run(move |conn| readable_ids(conn, user_id, None).map_err(DbError::from))
+            .run(move |conn| {
+                let ids = readable_ids(conn, user_id, None)?;
+                rooms::table
+                    .filter(rooms::id.eq_any(ids))
+                    .select((rooms::id, rooms::privacy))
+                    .load(conn)
+                    .map_err(DbError::from)
+            })
             .await?;
-        let rooms: Vec<i64> = match params.room {
-            Some(room) if readable.contains(&room) => vec![room],
-            Some(_) => return Err(not_found()),
-            None => readable,
+        let privacy_of = |room: i64| {
+            readable
+                .iter()
+                .find(|(id, _)| *id == room)
+                .map(|(_, privacy)| privacy.parse().unwrap_or(Privacy::Standard))
         };
-        let hits = self
-            .history
+        // Across rooms, the stored history is searched (one id order); an ephemeral room's
+        // messages are searched when the search is limited to that room.
+        let (store, rooms): (&dyn HistoryStore, Vec<i64>) = match params.room {
+            Some(room) => match privacy_of(room) {
+                None => return Err(not_found()),
+                Some(Privacy::Ephemeral) => (self.ephemeral.as_ref(), vec![room]),
+                Some(Privacy::Private) if !self.personal.is_unlocked(user_id) => {
+                    return Err(crate::history::HistoryError::Locked(room).into());
+                }
+                Some(_) => (self.history.as_ref(), vec![room]),
+            },
+            None => (
+                self.history.as_ref(),
+                readable
+                    .iter()
+                    .filter(|(_, privacy)| privacy != Privacy::Ephemeral.as_str())
+                    .map(|(id, _)| *id)
+                    .collect(),
+            ),
+        };
+        let hits = store
             .search(&SearchQuery {
                 terms,
                 rooms,
@@ -1242,25 +1310,112 @@ impl ChatService {
             .collect())
     }
 
-    /// Everything the caller wrote, with the rooms it was written in.
+    /// Everything the caller wrote, with the rooms it was written in. Private rooms whose key
+    /// is locked are listed in `locked_rooms` (unlock, then export again for their messages).
     pub async fn export_mine(&self, user_id: i64) -> Result<serde_json::Value, AppError> {
-        let messages = self.history.by_sender(Sender::user(user_id), None).await?;
-        let room_ids: Vec<i64> = messages.iter().map(|m| m.room_id).collect();
-        let rooms: Vec<(i64, String, String)> = self
+        use crate::schema::messages;
+        let unlocked = self.personal.is_unlocked(user_id);
+        let (stored_in, locked): (Vec<i64>, Vec<i64>) = self
+            .db
+            .run(move |conn| {
+                let written: Vec<(i64, String)> = messages::table
+                    .inner_join(rooms::table)
+                    .filter(messages::sender_kind.eq(MemberKind::User.as_str()))
+                    .filter(messages::sender_id.eq(user_id))
+                    .select((messages::room_id, rooms::privacy))
+                    .distinct()
+                    .load(conn)?;
+                Ok::<_, DbError>(written.into_iter().partition::<Vec<_>, _>(|(_, privacy)| {
+                    unlocked || privacy != Privacy::Private.as_str()
+                }))
+            })
+            .await
+            .map(|(open, locked)| {
+                (
+                    open.into_iter().map(|(id, _)| id).collect(),
+                    locked.into_iter().map(|(id, _)| id).collect(),
+                )
+            })?;
+        let sender = Sender::user(user_id);
+        let mut messages = self.history.by_sender(sender, Some(stored_in)).await?;
+        messages.extend(self.ephemeral.by_sender(sender, None).await?);
+        let mut room_ids: Vec<i64> = messages.iter().map(|m| m.room_id).collect();
+        room_ids.extend(&locked);
+        let rooms: Vec<(i64, String, String, String)> = self
             .db
             .run(move |conn| {
                 rooms::table
                     .filter(rooms::id.eq_any(room_ids))
-                    .select((rooms::id, rooms::kind, rooms::name))
+                    .select((rooms::id, rooms::kind, rooms::name, rooms::privacy))
                     .load(conn)
                     .map_err(DbError::from)
             })
             .await?;
         let views = self.views(messages).await?;
         Ok(json!({
-            "exported_at": timestamp(Utc::now().naive_utc()),
-            "rooms": rooms.iter().map(|(id, kind, name)| json!({"id": id, "kind": kind, "name": name})).collect::<Vec<_>>(),
+            "exported_at": crate::time::rfc3339(Utc::now().naive_utc()),
+            "rooms": rooms.iter().map(|(id, kind, name, privacy)| json!({"id": id, "kind": kind, "name": name, "privacy": privacy})).collect::<Vec<_>>(),
             "messages": views,
+            "locked_rooms": locked,
+        }))
+    }
+}
+
+impl ChatService {
+    /// A room's whole history (everyone's messages, oldest first, tombstones included) with its
+    /// members, for the room's owners. Audited: it hands out other people's words.
+    pub async fn export_room(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        ip: Option<String>,
+    ) -> Result<serde_json::Value, AppError> {
+        let access = self.access(user_id, room_id).await?;
+        if !Authorizer::room(&access, RoomAction::Export) {
+            return Err(AppError::Forbidden(
+                "Only the room's owners can download its whole history.".to_owned(),
+            ));
+        }
+        const CHUNK: usize = 1000;
+        let mut messages = Vec::new();
+        let mut cursor = Cursor::After(0);
+        loop {
+            let page = self
+                .store(&access.room)
+                .page(room_id, cursor, CHUNK)
+                .await?;
+            let Some(last) = page.last() else { break };
+            cursor = Cursor::After(last.id);
+            let full = page.len() == CHUNK;
+            messages.extend(self.views(page).await?);
+            if !full {
+                break;
+            }
+        }
+        let (_, members) = self.members(user_id, room_id).await?;
+        let room = access.room.clone();
+        let count = messages.len();
+        self.db
+            .run(move |conn| {
+                audit::record(
+                    conn,
+                    &room_event(
+                        "room.exported",
+                        user_id,
+                        &room,
+                        ip,
+                        json!({ "messages": count }),
+                    ),
+                    Utc::now().naive_utc(),
+                )
+                .map_err(DbError::from)
+            })
+            .await?;
+        Ok(json!({
+            "exported_at": crate::time::rfc3339(Utc::now().naive_utc()),
+            "room": access.room,
+            "members": members,
+            "messages": messages,
         }))
     }
 }
@@ -1338,6 +1493,16 @@ fn add_member_row(
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// The privacy tier a workspace gives new rooms.
+fn tenant_privacy(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<Privacy> {
+    Ok(tenants::table
+        .find(tenant_id)
+        .select(tenants::default_privacy)
+        .first::<String>(conn)?
+        .parse()
+        .unwrap_or(Privacy::Standard))
 }
 
 /// Refuses to remove or demote a room's last owner while others remain.

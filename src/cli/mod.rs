@@ -129,7 +129,13 @@ pub fn run(cli: Cli) -> ExitCode {
             db.migrate().await.map_err(|e| (exit::FAILURE, e))?;
             let master =
                 crate::crypto::load_master_key(&settings).map_err(|e| (exit::FAILURE, e))?;
-            let store = crate::startup::history_store(&settings, &master, db)
+            // Rotation re-wraps what the provider wrapped; private rooms' keys are not its own.
+            let personal = crate::auth::personal_keys::PersonalKeys::new(
+                db.clone(),
+                crate::auth::PasswordHasher::new(1, 0),
+                std::time::Duration::from_secs(60),
+            );
+            let store = crate::startup::history_store(&settings, &master, db, personal)
                 .map_err(|e| (exit::FAILURE, e))?;
             let report = store
                 .rotate_keys()

@@ -113,46 +113,60 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     async fn wrap(&self, key: &DataKey, context: &[u8]) -> Result<Wrapped, KeyError> {
-        use aes_gcm::aead::{Aead as _, Payload};
         let (id, cipher) = self
             .keks
             .first()
             .ok_or_else(|| KeyError::UnknownKek("(none configured)".to_owned()))?;
-        let mut nonce = [0u8; 12];
-        rand::rng().fill_bytes(&mut nonce);
-        let ciphertext = cipher
-            .encrypt(
-                &nonce.into(),
-                Payload {
-                    msg: key.expose_secret(),
-                    aad: context,
-                },
-            )
-            .map_err(|_| KeyError::Damaged)?;
-        let mut blob = nonce.to_vec();
-        blob.extend_from_slice(&ciphertext);
         Ok(Wrapped {
             kek_id: id.clone(),
-            blob: STANDARD.encode(blob),
+            blob: seal_key(cipher, key, context),
         })
     }
 
     async fn unwrap(&self, wrapped: &Wrapped, context: &[u8]) -> Result<DataKey, KeyError> {
-        use aes_gcm::aead::{Aead as _, Payload};
         let (_, cipher) = self
             .keks
             .iter()
             .find(|(id, _)| *id == wrapped.kek_id)
             .ok_or_else(|| KeyError::UnknownKek(wrapped.kek_id.clone()))?;
-        let bytes = STANDARD
-            .decode(&wrapped.blob)
-            .map_err(|_| KeyError::Damaged)?;
-        if bytes.len() < 12 + 16 {
-            return Err(KeyError::Damaged);
-        }
-        let (nonce, ciphertext) = bytes.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().map_err(|_| KeyError::Damaged)?;
-        let plain = cipher
+        open_key(cipher, &wrapped.blob, context)
+    }
+}
+
+/// Wraps a key under `cipher` (AES-256-GCM), bound to `context`: base64(nonce ‖ ciphertext).
+pub fn seal_key(cipher: &aes_gcm::Aes256Gcm, key: &DataKey, context: &[u8]) -> String {
+    use aes_gcm::aead::{Aead as _, Payload};
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let ciphertext = cipher
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: key.expose_secret(),
+                aad: context,
+            },
+        )
+        .expect("AES-GCM encrypts any input under 64 GiB");
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&ciphertext);
+    STANDARD.encode(blob)
+}
+
+/// Opens what [`seal_key`] wrapped; `Damaged` for a wrong key, context or blob.
+pub fn open_key(
+    cipher: &aes_gcm::Aes256Gcm,
+    blob: &str,
+    context: &[u8],
+) -> Result<DataKey, KeyError> {
+    use aes_gcm::aead::{Aead as _, Payload};
+    let bytes = STANDARD.decode(blob).map_err(|_| KeyError::Damaged)?;
+    if bytes.len() < 12 + 16 {
+        return Err(KeyError::Damaged);
+    }
+    let (nonce, ciphertext) = bytes.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| KeyError::Damaged)?;
+    let plain = zeroize::Zeroizing::new(
+        cipher
             .decrypt(
                 &nonce.into(),
                 Payload {
@@ -160,10 +174,10 @@ impl KeyProvider for LocalKeyProvider {
                     aad: context,
                 },
             )
-            .map_err(|_| KeyError::Damaged)?;
-        let key = <[u8; KEY_LEN]>::try_from(plain.as_slice()).map_err(|_| KeyError::Damaged)?;
-        Ok(SecretBox::new(Box::new(key)))
-    }
+            .map_err(|_| KeyError::Damaged)?,
+    );
+    let key = <[u8; KEY_LEN]>::try_from(plain.as_slice()).map_err(|_| KeyError::Damaged)?;
+    Ok(SecretBox::new(Box::new(key)))
 }
 
 /// A fresh random data key.

@@ -12,6 +12,7 @@
 //! - a retried post with the same idempotency key answers the stored message, never a copy.
 
 pub mod keys;
+mod memory;
 pub mod retention;
 mod sql;
 pub mod words;
@@ -19,6 +20,7 @@ pub mod words;
 use chrono::NaiveDateTime;
 use serde::Serialize;
 
+pub use memory::MemoryHistoryStore;
 pub use sql::SqlHistoryStore;
 
 use crate::db::DbError;
@@ -51,7 +53,7 @@ impl MemberKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sender {
     pub kind: MemberKind,
     pub id: i64,
@@ -147,6 +149,9 @@ pub enum HistoryError {
     Db(#[from] DbError),
     #[error(transparent)]
     Keys(#[from] keys::KeyError),
+    /// A private room whose owner has not unlocked their personal key (on this node).
+    #[error("room {0} is private and locked")]
+    Locked(i64),
     /// A stored body does not open: damaged data or a key that does not match.
     #[error("message {0} cannot be decrypted")]
     Undecryptable(i64),
@@ -169,6 +174,15 @@ impl From<HistoryError> for crate::error::AppError {
                 Self::Conflict("The message was deleted; it cannot be edited.".to_owned())
             }
             HistoryError::Db(e) => e.into(),
+            HistoryError::Locked(_) => Self::Coded {
+                status: actix_web::http::StatusCode::LOCKED,
+                code: "private_locked",
+                message: "This private conversation is locked: unlock your private conversations \
+                    with your password (POST /api/v1/me/private/unlock, or the form on the room's \
+                    page)."
+                    .to_owned(),
+                retry_after_secs: None,
+            },
             HistoryError::Keys(keys::KeyError::Unavailable(why)) => {
                 Self::Unavailable(format!("The key provider is unavailable: {why}"))
             }
@@ -177,8 +191,9 @@ impl From<HistoryError> for crate::error::AppError {
     }
 }
 
-/// Where messages live. The SQL store serves `standard` rooms; other privacy tiers plug in
-/// their own stores behind the same trait.
+/// Where messages live. The SQL store serves `standard` and `private` rooms (a private room's
+/// data key is wrapped by its owner's personal key); the memory store serves `ephemeral`
+/// ones.
 #[async_trait::async_trait]
 pub trait HistoryStore: Send + Sync {
     /// Stores a message (or returns the one an earlier post with the same idempotency key

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{NaiveDateTime, TimeDelta, Utc};
 use diesel::prelude::*;
 
+use super::MemoryHistoryStore;
 use crate::db::{Db, DbConnection, DbError, write_transaction};
 use crate::jobs::{JobError, JobRegistry, Queue};
 use crate::schema::{message_terms, messages, rooms, tenants};
@@ -19,6 +20,16 @@ const BATCH: i64 = 500;
 
 /// Deletes what retention says is expired; answers how many messages went.
 pub fn purge_expired(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
+    let mut deleted = 0;
+    for (room_id, cutoff) in cutoffs(conn, now)? {
+        deleted += purge_room(conn, room_id, cutoff)?;
+    }
+    Ok(deleted)
+}
+
+/// Every room with a retention period and not under legal hold, with the instant before which
+/// its messages are expired.
+fn cutoffs(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<Vec<(i64, NaiveDateTime)>> {
     let rules: Vec<(i64, Option<i32>, Option<i32>)> = rooms::table
         .inner_join(tenants::table)
         .filter(rooms::legal_hold.eq(false))
@@ -29,14 +40,21 @@ pub fn purge_expired(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult
         )
         .select((rooms::id, rooms::retention_days, tenants::retention_days))
         .load(conn)?;
+    Ok(rules
+        .into_iter()
+        .filter_map(|(room_id, own, workspace)| {
+            let days = own.or(workspace)?;
+            let cutoff = now
+                .checked_sub_signed(TimeDelta::days(i64::from(days)))
+                .unwrap_or(NaiveDateTime::MIN);
+            Some((room_id, cutoff))
+        })
+        .collect())
+}
+
+fn purge_room(conn: &mut DbConnection, room_id: i64, cutoff: NaiveDateTime) -> QueryResult<usize> {
     let mut deleted = 0;
-    for (room_id, own, workspace) in rules {
-        let Some(days) = own.or(workspace) else {
-            continue;
-        };
-        let cutoff = now
-            .checked_sub_signed(TimeDelta::days(i64::from(days)))
-            .unwrap_or(NaiveDateTime::MIN);
+    {
         loop {
             let ids: Vec<i64> = messages::table
                 .filter(messages::room_id.eq(room_id))
@@ -61,16 +79,27 @@ pub fn purge_expired(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult
     Ok(deleted)
 }
 
-pub fn register_jobs(registry: &mut JobRegistry, db: Db, queue: Queue) {
-    let shared = Arc::new((db, queue));
+/// Registers the job; it purges the stored history and the in-memory one of ephemeral rooms.
+pub fn register_jobs(
+    registry: &mut JobRegistry,
+    db: Db,
+    ephemeral: Arc<MemoryHistoryStore>,
+    queue: Queue,
+) {
+    let shared = Arc::new((db, queue, ephemeral));
     registry.register(RETENTION_JOB, move |_job| {
         let shared = shared.clone();
         async move {
-            let (db, queue) = (&shared.0, shared.1.clone());
+            let (db, queue, ephemeral) = (&shared.0, shared.1.clone(), shared.2.clone());
             let deleted = db
                 .run(move |conn| {
                     write_transaction(conn, |tx| {
-                        let deleted = purge_expired(tx, Utc::now().naive_utc())?;
+                        let now = Utc::now().naive_utc();
+                        let mut deleted = 0;
+                        for (room_id, cutoff) in cutoffs(tx, now)? {
+                            deleted += purge_room(tx, room_id, cutoff)?;
+                            deleted += ephemeral.purge_before(room_id, cutoff);
+                        }
                         queue.ensure_scheduled_in(
                             tx,
                             RETENTION_JOB,

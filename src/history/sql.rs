@@ -12,8 +12,9 @@ use super::{
     Appended, Cursor, HistoryError, HistoryStore, Hit, MemberKind, NewMessage, RotationReport,
     SearchQuery, Sender, StoredMessage,
 };
+use crate::auth::personal_keys::{self, PersonalKeys};
 use crate::db::{Db, DbConnection, DbError, write_transaction};
-use crate::schema::{conversation_keys, message_terms, messages};
+use crate::schema::{conversation_keys, message_terms, messages, rooms};
 
 /// The associated data of a sealed body: it opens only as a message of its room.
 fn body_context(room_id: i64) -> Vec<u8> {
@@ -52,11 +53,16 @@ macro_rules! row_columns {
 pub struct SqlHistoryStore {
     db: Db,
     keyring: Keyring,
+    personal: PersonalKeys,
 }
 
 impl SqlHistoryStore {
-    pub fn new(db: Db, keyring: Keyring) -> Self {
-        Self { db, keyring }
+    pub fn new(db: Db, keyring: Keyring, personal: PersonalKeys) -> Self {
+        Self {
+            db,
+            keyring,
+            personal,
+        }
     }
 
     /// The room's working keys; the data key is made (and wrapped, and stored) on first use.
@@ -64,9 +70,33 @@ impl SqlHistoryStore {
         if let Some(key) = self.existing_room_key(room_id).await? {
             return Ok(key);
         }
-        let provider = self.keyring.provider().clone();
+        // A private room's key is wrapped by its owner's personal key, which must be unlocked.
+        let owner: Option<Option<i64>> = self
+            .db
+            .run(move |conn| {
+                rooms::table
+                    .find(room_id)
+                    .filter(rooms::privacy.eq("private"))
+                    .select(rooms::created_by)
+                    .first(conn)
+                    .optional()
+                    .map_err(DbError::from)
+            })
+            .await?;
         let data_key = new_data_key();
-        let wrapped = provider.wrap(&data_key, &wrap_context(room_id)).await?;
+        let wrapped = match owner {
+            None => {
+                self.keyring
+                    .provider()
+                    .wrap(&data_key, &wrap_context(room_id))
+                    .await?
+            }
+            Some(owner) => owner
+                .and_then(|owner| self.personal.key(owner))
+                .ok_or(HistoryError::Locked(room_id))?
+                .wrap(&data_key, &wrap_context(room_id)),
+        };
+        let private = owner.is_some();
         let stored = self
             .db
             .run(move |conn| {
@@ -97,7 +127,9 @@ impl SqlHistoryStore {
                 .ok_or(HistoryError::NotFound);
         }
         let key = Arc::new(RoomKey::from_data_key(&data_key));
-        self.keyring.remember(room_id, key.clone()).await;
+        if !private {
+            self.keyring.remember(room_id, key.clone()).await;
+        }
         Ok(key)
     }
 
@@ -120,6 +152,16 @@ impl SqlHistoryStore {
         let Some((kek_id, blob)) = stored else {
             return Ok(None);
         };
+        if let Some(owner) = personal_keys::owner_of(&kek_id) {
+            // Private: opened with the owner's unlocked key each time, never cached apart
+            // from it, so locking (sign-out, idle timeout) closes the room at once.
+            let personal = self
+                .personal
+                .key(owner)
+                .ok_or(HistoryError::Locked(room_id))?;
+            let data_key = personal.unwrap(&Wrapped { kek_id, blob }, &wrap_context(room_id))?;
+            return Ok(Some(Arc::new(RoomKey::from_data_key(&data_key))));
+        }
         let data_key = self
             .keyring
             .provider()
@@ -464,8 +506,11 @@ impl HistoryStore for SqlHistoryStore {
         // Each term's keyed hash in every room that has a key (rooms without one are empty).
         let mut keyed = Vec::new();
         for room_id in &query.rooms {
-            if let Some(key) = self.existing_room_key(*room_id).await? {
-                keyed.push((*room_id, key));
+            match self.existing_room_key(*room_id).await {
+                Ok(Some(key)) => keyed.push((*room_id, key)),
+                // Rooms without a key have no messages; locked private rooms are not searched.
+                Ok(None) | Err(HistoryError::Locked(_)) => {}
+                Err(other) => return Err(other),
             }
         }
         if keyed.is_empty() {
@@ -565,9 +610,14 @@ impl HistoryStore for SqlHistoryStore {
             let current = current.clone();
             self.db
                 .run(move |conn| {
-                    let total = conversation_keys::table.count().get_result(conn)?;
+                    let total = conversation_keys::table
+                        .filter(conversation_keys::kek_id.not_like("user:%"))
+                        .count()
+                        .get_result(conn)?;
+                    // Private rooms' keys are their owners' business, not the provider's.
                     let stale = conversation_keys::table
                         .filter(conversation_keys::kek_id.ne(current))
+                        .filter(conversation_keys::kek_id.not_like("user:%"))
                         .select((
                             conversation_keys::room_id,
                             conversation_keys::kek_id,

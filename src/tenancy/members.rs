@@ -465,9 +465,14 @@ async fn workspace_page(
     query: web::Query<NoticeQuery>,
 ) -> Result<HttpResponse, AppError> {
     let (tenant_id, user_id) = (tenant.into_inner(), identity.user_id());
-    let (role, name, members, invitations) = state
+    let ((role, name, members, invitations), settings) = state
         .db
-        .run(move |conn| load_workspace(conn, tenant_id, user_id))
+        .run(move |conn| {
+            Ok::<_, AppError>((
+                load_workspace(conn, tenant_id, user_id)?,
+                super::defaults::load(conn, tenant_id, user_id)?,
+            ))
+        })
         .await?;
     let manage = invitations.is_some();
     let grantable: Vec<&str> = Role::ALL
@@ -513,6 +518,11 @@ async fn workspace_page(
     context.insert(
         "invitations",
         &if manage { invitations } else { Vec::new() },
+    );
+    context.insert("settings", &settings);
+    context.insert(
+        "can_configure",
+        &Authorizer::can(role, Permission::ManageTenant),
     );
     context.insert("notice", &query.notice);
     context.insert("error", &query.error);

@@ -2,6 +2,7 @@
 //! owner > admin > operator > viewer. The `Authorizer` seam that decides permissions from
 //! these roles builds on this module.
 
+pub mod defaults;
 pub mod handlers;
 pub mod members;
 

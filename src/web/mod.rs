@@ -93,10 +93,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::auth::session_handlers::configure)
         .configure(crate::auth::password_handlers::configure)
         .configure(crate::auth::two_factor_handlers::configure)
+        .configure(crate::auth::private_handlers::configure)
         .configure(crate::auth::token_handlers::configure)
         .configure(crate::auth::oidc_handlers::configure)
         .configure(crate::tenancy::handlers::configure)
         .configure(crate::tenancy::members::configure)
+        .configure(crate::tenancy::defaults::configure)
         .configure(crate::chat::api::configure)
         .configure(crate::chat::pages::configure);
 }

@@ -21,6 +21,7 @@ mod oidc;
 mod openapi;
 mod packaging;
 mod passwords;
+mod privacy;
 mod rooms;
 mod schema;
 mod sessions;

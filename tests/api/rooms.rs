@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Device, Team, TestApp, backend, team, team_with};
 
-async fn send(
+pub(crate) async fn send(
     person: &Device,
     app: &TestApp,
     method: Method,
@@ -27,23 +27,28 @@ async fn send(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn get(person: &Device, app: &TestApp, path: &str) -> (u16, Value) {
+pub(crate) async fn get(person: &Device, app: &TestApp, path: &str) -> (u16, Value) {
     send(person, app, Method::GET, path, None).await
 }
 
-async fn post(person: &Device, app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn post(person: &Device, app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     send(person, app, Method::POST, path, Some(body)).await
 }
 
-async fn patch(person: &Device, app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn patch(person: &Device, app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     send(person, app, Method::PATCH, path, Some(body)).await
 }
 
-async fn delete(person: &Device, app: &TestApp, path: &str) -> (u16, Value) {
+pub(crate) async fn delete(person: &Device, app: &TestApp, path: &str) -> (u16, Value) {
     send(person, app, Method::DELETE, path, None).await
 }
 
-async fn create_room(person: &Device, app: &TestApp, name: &str, visibility: &str) -> i64 {
+pub(crate) async fn create_room(
+    person: &Device,
+    app: &TestApp,
+    name: &str,
+    visibility: &str,
+) -> i64 {
     let (status, room) = post(
         person,
         app,
@@ -55,7 +60,7 @@ async fn create_room(person: &Device, app: &TestApp, name: &str, visibility: &st
     room["id"].as_i64().unwrap()
 }
 
-async fn say(person: &Device, app: &TestApp, room: i64, body: &str) -> Value {
+pub(crate) async fn say(person: &Device, app: &TestApp, room: i64, body: &str) -> Value {
     let (status, message) = post(
         person,
         app,
@@ -320,17 +325,14 @@ async fn rooms_have_members_with_roles_and_private_rooms_stay_hidden() {
         let (status, problem) = post(&ada, &app, "/api/v1/rooms", body.clone()).await;
         assert_eq!(status, 400, "{body} → {problem}");
     }
-    let (status, _) = post(
+    let (status, problem) = post(
         &ada,
         &app,
         "/api/v1/rooms",
-        json!({"name": "x", "privacy": "ephemeral"}),
+        json!({"name": "x", "privacy": "secret"}),
     )
     .await;
-    assert_eq!(
-        status, 422,
-        "tiers that are not built yet are refused, not faked"
-    );
+    assert_eq!(status, 400, "{problem}");
     assert_eq!(get(&ada, &app, "/api/v1/rooms/abc").await.0, 404);
 
     // The audit log has the room events.
@@ -843,7 +845,7 @@ async fn nothing_readable_is_left_at_rest() {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -959,7 +961,13 @@ async fn keys_rotate_rewraps_room_keys_without_touching_messages() {
         settings.keys.kek = Some(secrecy::SecretString::from(kek.to_owned()));
         settings.keys.previous_keks = Vec::new();
         let master = conclave::crypto::load_master_key(&settings).unwrap();
-        conclave::startup::history_store(&settings, &master, app.state.db.clone()).unwrap()
+        conclave::startup::history_store(
+            &settings,
+            &master,
+            app.state.db.clone(),
+            app.state.chat.personal_keys().clone(),
+        )
+        .unwrap()
     };
     let page = open_with(&new)
         .page(room, conclave::history::Cursor::Latest, 10)
