@@ -38,6 +38,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::auth::password_handlers::ApiDoc::openapi(),
         crate::auth::two_factor_handlers::ApiDoc::openapi(),
         crate::auth::private_handlers::ApiDoc::openapi(),
+        crate::auth::deletion::ApiDoc::openapi(),
         crate::auth::token_handlers::ApiDoc::openapi(),
         crate::auth::session_handlers::ApiDoc::openapi(),
         crate::auth::oidc_handlers::ApiDoc::openapi(),

@@ -24,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
     cfg.service(resource("/api/v1/auth/login").route(web::post().to(api_login)))
         .service(resource("/api/v1/auth/logout").route(web::post().to(api_logout)))
-        .service(get("/api/v1/me", api_me))
+        .service(get("/api/v1/me", api_me).route(web::delete().to(super::deletion::api_delete)))
         .service(get("/login", login_page).route(web::post().to(login_form)))
         .service(resource("/api/v1/auth/login/mfa").route(web::post().to(api_login_mfa)))
         .service(get("/login/2fa", second_factor_page).route(web::post().to(second_factor_form)))

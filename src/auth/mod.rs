@@ -6,6 +6,7 @@
 
 pub mod api_tokens;
 pub mod captcha;
+pub mod deletion;
 mod email;
 pub mod email_tokens;
 pub mod handlers;

@@ -169,6 +169,7 @@ async fn revoke_other_sessions(
 #[derive(serde::Deserialize)]
 pub struct SecurityQuery {
     notice: Option<String>,
+    error: Option<String>,
 }
 
 async fn security_page(
@@ -194,6 +195,7 @@ async fn security_page(
     let mut context = page.context(&state);
     context.insert("sessions", &sessions);
     context.insert("notice", &query.notice);
+    context.insert("error", &query.error);
     context.insert(
         "two_factor_on",
         &state.two_factor.is_enabled(identity.user_id()).await?,

@@ -1495,6 +1495,90 @@ fn add_member_row(
     Ok(())
 }
 
+/// What deleting an account did to the conversations.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Erasure {
+    /// Private rooms deleted with their history.
+    pub private_rooms_deleted: usize,
+    /// Stored messages whose sender is now "Deleted user".
+    pub messages_anonymised: usize,
+    /// Rooms that got a new owner because the deleted person was the last one.
+    pub rooms_handed_over: usize,
+}
+
+/// The chat part of deleting `user_id`'s account, in the deleting transaction: their private
+/// rooms go with all their history; the messages they wrote elsewhere stay for the others but
+/// lose their author (and idempotency keys, which could link them); their memberships end, and
+/// a room they were the last owner of passes to its longest-standing member.
+pub fn erase_member(conn: &mut DbConnection, user_id: i64) -> QueryResult<Erasure> {
+    use crate::schema::messages;
+    let mut erasure = Erasure::default();
+    crate::auth::personal_keys::erase(conn, user_id)?;
+    let private: Vec<i64> = rooms::table
+        .filter(rooms::privacy.eq(Privacy::Private.as_str()))
+        .filter(rooms::created_by.eq(user_id))
+        .select(rooms::id)
+        .load(conn)?;
+    for room_id in &private {
+        delete_room_rows(conn, *room_id)?;
+    }
+    erasure.private_rooms_deleted = private.len();
+    erasure.messages_anonymised = diesel::update(
+        messages::table
+            .filter(messages::sender_kind.eq(MemberKind::User.as_str()))
+            .filter(messages::sender_id.eq(user_id)),
+    )
+    .set((
+        messages::sender_id.eq(None::<i64>),
+        messages::idempotency_key.eq(None::<String>),
+    ))
+    .execute(conn)?;
+    let owned: Vec<i64> = room_members::table
+        .filter(room_members::member_kind.eq(MemberKind::User.as_str()))
+        .filter(room_members::member_id.eq(user_id))
+        .filter(room_members::role.eq(RoomRole::Owner.as_str()))
+        .select(room_members::room_id)
+        .load(conn)?;
+    diesel::delete(
+        room_members::table
+            .filter(room_members::member_kind.eq(MemberKind::User.as_str()))
+            .filter(room_members::member_id.eq(user_id)),
+    )
+    .execute(conn)?;
+    for room_id in owned {
+        let owners: i64 = room_members::table
+            .filter(room_members::room_id.eq(room_id))
+            .filter(room_members::role.eq(RoomRole::Owner.as_str()))
+            .count()
+            .get_result(conn)?;
+        if owners > 0 {
+            continue;
+        }
+        let heir: Option<i64> = room_members::table
+            .filter(room_members::room_id.eq(room_id))
+            .filter(room_members::member_kind.eq(MemberKind::User.as_str()))
+            .order((room_members::joined_at, room_members::member_id))
+            .select(room_members::member_id)
+            .first(conn)
+            .optional()?;
+        if let Some(heir) = heir {
+            diesel::update(
+                room_members::table
+                    .filter(room_members::room_id.eq(room_id))
+                    .filter(room_members::member_kind.eq(MemberKind::User.as_str()))
+                    .filter(room_members::member_id.eq(heir)),
+            )
+            .set(room_members::role.eq(RoomRole::Owner.as_str()))
+            .execute(conn)?;
+            erasure.rooms_handed_over += 1;
+        }
+    }
+    diesel::update(rooms::table.filter(rooms::created_by.eq(user_id)))
+        .set(rooms::created_by.eq(None::<i64>))
+        .execute(conn)?;
+    Ok(erasure)
+}
+
 /// The privacy tier a workspace gives new rooms.
 fn tenant_privacy(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<Privacy> {
     Ok(tenants::table

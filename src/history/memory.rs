@@ -75,9 +75,19 @@ impl MemoryHistoryStore {
         purged
     }
 
-    /// The rooms holding messages now.
-    pub fn room_ids(&self) -> Vec<i64> {
-        self.rooms().keys().copied().collect()
+    /// Removes `sender` from the messages they wrote (their account was deleted); how many.
+    pub fn anonymise(&self, sender: Sender) -> usize {
+        let mut changed = 0;
+        for log in self.rooms().values_mut() {
+            log.keys.retain(|(who, _), _| *who != sender);
+            for message in log.messages.iter_mut() {
+                if message.sender_kind == sender.kind && message.sender_id == Some(sender.id) {
+                    message.sender_id = None;
+                    changed += 1;
+                }
+            }
+        }
+        changed
     }
 }
 

@@ -94,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::auth::password_handlers::configure)
         .configure(crate::auth::two_factor_handlers::configure)
         .configure(crate::auth::private_handlers::configure)
+        .configure(crate::auth::deletion::configure)
         .configure(crate::auth::token_handlers::configure)
         .configure(crate::auth::oidc_handlers::configure)
         .configure(crate::tenancy::handlers::configure)

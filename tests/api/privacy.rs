@@ -598,3 +598,156 @@ async fn private_rooms_open_only_with_their_owners_password() {
     assert_eq!((status, page["messages"].clone()), (200, json!([])));
     say(&ada, &app, room, "a fresh start").await;
 }
+
+#[tokio::test]
+async fn deleting_an_account_erases_private_rooms_and_anonymises_the_rest() {
+    let Team {
+        app,
+        ada,
+        carl,
+        eve,
+        ..
+    } = team().await;
+    let ops = create_room(&carl, &app, "ops", "public").await;
+    post(
+        &ada,
+        &app,
+        &format!("/api/v1/rooms/{ops}/members"),
+        json!({}),
+    )
+    .await;
+    say(&carl, &app, ops, "the pager rota is on the wiki").await;
+    say(&ada, &app, ops, "thanks Carl").await;
+    let (_, fleeting) = post(
+        &carl,
+        &app,
+        "/api/v1/rooms",
+        json!({"name": "standup", "visibility": "public", "privacy": "ephemeral"}),
+    )
+    .await;
+    let fleeting = fleeting["id"].as_i64().unwrap();
+    say(&carl, &app, fleeting, "back in five").await;
+    post(
+        &carl,
+        &app,
+        "/api/v1/me/private/unlock",
+        json!({"password": TEAM_PASSWORD}),
+    )
+    .await;
+    let (_, diary) = post(
+        &carl,
+        &app,
+        "/api/v1/rooms",
+        json!({"name": "diary", "visibility": "private", "privacy": "private"}),
+    )
+    .await;
+    let diary = diary["id"].as_i64().unwrap();
+    say(&carl, &app, diary, "dear diary").await;
+
+    let (status, _) = send_delete(&carl, &app, "wrong password").await;
+    assert_eq!(status, 400);
+    let (status, problem) = send_delete(&ada, &app, TEAM_PASSWORD).await;
+    assert_eq!(
+        status, 409,
+        "the only owner of a shared workspace: {problem}"
+    );
+    assert!(problem["detail"].as_str().unwrap().contains("only owner"));
+
+    let (status, erasure) = send_delete(&carl, &app, TEAM_PASSWORD).await;
+    assert_eq!(status, 200, "{erasure}");
+    assert_eq!(erasure["private_rooms_deleted"], 1);
+    assert_eq!(erasure["messages_anonymised"], 1, "{erasure}");
+    assert_eq!(
+        erasure["rooms_handed_over"], 1,
+        "ops (nobody else is in standup): {erasure}"
+    );
+    assert_eq!(carl.me_status(&app).await, 401, "signed out everywhere");
+    let again = Device::new(None)
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": "carl@example.com", "password": TEAM_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401);
+
+    // The others keep the conversation, without its author.
+    let (_, page) = get(&ada, &app, &format!("/api/v1/rooms/{ops}/messages")).await;
+    let first = &page["messages"][0];
+    assert_eq!(first["body"], "the pager rota is on the wiki");
+    assert_eq!(first["sender"]["name"], "Deleted user");
+    assert!(first["sender"]["id"].is_null());
+    let (_, room) = get(&ada, &app, &format!("/api/v1/rooms/{ops}")).await;
+    assert_eq!(room["my_role"], "owner", "the room passed to Ada");
+    let (_, page) = get(&ada, &app, &format!("/api/v1/rooms/{fleeting}/messages")).await;
+    assert_eq!(
+        page["messages"][0]["sender"]["name"], "Deleted user",
+        "{page}"
+    );
+    let (status, _) = get(&ada, &app, &format!("/api/v1/rooms/{diary}")).await;
+    assert_eq!(status, 404);
+    for (sql, expected) in [
+        (
+            "SELECT COUNT(*) AS n FROM users WHERE email = 'carl@example.com'",
+            0,
+        ),
+        ("SELECT COUNT(*) AS n FROM personal_keys", 0),
+        (
+            "SELECT COUNT(*) AS n FROM messages WHERE sender_id IS NULL",
+            1,
+        ),
+        ("SELECT COUNT(*) AS n FROM messages", 2),
+        (
+            "SELECT COUNT(*) AS n FROM audit_events WHERE event = 'account.deleted' AND actor_user_id IS NULL",
+            1,
+        ),
+    ] {
+        assert_eq!(count_where(&app, sql).await, expected, "{sql}");
+    }
+
+    // The form asks for a tick first.
+    let form = |confirm: Option<&'static str>| {
+        let mut fields = vec![
+            ("csrf_token", eve.csrf(&app)),
+            ("password", TEAM_PASSWORD.to_owned()),
+        ];
+        if let Some(confirm) = confirm {
+            fields.push(("confirm", confirm.to_owned()));
+        }
+        let request = eve
+            .client
+            .post(app.url("/settings/account/delete"))
+            .form(&fields);
+        async move { request.send().await.unwrap() }
+    };
+    let unticked = form(None).await;
+    assert!(
+        unticked.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("error=confirm"),
+        "{:?}",
+        unticked.headers()
+    );
+    let deleted = form(Some("yes")).await;
+    assert_eq!(
+        deleted.headers()["location"],
+        "/login?notice=account_deleted"
+    );
+    assert_eq!(eve.me_status(&app).await, 401);
+}
+
+async fn send_delete(
+    person: &Device,
+    app: &crate::helpers::TestApp,
+    password: &str,
+) -> (u16, Value) {
+    crate::rooms::send(
+        person,
+        app,
+        reqwest::Method::DELETE,
+        "/api/v1/me",
+        Some(json!({ "password": password })),
+    )
+    .await
+}
