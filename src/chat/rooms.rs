@@ -394,12 +394,17 @@ impl ChatService {
         }
     }
 
-    /// Where `room`'s messages live.
-    fn store(&self, room: &Room) -> &dyn HistoryStore {
-        match room.privacy {
+    /// Where `room`'s messages live — for `user_id`, whose personal key must be unlocked when
+    /// the room is private (a private room is personal: the reader is its owner). Checked
+    /// here as well as by the store, so an empty private room shows as locked too.
+    fn store(&self, room: &Room, user_id: i64) -> Result<&dyn HistoryStore, AppError> {
+        if room.privacy == Privacy::Private && !self.personal.is_unlocked(user_id) {
+            return Err(crate::history::HistoryError::Locked(room.id).into());
+        }
+        Ok(match room.privacy {
             Privacy::Ephemeral => self.ephemeral.as_ref(),
             Privacy::Standard | Privacy::Private => self.history.as_ref(),
-        }
+        })
     }
 
     /// The in-memory history of ephemeral rooms (retention reaches it through here).
@@ -1082,7 +1087,7 @@ impl ChatService {
     ) -> Result<Vec<MessageView>, AppError> {
         let access = self.access(user_id, room_id).await?;
         let page = self
-            .store(&access.room)
+            .store(&access.room, user_id)?
             .page(room_id, cursor, limit.clamp(1, MAX_PAGE))
             .await?;
         self.views(page).await
@@ -1097,7 +1102,7 @@ impl ChatService {
     ) -> Result<MessageView, AppError> {
         let access = self.access(user_id, room_id).await?;
         let message = self
-            .store(&access.room)
+            .store(&access.room, user_id)?
             .get(room_id, message_id)
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
@@ -1126,7 +1131,7 @@ impl ChatService {
             .run(move |conn| require(conn, room_id, user_id, RoomAction::Post))
             .await?;
         let appended = self
-            .store(&access.room)
+            .store(&access.room, user_id)?
             .append(
                 room_id,
                 NewMessage {
@@ -1151,7 +1156,7 @@ impl ChatService {
         check_body(&self.settings, &body)?;
         let access = self.access(user_id, room_id).await?;
         let message = self
-            .store(&access.room)
+            .store(&access.room, user_id)?
             .get(room_id, message_id)
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
@@ -1167,7 +1172,7 @@ impl ChatService {
             )));
         }
         let edited = self
-            .store(&access.room)
+            .store(&access.room, user_id)?
             .edit(room_id, message_id, body)
             .await?;
         self.view(edited).await
@@ -1183,7 +1188,7 @@ impl ChatService {
     ) -> Result<(), AppError> {
         let access = self.access(user_id, room_id).await?;
         let message = self
-            .store(&access.room)
+            .store(&access.room, user_id)?
             .get(room_id, message_id)
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
@@ -1193,7 +1198,9 @@ impl ChatService {
                 "Only its author or a moderator can delete a message.".to_owned(),
             ));
         }
-        self.store(&access.room).delete(room_id, message_id).await?;
+        self.store(&access.room, user_id)?
+            .delete(room_id, message_id)
+            .await?;
         if !own {
             let room = access.room.clone();
             self.db
@@ -1381,7 +1388,7 @@ impl ChatService {
         let mut cursor = Cursor::After(0);
         loop {
             let page = self
-                .store(&access.room)
+                .store(&access.room, user_id)?
                 .page(room_id, cursor, CHUNK)
                 .await?;
             let Some(last) = page.last() else { break };

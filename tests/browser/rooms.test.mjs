@@ -80,3 +80,51 @@ test('a room: create, post Markdown, reply, edit, search, page back — without 
   await page.waitForSelector('.message:target');
   await context.close();
 });
+
+test('a private room: sealed with my password, unlocked and locked from its page; workspace defaults', async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, javaScriptEnabled: false });
+  const page = await context.newPage();
+  await page.goto(base + '/login');
+  await page.getByLabel('Email').fill(process.env.CONCLAVE_ROOMS_EMAIL);
+  await page.getByLabel('Password').fill(process.env.CONCLAVE_TEST_PASSWORD);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.waitForURL(base + '/');
+
+  await page.goto(base + '/rooms');
+  await page.getByLabel('Name').fill('journal');
+  await page.getByLabel('Invite-only — only people you add').check();
+  await page.getByLabel('How its messages are kept').selectOption('private');
+  await page.getByRole('button', { name: 'Create room' }).click();
+  await page.waitForSelector('h1:has-text("# journal")');
+  assert.match(await page.locator('.room-header').innerText(), /sealed with your password/);
+  await page.waitForSelector('h2:has-text("This private room is locked")');
+  await page.screenshot({ path: `${artifacts}private-locked-${backend}.png`, fullPage: true });
+
+  await page.getByLabel('Password').fill('not it');
+  await page.getByRole('button', { name: 'Unlock' }).click();
+  await page.waitForSelector('.form-error:has-text("password")');
+  await page.getByLabel('Password').fill(process.env.CONCLAVE_TEST_PASSWORD);
+  await page.getByRole('button', { name: 'Unlock' }).click();
+  await page.waitForSelector('.form-notice:has-text("unlocked")');
+  await page.getByLabel('Message (Markdown)').fill('Only I can read this');
+  await page.getByRole('button', { name: 'Send' }).click();
+  await page.waitForSelector('.message-body:has-text("Only I can read this")');
+  await page.screenshot({ path: `${artifacts}private-open-${backend}.png`, fullPage: true });
+  await page.getByRole('button', { name: 'Lock private conversations now' }).click();
+  await page.waitForSelector('h2:has-text("This private room is locked")');
+  assert.equal(await page.locator('.message-body').count(), 0, 'nothing shows while locked');
+
+  // The workspace's conversation defaults.
+  await page.goto(base + '/workspaces');
+  await page.getByLabel('Privacy of new rooms').selectOption('ephemeral');
+  await page.getByLabel('Keep messages for (days)').fill('30');
+  await page.getByRole('button', { name: 'Save settings' }).click();
+  await page.waitForSelector('.form-notice:has-text("Settings saved")');
+  assert.equal(await page.getByLabel('Keep messages for (days)').inputValue(), '30');
+  await page.screenshot({ path: `${artifacts}workspace-settings-${backend}.png`, fullPage: true });
+  await page.getByLabel('Privacy of new rooms').selectOption('standard');
+  await page.getByLabel('Keep messages for (days)').fill('');
+  await page.getByRole('button', { name: 'Save settings' }).click();
+  await page.waitForSelector('.form-notice:has-text("Settings saved")');
+  await context.close();
+});
