@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use crate::db::DbConnection;
+use crate::db::{Db, DbConnection, DbError};
 use crate::schema::audit_events;
 
 /// Event names, `area.action`. Keep them stable: they are what security teams search for.
@@ -43,6 +43,25 @@ pub struct AuditEvent {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// Something a person did to their own account (actor and subject are them).
+    pub fn by_user(event: &'static str, user_id: i64) -> Self {
+        Self {
+            event,
+            actor_user_id: Some(user_id),
+            subject: Some(format!("user:{user_id}")),
+            ..Self::default()
+        }
+    }
+}
+
+/// Records `event` on its own, now — for a change that was not itself a database write in a
+/// transaction (a sign-out, a download); otherwise record in the change's transaction.
+pub async fn record_now(db: &Db, event: AuditEvent) -> Result<(), DbError> {
+    db.run(move |conn| record(conn, &event, chrono::Utc::now().naive_utc()).map_err(DbError::from))
+        .await
 }
 
 pub fn record(conn: &mut DbConnection, event: &AuditEvent, at: NaiveDateTime) -> QueryResult<()> {

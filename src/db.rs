@@ -217,11 +217,6 @@ impl Db {
     }
 }
 
-/// Runs `work` in a transaction that will write. On SQLite it starts with `BEGIN IMMEDIATE`,
-/// taking the write lock before the first read: a plain (deferred) transaction that reads and
-/// then writes fails with "database is locked" whenever another writer committed in between
-/// (a WAL snapshot conflict, which the busy timeout does not cover). Nested calls become
-/// savepoints. On PostgreSQL it is an ordinary transaction.
 /// Locks one row (`SELECT … FOR UPDATE`) until the transaction ends, to serialize changes to
 /// it across nodes on PostgreSQL. SQLite needs nothing: `write_transaction` already holds the
 /// database's single write lock.
@@ -245,6 +240,24 @@ pub enum LockableTable {
     Rooms,
 }
 
+/// `Some` with what an insert returned, `None` when it broke a unique constraint (someone
+/// else's row is already there); other errors pass through.
+pub fn unless_taken<T>(inserted: QueryResult<T>) -> QueryResult<Option<T>> {
+    match inserted {
+        Ok(value) => Ok(Some(value)),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(None),
+        Err(other) => Err(other),
+    }
+}
+
+/// Runs `work` in a transaction that will write. On SQLite it starts with `BEGIN IMMEDIATE`,
+/// taking the write lock before the first read: a plain (deferred) transaction that reads and
+/// then writes fails with "database is locked" whenever another writer committed in between
+/// (a WAL snapshot conflict, which the busy timeout does not cover). Nested calls become
+/// savepoints. On PostgreSQL it is an ordinary transaction.
 pub fn write_transaction<T, E, F>(conn: &mut DbConnection, work: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,

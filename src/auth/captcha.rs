@@ -14,7 +14,6 @@
 use base64::Engine as _;
 use chrono::{NaiveDateTime, TimeDelta, Utc};
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use crate::crypto::MasterKey;
 use crate::db::{Db, DbConnection, DbError};
@@ -113,17 +112,16 @@ impl Captcha {
         let signature = payload.signature;
         self.db
             .run(move |conn| {
-                match diesel::insert_into(captcha_spent::table)
-                    .values((
-                        captcha_spent::signature.eq(&signature),
-                        captcha_spent::expires_at.eq(expires_at),
-                    ))
-                    .execute(conn)
-                {
-                    Ok(_) => Ok(()),
-                    Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-                        Err(CaptchaError::Spent)
-                    }
+                match crate::db::unless_taken(
+                    diesel::insert_into(captcha_spent::table)
+                        .values((
+                            captcha_spent::signature.eq(&signature),
+                            captcha_spent::expires_at.eq(expires_at),
+                        ))
+                        .execute(conn),
+                ) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(CaptchaError::Spent),
                     Err(other) => Err(CaptchaError::Database(other.into())),
                 }
             })

@@ -644,25 +644,12 @@ async fn end_session(
     // Signing out closes private conversations on this server at once.
     state.chat.personal_keys().lock(identity.user_id());
     let client = client(request);
-    let user_id = identity.user_id();
-    state
-        .db
-        .run(move |conn| {
-            audit::record(
-                conn,
-                &AuditEvent {
-                    event: events::LOGOUT,
-                    actor_user_id: Some(user_id),
-                    subject: Some(format!("user:{user_id}")),
-                    ip: client.ip.map(|ip| ip.to_string()),
-                    user_agent: client.user_agent,
-                    ..AuditEvent::default()
-                },
-                chrono::Utc::now().naive_utc(),
-            )
-            .map_err(DbError::from)
-        })
-        .await?;
+    let event = AuditEvent {
+        ip: client.ip.map(|ip| ip.to_string()),
+        user_agent: client.user_agent,
+        ..AuditEvent::by_user(events::LOGOUT, identity.user_id())
+    };
+    audit::record_now(&state.db, event).await?;
     Ok(())
 }
 

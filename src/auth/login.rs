@@ -363,13 +363,10 @@ impl LoginService {
                     audit::record(
                         tx,
                         &AuditEvent {
-                            event: events::LOGIN_SUCCEEDED,
-                            actor_user_id: Some(user_id),
-                            subject: Some(format!("user:{user_id}")),
                             ip,
                             user_agent,
                             details: serde_json::json!({ "method": method }),
-                            ..AuditEvent::default()
+                            ..AuditEvent::by_user(events::LOGIN_SUCCEEDED, user_id)
                         },
                         Utc::now().naive_utc(),
                     )?;

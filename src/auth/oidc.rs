@@ -736,12 +736,9 @@ impl Federation {
                     audit::record(
                         tx,
                         &AuditEvent {
-                            event: events::IDENTITY_UNLINKED,
-                            actor_user_id: Some(user_id),
-                            subject: Some(format!("user:{user_id}")),
                             ip: ip.clone(),
                             details: serde_json::json!({ "provider": provider }),
-                            ..AuditEvent::default()
+                            ..AuditEvent::by_user(events::IDENTITY_UNLINKED, user_id)
                         },
                         Utc::now().naive_utc(),
                     )?;

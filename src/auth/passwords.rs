@@ -296,10 +296,5 @@ fn set_password(
 }
 
 fn event(name: &'static str, user_id: i64) -> AuditEvent {
-    AuditEvent {
-        event: name,
-        actor_user_id: Some(user_id),
-        subject: Some(format!("user:{user_id}")),
-        ..AuditEvent::default()
-    }
+    AuditEvent::by_user(name, user_id)
 }

@@ -172,21 +172,20 @@ impl PersonalKeys {
             .await
     }
 
-    /// Unlocks `user_id`'s key with their password — made on first use. The caller has
-    /// checked that the password is the account's (see `LoginService::reauthenticate`).
+    /// Unlocks `user_id`'s key with their password — made on first use (then `true`). The
+    /// caller has checked that the password is the account's (`LoginService::reauthenticate`).
     pub async fn unlock(
         &self,
         user_id: i64,
         password: SecretString,
-    ) -> Result<(), PersonalKeyError> {
-        let stored = self.stored(user_id).await?;
-        let key = match stored {
-            Some(stored) => self.open(user_id, &password, stored).await?,
+    ) -> Result<bool, PersonalKeyError> {
+        let (key, created) = match self.stored(user_id).await? {
+            Some(stored) => (self.open(user_id, &password, stored).await?, false),
             None => self.create(user_id, &password).await?,
         };
         self.unlocked
             .insert(user_id, Arc::new(PersonalKey::new(user_id, &key)));
-        Ok(())
+        Ok(created)
     }
 
     /// The key re-wrapped under a new password (both known: a password change), to store
@@ -278,48 +277,46 @@ impl PersonalKeys {
         ))
     }
 
+    /// A new key for `user_id` and `true`, or (when another unlock made one at the same
+    /// moment) theirs and `false`.
     async fn create(
         &self,
         user_id: i64,
         password: &SecretString,
-    ) -> Result<DataKey, PersonalKeyError> {
+    ) -> Result<(DataKey, bool), PersonalKeyError> {
         let key = new_data_key();
         let (salt, wrapped) = self.seal(user_id, password, &key).await?;
         let inserted = self
             .db
             .run(move |conn| {
                 let now = Utc::now().naive_utc();
-                let result = diesel::insert_into(personal_keys::table)
-                    .values((
-                        personal_keys::user_id.eq(user_id),
-                        personal_keys::salt.eq(salt),
-                        personal_keys::m_cost.eq(MEMORY_KIB as i32),
-                        personal_keys::t_cost.eq(ITERATIONS as i32),
-                        personal_keys::p_cost.eq(PARALLELISM as i32),
-                        personal_keys::wrapped.eq(wrapped),
-                        personal_keys::created_at.eq(now),
-                        personal_keys::updated_at.eq(now),
-                    ))
-                    .execute(conn);
-                match result {
-                    Ok(_) => Ok(true),
-                    // Two unlocks at once: the other one's key stands.
-                    Err(diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    )) => Ok(false),
-                    Err(e) => Err(DbError::from(e)),
-                }
+                crate::db::unless_taken(
+                    diesel::insert_into(personal_keys::table)
+                        .values((
+                            personal_keys::user_id.eq(user_id),
+                            personal_keys::salt.eq(salt),
+                            personal_keys::m_cost.eq(MEMORY_KIB as i32),
+                            personal_keys::t_cost.eq(ITERATIONS as i32),
+                            personal_keys::p_cost.eq(PARALLELISM as i32),
+                            personal_keys::wrapped.eq(wrapped),
+                            personal_keys::created_at.eq(now),
+                            personal_keys::updated_at.eq(now),
+                        ))
+                        .execute(conn),
+                )
+                // `None`: two unlocks at once; the other one's key stands.
+                .map(|inserted| inserted.is_some())
+                .map_err(DbError::from)
             })
             .await?;
         if inserted {
-            return Ok(key);
+            return Ok((key, true));
         }
         let stored = self
             .stored(user_id)
             .await?
             .ok_or(PersonalKeyError::WrongPassword)?;
-        self.open(user_id, password, stored).await
+        Ok((self.open(user_id, password, stored).await?, false))
     }
 }
 
@@ -327,21 +324,12 @@ impl PersonalKeys {
 /// and index entries of their private rooms (a password reset; account deletion). The rooms
 /// stay, empty. Returns how many rooms lost their history.
 pub fn erase(conn: &mut DbConnection, user_id: i64) -> QueryResult<usize> {
-    use crate::schema::{conversation_keys, message_terms, messages};
+    use crate::schema::conversation_keys;
     let rooms: Vec<i64> = conversation_keys::table
         .filter(conversation_keys::kek_id.eq(kek_id(user_id)))
         .select(conversation_keys::room_id)
         .load(conn)?;
-    if !rooms.is_empty() {
-        let ids = messages::table
-            .filter(messages::room_id.eq_any(&rooms))
-            .select(messages::id);
-        diesel::delete(message_terms::table.filter(message_terms::message_id.eq_any(ids)))
-            .execute(conn)?;
-        diesel::delete(messages::table.filter(messages::room_id.eq_any(&rooms))).execute(conn)?;
-        diesel::delete(conversation_keys::table.filter(conversation_keys::room_id.eq_any(&rooms)))
-            .execute(conn)?;
-    }
+    crate::history::erase_rooms(conn, &rooms)?;
     diesel::delete(personal_keys::table.find(user_id)).execute(conn)?;
     Ok(rooms.len())
 }

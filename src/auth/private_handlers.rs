@@ -11,7 +11,6 @@ use serde_json::json;
 use super::identity::{Caller, Identity};
 use super::personal_keys::PersonalKeyError;
 use crate::audit::{self, AuditEvent};
-use crate::db::DbError;
 use crate::error::AppError;
 use crate::web::AppState;
 
@@ -57,28 +56,13 @@ async fn unlock(
     {
         return Err(AppError::BadRequest("password: is not correct".to_owned()));
     }
-    let keys = state.chat.personal_keys();
-    let first = !keys.exists(user_id).await?;
-    keys.unlock(user_id, password).await?;
-    if first {
-        let ip = crate::web::client_ip(request);
-        state
-            .db
-            .run(move |conn| {
-                audit::record(
-                    conn,
-                    &AuditEvent {
-                        event: "private.key_created",
-                        actor_user_id: Some(user_id),
-                        subject: Some(format!("user:{user_id}")),
-                        ip,
-                        ..AuditEvent::default()
-                    },
-                    chrono::Utc::now().naive_utc(),
-                )
-                .map_err(DbError::from)
-            })
-            .await?;
+    let created = state.chat.personal_keys().unlock(user_id, password).await?;
+    if created {
+        let event = AuditEvent {
+            ip: crate::web::client_ip(request),
+            ..AuditEvent::by_user("private.key_created", user_id)
+        };
+        audit::record_now(&state.db, event).await?;
     }
     Ok(())
 }

@@ -8,7 +8,6 @@ use serde_json::json;
 use super::identity::Identity;
 use super::sessions::SessionRow;
 use crate::audit::{self, AuditEvent, events};
-use crate::db::DbError;
 use crate::error::AppError;
 use crate::web::AppState;
 use crate::web::pages::Page;
@@ -67,25 +66,13 @@ async fn audit_revoked(
 ) -> Result<(), AppError> {
     let (ip, user_agent) = crate::web::client_info(request);
     let ip = ip.map(|ip| ip.to_string());
-    state
-        .db
-        .run(move |conn| {
-            audit::record(
-                conn,
-                &AuditEvent {
-                    event: events::SESSION_REVOKED,
-                    actor_user_id: Some(user_id),
-                    subject: Some(format!("user:{user_id}")),
-                    ip,
-                    user_agent,
-                    details,
-                    ..AuditEvent::default()
-                },
-                chrono::Utc::now().naive_utc(),
-            )
-            .map_err(DbError::from)
-        })
-        .await?;
+    let event = AuditEvent {
+        ip,
+        user_agent,
+        details,
+        ..AuditEvent::by_user(events::SESSION_REVOKED, user_id)
+    };
+    audit::record_now(&state.db, event).await?;
     Ok(())
 }
 

@@ -199,10 +199,7 @@ impl SignupService {
                     audit::record(
                         tx,
                         &AuditEvent {
-                            event: events::EMAIL_VERIFIED,
-                            actor_user_id: Some(user_id),
-                            subject: Some(format!("user:{user_id}")),
-                            ..AuditEvent::default()
+                            ..AuditEvent::by_user(events::EMAIL_VERIFIED, user_id)
                         },
                         now,
                     )?;

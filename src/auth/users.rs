@@ -3,7 +3,7 @@
 
 use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 use serde::Serialize;
 
 use super::Email;
@@ -90,23 +90,21 @@ pub fn create(conn: &mut DbConnection, new: NewUser) -> Result<(User, Role), Cre
         };
         // `returning(User::as_returning())` does not compile through MultiConnection (its
         // returning clause forwards per backend); return the id and read the row back.
-        let id: i64 = diesel::insert_into(users::table)
-            .values((
-                users::email.eq(new.email.as_str()),
-                users::display_name.eq(&new.display_name),
-                users::password_hash.eq(&new.password_hash),
-                users::email_verified_at.eq(new.verified.then_some(now)),
-                users::created_at.eq(now),
-                users::updated_at.eq(now),
-            ))
-            .returning(users::id)
-            .get_result(tx)
-            .map_err(|e| match e {
-                DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                    CreateUserError::EmailTaken
-                }
-                other => CreateUserError::Database(other),
-            })?;
+        let id: i64 = crate::db::unless_taken(
+            diesel::insert_into(users::table)
+                .values((
+                    users::email.eq(new.email.as_str()),
+                    users::display_name.eq(&new.display_name),
+                    users::password_hash.eq(&new.password_hash),
+                    users::email_verified_at.eq(new.verified.then_some(now)),
+                    users::created_at.eq(now),
+                    users::updated_at.eq(now),
+                ))
+                .returning(users::id)
+                .get_result(tx),
+        )
+        .map_err(CreateUserError::Database)?
+        .ok_or(CreateUserError::EmailTaken)?;
         let user: User = users::table.find(id).select(User::as_select()).first(tx)?;
         tenancy::add_member(tx, tenant_id, user.id, role, now)?;
         audit::record(

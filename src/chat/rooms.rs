@@ -439,7 +439,10 @@ impl ChatService {
     ) -> Result<Vec<RoomSummary>, AppError> {
         self.db
             .run(move |conn| {
-                let readable = readable_ids(conn, user_id, tenant)?;
+                let readable: Vec<i64> = readable_in(conn, user_id, tenant)?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
                 let query = rooms::table
                     .inner_join(tenants::table)
                     .filter(rooms::id.eq_any(readable))
@@ -1202,23 +1205,14 @@ impl ChatService {
             .delete(room_id, message_id)
             .await?;
         if !own {
-            let room = access.room.clone();
-            self.db
-                .run(move |conn| {
-                    audit::record(
-                        conn,
-                        &room_event(
-                            "message.deleted_by_moderator",
-                            user_id,
-                            &room,
-                            ip,
-                            json!({ "message_id": message_id, "sender_id": message.sender_id }),
-                        ),
-                        Utc::now().naive_utc(),
-                    )
-                    .map_err(DbError::from)
-                })
-                .await?;
+            let event = room_event(
+                "message.deleted_by_moderator",
+                user_id,
+                &access.room,
+                ip,
+                json!({ "message_id": message_id, "sender_id": message.sender_id }),
+            );
+            audit::record_now(&self.db, event).await?;
         }
         Ok(())
     }
@@ -1250,22 +1244,15 @@ impl ChatService {
                 "q: at most 8 words at a time".to_owned(),
             ));
         }
-        let readable: Vec<(i64, String)> = self
+        let readable = self
             .db
-            .run(move |conn| {
-                let ids = readable_ids(conn, user_id, None)?;
-                rooms::table
-                    .filter(rooms::id.eq_any(ids))
-                    .select((rooms::id, rooms::privacy))
-                    .load(conn)
-                    .map_err(DbError::from)
-            })
+            .run(move |conn| readable_in(conn, user_id, None).map_err(DbError::from))
             .await?;
         let privacy_of = |room: i64| {
             readable
                 .iter()
                 .find(|(id, _)| *id == room)
-                .map(|(_, privacy)| privacy.parse().unwrap_or(Privacy::Standard))
+                .map(|(_, privacy)| *privacy)
         };
         // Across rooms, the stored history is searched (one id order); an ephemeral room's
         // messages are searched when the search is limited to that room.
@@ -1282,7 +1269,7 @@ impl ChatService {
                 self.history.as_ref(),
                 readable
                     .iter()
-                    .filter(|(_, privacy)| privacy != Privacy::Ephemeral.as_str())
+                    .filter(|(_, privacy)| *privacy != Privacy::Ephemeral)
                     .map(|(id, _)| *id)
                     .collect(),
             ),
@@ -1320,32 +1307,24 @@ impl ChatService {
     /// Everything the caller wrote, with the rooms it was written in. Private rooms whose key
     /// is locked are listed in `locked_rooms` (unlock, then export again for their messages).
     pub async fn export_mine(&self, user_id: i64) -> Result<serde_json::Value, AppError> {
-        use crate::schema::messages;
-        let unlocked = self.personal.is_unlocked(user_id);
-        let (stored_in, locked): (Vec<i64>, Vec<i64>) = self
-            .db
-            .run(move |conn| {
-                let written: Vec<(i64, String)> = messages::table
-                    .inner_join(rooms::table)
-                    .filter(messages::sender_kind.eq(MemberKind::User.as_str()))
-                    .filter(messages::sender_id.eq(user_id))
-                    .select((messages::room_id, rooms::privacy))
-                    .distinct()
-                    .load(conn)?;
-                Ok::<_, DbError>(written.into_iter().partition::<Vec<_>, _>(|(_, privacy)| {
-                    unlocked || privacy != Privacy::Private.as_str()
-                }))
-            })
-            .await
-            .map(|(open, locked)| {
-                (
-                    open.into_iter().map(|(id, _)| id).collect(),
-                    locked.into_iter().map(|(id, _)| id).collect(),
-                )
-            })?;
+        // Private rooms are personal: the locked ones are the caller's own, all of them.
+        let locked: Vec<i64> = if self.personal.is_unlocked(user_id) {
+            Vec::new()
+        } else {
+            self.db
+                .run(move |conn| {
+                    rooms::table
+                        .filter(rooms::privacy.eq(Privacy::Private.as_str()))
+                        .filter(rooms::created_by.eq(user_id))
+                        .select(rooms::id)
+                        .load(conn)
+                        .map_err(DbError::from)
+                })
+                .await?
+        };
         let sender = Sender::user(user_id);
-        let mut messages = self.history.by_sender(sender, Some(stored_in)).await?;
-        messages.extend(self.ephemeral.by_sender(sender, None).await?);
+        let mut messages = self.history.by_sender(sender, locked.clone()).await?;
+        messages.extend(self.ephemeral.by_sender(sender, Vec::new()).await?);
         let mut room_ids: Vec<i64> = messages.iter().map(|m| m.room_id).collect();
         room_ids.extend(&locked);
         let rooms: Vec<(i64, String, String, String)> = self
@@ -1366,9 +1345,7 @@ impl ChatService {
             "locked_rooms": locked,
         }))
     }
-}
 
-impl ChatService {
     /// A room's whole history (everyone's messages, oldest first, tombstones included) with its
     /// members, for the room's owners. Audited: it hands out other people's words.
     pub async fn export_room(
@@ -1400,24 +1377,14 @@ impl ChatService {
             }
         }
         let (_, members) = self.members(user_id, room_id).await?;
-        let room = access.room.clone();
-        let count = messages.len();
-        self.db
-            .run(move |conn| {
-                audit::record(
-                    conn,
-                    &room_event(
-                        "room.exported",
-                        user_id,
-                        &room,
-                        ip,
-                        json!({ "messages": count }),
-                    ),
-                    Utc::now().naive_utc(),
-                )
-                .map_err(DbError::from)
-            })
-            .await?;
+        let event = room_event(
+            "room.exported",
+            user_id,
+            &access.room,
+            ip,
+            json!({ "messages": messages.len() }),
+        );
+        audit::record_now(&self.db, event).await?;
         Ok(json!({
             "exported_at": crate::time::rfc3339(Utc::now().naive_utc()),
             "room": access.room,
@@ -1428,12 +1395,12 @@ impl ChatService {
 }
 
 /// The rooms `user_id` may read (see `RoomAction::Read`): their own, and the public rooms of
-/// their workspaces; only those of `tenant` when given.
-fn readable_ids(
+/// their workspaces; only those of `tenant` when given. With each room's privacy tier.
+fn readable_in(
     conn: &mut DbConnection,
     user_id: i64,
     tenant: Option<i64>,
-) -> QueryResult<Vec<i64>> {
+) -> QueryResult<Vec<(i64, Privacy)>> {
     let mine = room_members::table
         .filter(room_members::member_kind.eq(MemberKind::User.as_str()))
         .filter(room_members::member_id.eq(user_id))
@@ -1448,12 +1415,16 @@ fn readable_ids(
                 .eq_any(mine)
                 .or(rooms::visibility.eq("public").and(rooms::kind.eq("room"))),
         )
-        .select(rooms::id)
+        .select((rooms::id, rooms::privacy))
         .into_boxed();
     if let Some(tenant) = tenant {
         query = query.filter(rooms::tenant_id.eq(tenant));
     }
-    query.load(conn)
+    Ok(query
+        .load::<(i64, String)>(conn)?
+        .into_iter()
+        .map(|(id, privacy)| (id, privacy.parse().unwrap_or(Privacy::Standard)))
+        .collect())
 }
 
 /// What `user_id` calls each of `ids`: the room's name, or for a direct room the other person.
@@ -1520,7 +1491,6 @@ pub struct Erasure {
 pub fn erase_member(conn: &mut DbConnection, user_id: i64) -> QueryResult<Erasure> {
     use crate::schema::messages;
     let mut erasure = Erasure::default();
-    crate::auth::personal_keys::erase(conn, user_id)?;
     let private: Vec<i64> = rooms::table
         .filter(rooms::privacy.eq(Privacy::Private.as_str()))
         .filter(rooms::created_by.eq(user_id))
@@ -1530,6 +1500,8 @@ pub fn erase_member(conn: &mut DbConnection, user_id: i64) -> QueryResult<Erasur
         delete_room_rows(conn, *room_id)?;
     }
     erasure.private_rooms_deleted = private.len();
+    // Nothing is left that the personal key opens; it goes too.
+    crate::auth::personal_keys::erase(conn, user_id)?;
     erasure.messages_anonymised = diesel::update(
         messages::table
             .filter(messages::sender_kind.eq(MemberKind::User.as_str()))
@@ -1613,15 +1585,7 @@ fn last_owner_check(conn: &mut DbConnection, room_id: i64) -> Result<(), AppErro
 
 /// Deletes a room and everything in it: index entries, messages, key, members.
 pub fn delete_room_rows(conn: &mut DbConnection, room_id: i64) -> QueryResult<()> {
-    use crate::schema::{conversation_keys, message_terms, messages};
-    let ids = messages::table
-        .filter(messages::room_id.eq(room_id))
-        .select(messages::id);
-    diesel::delete(message_terms::table.filter(message_terms::message_id.eq_any(ids)))
-        .execute(conn)?;
-    diesel::delete(messages::table.filter(messages::room_id.eq(room_id))).execute(conn)?;
-    diesel::delete(conversation_keys::table.filter(conversation_keys::room_id.eq(room_id)))
-        .execute(conn)?;
+    crate::history::erase_rooms(conn, &[room_id])?;
     diesel::delete(room_members::table.filter(room_members::room_id.eq(room_id))).execute(conn)?;
     diesel::delete(rooms::table.find(room_id)).execute(conn)?;
     Ok(())

@@ -47,6 +47,21 @@ impl MemoryHistoryStore {
         }
     }
 
+    /// Runs `change` on one stored message, under the lock.
+    fn change(
+        &self,
+        room_id: i64,
+        message_id: i64,
+        change: impl FnOnce(&mut StoredMessage) -> Result<(), HistoryError>,
+    ) -> Result<StoredMessage, HistoryError> {
+        let mut rooms = self.rooms();
+        let log = rooms.get_mut(&room_id).ok_or(HistoryError::NotFound)?;
+        let index = log.index_of(message_id).ok_or(HistoryError::NotFound)?;
+        let message = &mut log.messages[index];
+        change(message)?;
+        Ok(message.clone())
+    }
+
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<i64, RoomLog>> {
         // A panic while holding the lock leaves plain data that is still consistent per room.
         self.rooms
@@ -143,28 +158,24 @@ impl HistoryStore for MemoryHistoryStore {
         message_id: i64,
         body: String,
     ) -> Result<StoredMessage, HistoryError> {
-        let mut rooms = self.rooms();
-        let log = rooms.get_mut(&room_id).ok_or(HistoryError::NotFound)?;
-        let index = log.index_of(message_id).ok_or(HistoryError::NotFound)?;
-        let message = &mut log.messages[index];
-        if message.deleted_at.is_some() {
-            return Err(HistoryError::Deleted);
-        }
-        message.body = Some(body);
-        message.edited_at = Some(Utc::now().naive_utc());
-        Ok(message.clone())
+        self.change(room_id, message_id, |message| {
+            if message.deleted_at.is_some() {
+                return Err(HistoryError::Deleted);
+            }
+            message.body = Some(body);
+            message.edited_at = Some(Utc::now().naive_utc());
+            Ok(())
+        })
     }
 
     async fn delete(&self, room_id: i64, message_id: i64) -> Result<StoredMessage, HistoryError> {
-        let mut rooms = self.rooms();
-        let log = rooms.get_mut(&room_id).ok_or(HistoryError::NotFound)?;
-        let index = log.index_of(message_id).ok_or(HistoryError::NotFound)?;
-        let message = &mut log.messages[index];
-        if message.deleted_at.is_none() {
-            message.body = None;
-            message.deleted_at = Some(Utc::now().naive_utc());
-        }
-        Ok(message.clone())
+        self.change(room_id, message_id, |message| {
+            if message.deleted_at.is_none() {
+                message.body = None;
+                message.deleted_at = Some(Utc::now().naive_utc());
+            }
+            Ok(())
+        })
     }
 
     async fn get(
@@ -239,12 +250,12 @@ impl HistoryStore for MemoryHistoryStore {
     async fn by_sender(
         &self,
         sender: Sender,
-        rooms: Option<Vec<i64>>,
+        except: Vec<i64>,
     ) -> Result<Vec<StoredMessage>, HistoryError> {
         let all = self.rooms();
         let mut out: Vec<StoredMessage> = all
             .iter()
-            .filter(|(id, _)| rooms.as_ref().is_none_or(|wanted| wanted.contains(id)))
+            .filter(|(id, _)| !except.contains(id))
             .flat_map(|(_, log)| log.messages.iter())
             .filter(|m| m.sender_kind == sender.kind && m.sender_id == Some(sender.id))
             .cloned()

@@ -21,7 +21,7 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 
 pub use memory::MemoryHistoryStore;
-pub use sql::SqlHistoryStore;
+pub use sql::{SqlHistoryStore, erase_rooms};
 
 use crate::db::DbError;
 
@@ -221,11 +221,11 @@ pub trait HistoryStore: Send + Sync {
     ) -> Result<Vec<StoredMessage>, HistoryError>;
     /// Newest first.
     async fn search(&self, query: &SearchQuery) -> Result<Vec<Hit>, HistoryError>;
-    /// Every message `sender` wrote, oldest first, in the given rooms (or all when `None`).
+    /// Every message `sender` wrote, oldest first, in every room but `except`.
     async fn by_sender(
         &self,
         sender: Sender,
-        rooms: Option<Vec<i64>>,
+        except: Vec<i64>,
     ) -> Result<Vec<StoredMessage>, HistoryError>;
     /// Re-wraps every data key that another KEK wrapped under the provider's current one.
     async fn rotate_keys(&self) -> Result<RotationReport, HistoryError>;

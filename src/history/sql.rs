@@ -101,23 +101,19 @@ impl SqlHistoryStore {
             .db
             .run(move |conn| {
                 let now = Utc::now().naive_utc();
-                let inserted = diesel::insert_into(conversation_keys::table)
-                    .values((
-                        conversation_keys::room_id.eq(room_id),
-                        conversation_keys::kek_id.eq(&wrapped.kek_id),
-                        conversation_keys::wrapped.eq(&wrapped.blob),
-                        conversation_keys::created_at.eq(now),
-                    ))
-                    .execute(conn);
-                match inserted {
-                    Ok(_) => Ok(true),
-                    // Another request made the room's key first: use theirs.
-                    Err(diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    )) => Ok(false),
-                    Err(e) => Err(DbError::from(e)),
-                }
+                crate::db::unless_taken(
+                    diesel::insert_into(conversation_keys::table)
+                        .values((
+                            conversation_keys::room_id.eq(room_id),
+                            conversation_keys::kek_id.eq(&wrapped.kek_id),
+                            conversation_keys::wrapped.eq(&wrapped.blob),
+                            conversation_keys::created_at.eq(now),
+                        ))
+                        .execute(conn),
+                )
+                // `None`: another request made the room's key first; use theirs.
+                .map(|inserted| inserted.is_some())
+                .map_err(DbError::from)
             })
             .await?;
         if !stored {
@@ -135,46 +131,85 @@ impl SqlHistoryStore {
 
     /// The room's keys if it has a data key yet (a room without one has no messages).
     async fn existing_room_key(&self, room_id: i64) -> Result<Option<Arc<RoomKey>>, HistoryError> {
-        if let Some(key) = self.keyring.cached(room_id).await {
-            return Ok(Some(key));
+        let mut keys = self.room_keys(&[room_id]).await?;
+        match keys.remove(&room_id) {
+            Some(Ok(key)) => Ok(Some(key)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
         }
-        let stored: Option<(String, String)> = self
+    }
+
+    /// The keys of `rooms` that have one: cached ones from memory, the others read in one
+    /// query and unwrapped. Per room, since a private room may be locked while others open.
+    async fn room_keys(
+        &self,
+        rooms: &[i64],
+    ) -> Result<HashMap<i64, Result<Arc<RoomKey>, HistoryError>>, HistoryError> {
+        let mut keys = HashMap::with_capacity(rooms.len());
+        let mut missing = Vec::new();
+        for room_id in rooms {
+            match self.keyring.cached(*room_id).await {
+                Some(key) => {
+                    keys.insert(*room_id, Ok(key));
+                }
+                None => missing.push(*room_id),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(keys);
+        }
+        let stored: Vec<(i64, String, String)> = self
             .db
             .run(move |conn| {
                 conversation_keys::table
-                    .find(room_id)
-                    .select((conversation_keys::kek_id, conversation_keys::wrapped))
-                    .first(conn)
-                    .optional()
+                    .filter(conversation_keys::room_id.eq_any(missing))
+                    .select((
+                        conversation_keys::room_id,
+                        conversation_keys::kek_id,
+                        conversation_keys::wrapped,
+                    ))
+                    .load(conn)
                     .map_err(DbError::from)
             })
             .await?;
-        let Some((kek_id, blob)) = stored else {
-            return Ok(None);
-        };
-        if let Some(owner) = personal_keys::owner_of(&kek_id) {
+        for (room_id, kek_id, blob) in stored {
+            let key = self.open_wrapped(room_id, Wrapped { kek_id, blob }).await;
+            keys.insert(room_id, key);
+        }
+        Ok(keys)
+    }
+
+    async fn open_wrapped(
+        &self,
+        room_id: i64,
+        wrapped: Wrapped,
+    ) -> Result<Arc<RoomKey>, HistoryError> {
+        if let Some(owner) = personal_keys::owner_of(&wrapped.kek_id) {
             // Private: opened with the owner's unlocked key each time, never cached apart
             // from it, so locking (sign-out, idle timeout) closes the room at once.
             let personal = self
                 .personal
                 .key(owner)
                 .ok_or(HistoryError::Locked(room_id))?;
-            let data_key = personal.unwrap(&Wrapped { kek_id, blob }, &wrap_context(room_id))?;
-            return Ok(Some(Arc::new(RoomKey::from_data_key(&data_key))));
+            let data_key = personal.unwrap(&wrapped, &wrap_context(room_id))?;
+            return Ok(Arc::new(RoomKey::from_data_key(&data_key)));
         }
         let data_key = self
             .keyring
             .provider()
-            .unwrap(&Wrapped { kek_id, blob }, &wrap_context(room_id))
+            .unwrap(&wrapped, &wrap_context(room_id))
             .await?;
         let key = Arc::new(RoomKey::from_data_key(&data_key));
         self.keyring.remember(room_id, key.clone()).await;
-        Ok(Some(key))
+        Ok(key)
     }
 
-    /// Opens rows into messages (their rooms' keys fetched once each).
-    async fn open_rows(&self, rows: Vec<Row>) -> Result<Vec<StoredMessage>, HistoryError> {
-        let mut keys: HashMap<i64, Arc<RoomKey>> = HashMap::new();
+    /// Opens rows into messages (their rooms' keys fetched once each, unless in `keys`).
+    async fn open_rows(
+        &self,
+        rows: Vec<Row>,
+        mut keys: HashMap<i64, Arc<RoomKey>>,
+    ) -> Result<Vec<StoredMessage>, HistoryError> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let (id, room_id, kind, sender_id, sealed, reply_to, created_at, edited_at, deleted_at) =
@@ -230,11 +265,28 @@ impl SqlHistoryStore {
     }
 
     async fn one(&self, row: Row) -> Result<StoredMessage, HistoryError> {
-        self.open_rows(vec![row])
+        self.open_rows(vec![row], HashMap::new())
             .await?
             .pop()
             .ok_or(HistoryError::NotFound)
     }
+}
+
+/// Deletes the stored history of `rooms` for good: index entries, messages and data keys.
+/// (The rooms themselves are the chat module's.)
+pub fn erase_rooms(conn: &mut DbConnection, rooms: &[i64]) -> QueryResult<()> {
+    if rooms.is_empty() {
+        return Ok(());
+    }
+    let ids = messages::table
+        .filter(messages::room_id.eq_any(rooms))
+        .select(messages::id);
+    diesel::delete(message_terms::table.filter(message_terms::message_id.eq_any(ids)))
+        .execute(conn)?;
+    diesel::delete(messages::table.filter(messages::room_id.eq_any(rooms))).execute(conn)?;
+    diesel::delete(conversation_keys::table.filter(conversation_keys::room_id.eq_any(rooms)))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// Serializes writes to one room's history, so ids are handed out in commit order within a
@@ -496,25 +548,22 @@ impl HistoryStore for SqlHistoryStore {
                 Ok::<_, DbError>(rows)
             })
             .await?;
-        self.open_rows(rows).await
+        self.open_rows(rows, HashMap::new()).await
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<Vec<Hit>, HistoryError> {
         if query.terms.is_empty() || query.rooms.is_empty() || query.limit == 0 {
             return Ok(Vec::new());
         }
-        // Each term's keyed hash in every room that has a key (rooms without one are empty).
+        // Each term's keyed hash in every room that has a key (rooms without one are empty;
+        // locked private rooms are not searched).
         let mut keyed = Vec::new();
-        for room_id in &query.rooms {
-            match self.existing_room_key(*room_id).await {
-                Ok(Some(key)) => keyed.push((*room_id, key)),
-                // Rooms without a key have no messages; locked private rooms are not searched.
-                Ok(None) | Err(HistoryError::Locked(_)) => {}
+        for (room_id, key) in self.room_keys(&query.rooms).await? {
+            match key {
+                Ok(key) => keyed.push((room_id, key)),
+                Err(HistoryError::Locked(_)) => {}
                 Err(other) => return Err(other),
             }
-        }
-        if keyed.is_empty() {
-            return Ok(Vec::new());
         }
         let hashed: Vec<Vec<Vec<u8>>> = query
             .terms
@@ -522,6 +571,7 @@ impl HistoryStore for SqlHistoryStore {
             .map(|term| keyed.iter().map(|(_, key)| key.term(term)).collect())
             .collect();
         let rooms: Vec<i64> = keyed.iter().map(|(id, _)| *id).collect();
+        let known: HashMap<i64, Arc<RoomKey>> = keyed.into_iter().collect();
         let (sender, from, to, before) = (query.sender, query.from, query.to, query.before);
         // A few more than asked, for the rare false hit dropped below.
         let fetch = i64::try_from(query.limit + query.limit / 4 + 2).unwrap_or(i64::MAX);
@@ -562,7 +612,7 @@ impl HistoryStore for SqlHistoryStore {
             })
             .await?;
         let mut hits = Vec::new();
-        for message in self.open_rows(rows).await? {
+        for message in self.open_rows(rows, known).await? {
             let Some(body) = &message.body else { continue };
             if !matches_all(body, &query.terms) {
                 continue;
@@ -582,7 +632,7 @@ impl HistoryStore for SqlHistoryStore {
     async fn by_sender(
         &self,
         sender: Sender,
-        rooms: Option<Vec<i64>>,
+        except: Vec<i64>,
     ) -> Result<Vec<StoredMessage>, HistoryError> {
         let rows = self
             .db
@@ -593,13 +643,13 @@ impl HistoryStore for SqlHistoryStore {
                     .select(row_columns!())
                     .order(messages::id.asc())
                     .into_boxed();
-                if let Some(rooms) = rooms {
-                    q = q.filter(messages::room_id.eq_any(rooms));
+                if !except.is_empty() {
+                    q = q.filter(messages::room_id.ne_all(except));
                 }
                 q.load::<Row>(conn).map_err(DbError::from)
             })
             .await?;
-        self.open_rows(rows).await
+        self.open_rows(rows, HashMap::new()).await
     }
 
     async fn rotate_keys(&self) -> Result<RotationReport, HistoryError> {

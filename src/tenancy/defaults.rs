@@ -114,32 +114,30 @@ pub async fn update(
                         before.role
                     )));
                 }
+                // Only what differs, in one statement; the audit event lists it.
+                let name = name.filter(|name| *name != before.name);
+                let privacy = privacy.filter(|privacy| *privacy != before.default_privacy);
+                let retention = patch
+                    .retention_days
+                    .filter(|days| *days != before.retention_days);
                 let mut changed = serde_json::Map::new();
-                if let Some(name) = &name
-                    && *name != before.name
-                {
-                    diesel::update(tenants::table.find(tenant_id))
-                        .set(tenants::name.eq(name))
-                        .execute(tx)?;
+                if let Some(name) = &name {
                     changed.insert("name".to_owned(), json!(name));
                 }
-                if let Some(privacy) = privacy
-                    && privacy != before.default_privacy
-                {
-                    diesel::update(tenants::table.find(tenant_id))
-                        .set(tenants::default_privacy.eq(privacy.as_str()))
-                        .execute(tx)?;
+                if let Some(privacy) = privacy {
                     changed.insert("default_privacy".to_owned(), json!(privacy.as_str()));
                 }
-                if let Some(days) = patch.retention_days
-                    && days != before.retention_days
-                {
-                    diesel::update(tenants::table.find(tenant_id))
-                        .set(tenants::retention_days.eq(days))
-                        .execute(tx)?;
+                if let Some(days) = retention {
                     changed.insert("retention_days".to_owned(), json!(days));
                 }
                 if !changed.is_empty() {
+                    diesel::update(tenants::table.find(tenant_id))
+                        .set((
+                            name.map(|name| tenants::name.eq(name)),
+                            privacy.map(|privacy| tenants::default_privacy.eq(privacy.as_str())),
+                            retention.map(|days| tenants::retention_days.eq(days)),
+                        ))
+                        .execute(tx)?;
                     let mut audited = event(
                         "tenant.settings_changed",
                         user_id,

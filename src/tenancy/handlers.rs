@@ -124,23 +124,18 @@ async fn create_tenant(
         .run(move |conn| {
             write_transaction(conn, |tx| {
                 let now = Utc::now().naive_utc();
-                let id: i64 = match diesel::insert_into(tenants::table)
-                    .values((
-                        tenants::slug.eq(&slug),
-                        tenants::name.eq(&name),
-                        tenants::created_at.eq(now),
-                    ))
-                    .returning(tenants::id)
-                    .get_result(tx)
-                {
-                    Ok(id) => id,
-                    Err(diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    )) => {
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(DbError::from(e)),
+                let Some(id) = crate::db::unless_taken(
+                    diesel::insert_into(tenants::table)
+                        .values((
+                            tenants::slug.eq(&slug),
+                            tenants::name.eq(&name),
+                            tenants::created_at.eq(now),
+                        ))
+                        .returning(tenants::id)
+                        .get_result::<i64>(tx),
+                )?
+                else {
+                    return Ok::<_, DbError>(None);
                 };
                 super::add_member(tx, id, user_id, Role::Owner, now)?;
                 audit::record(

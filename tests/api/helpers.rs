@@ -361,6 +361,19 @@ impl Device {
         response.json().await.expect("a JSON body")
     }
 
+    /// A page as this browser gets it (it must answer 200).
+    pub async fn page(&self, app: &TestApp, path: &str) -> String {
+        let response = self
+            .client
+            .get(app.url(path))
+            .header("Accept", "text/html")
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 200, "{path}");
+        response.text().await.expect("a body")
+    }
+
     /// The status of `GET /api/v1/me`: 200 while signed in, 401 once not.
     pub async fn me_status(&self, app: &TestApp) -> u16 {
         let response = self
@@ -441,6 +454,16 @@ fn decode_quoted_printable(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The first link in a mail's text.
+pub fn link_in(mail: &str) -> String {
+    let start = mail.find("http://").expect("a link");
+    mail[start..]
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
+        .next()
+        .expect("split yields at least one part")
+        .to_owned()
 }
 
 /// Waits for a mail to `to` whose text contains `needle`, and returns it.

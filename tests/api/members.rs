@@ -35,12 +35,6 @@ async fn set_role(person: &Device, app: &TestApp, member: &str, role: &str) -> r
     .await
 }
 
-async fn page(person: &Device, app: &TestApp, path: &str) -> String {
-    let response = person.client.get(app.url(path)).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    response.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn roles_decide_who_may_change_whom_and_a_workspace_keeps_an_owner() {
     let Team {
@@ -251,14 +245,14 @@ async fn the_workspace_page_offers_only_what_the_role_allows() {
     } = team().await;
     let path = format!("/workspaces/{tenant}");
 
-    let viewer = page(&eve, &app, &path).await;
+    let viewer = eve.page(&app, &path).await;
     assert!(viewer.contains("eve@example.com") && viewer.contains("ada@example.com"));
     assert!(!viewer.contains("Invite someone"), "viewers cannot invite");
     assert!(!viewer.contains("Change role"), "viewers change no roles");
     assert_eq!(viewer.matches(">Remove<").count(), 0);
     assert_eq!(viewer.matches(">Leave<").count(), 1, "only leaving");
 
-    let admin = page(&carl, &app, &path).await;
+    let admin = carl.page(&app, &path).await;
     assert!(admin.contains("Invite someone"));
     assert!(
         !admin.contains(r#"<option value="owner""#),
@@ -270,7 +264,7 @@ async fn the_workspace_page_offers_only_what_the_role_allows() {
         "Carl may change himself and Eve, not the owner"
     );
 
-    let owner = page(&ada, &app, &path).await;
+    let owner = ada.page(&app, &path).await;
     assert!(owner.contains(r#"<option value="owner""#));
     assert_eq!(owner.matches("Change role").count(), 3);
 
@@ -285,7 +279,7 @@ async fn the_workspace_page_offers_only_what_the_role_allows() {
         .unwrap();
     assert_eq!(changed.status(), 303);
     let location = changed.headers()["location"].to_str().unwrap().to_owned();
-    assert!(page(&carl, &app, &location).await.contains("Role changed."));
+    assert!(carl.page(&app, &location).await.contains("Role changed."));
 
     let refused = eve
         .client
@@ -301,7 +295,7 @@ async fn the_workspace_page_offers_only_what_the_role_allows() {
     assert_eq!(refused.status(), 303);
     let location = refused.headers()["location"].to_str().unwrap().to_owned();
     assert!(
-        page(&eve, &app, &location)
+        eve.page(&app, &location)
             .await
             .contains("cannot invite people"),
         "a forged form post is refused with the reason"

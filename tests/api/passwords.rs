@@ -2,15 +2,10 @@
 
 use serde_json::json;
 
-use crate::helpers::{Device, spawn_app, spawn_app_with, wait_for_mail};
+use crate::helpers::{Device, link_in, spawn_app, spawn_app_with, wait_for_mail};
 
 const OLD: &str = "correct horse battery staple";
 const NEW: &str = "a new and different passphrase";
-
-fn link_in(mail: &str) -> String {
-    let start = mail.find("http://").expect("a link");
-    mail[start..].split_whitespace().next().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn changing_the_password_needs_the_current_one_and_signs_out_other_devices() {

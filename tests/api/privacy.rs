@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 use serde_json::{Value, json};
 
-use crate::helpers::{Device, TEAM_PASSWORD, Team, backend, team, wait_for_mail};
+use crate::helpers::{Device, TEAM_PASSWORD, Team, backend, link_in, team, wait_for_mail};
 use crate::rooms::{contains, create_room, delete, get, patch, post, say};
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
@@ -129,17 +129,11 @@ async fn members_read_the_workspace_defaults_and_owners_set_them() {
     assert!(cleared["retention_days"].is_null(), "{cleared}");
 
     // The page: a form for owners, the facts for everyone else.
-    let page = |person: &Device| {
-        let request = person
-            .client
-            .get(app.url(&format!("/workspaces/{tenant}")))
-            .header("Accept", "text/html");
-        async move { request.send().await.unwrap().text().await.unwrap() }
-    };
-    let owner_page = page(&ada).await;
+    let workspace_page = format!("/workspaces/{tenant}");
+    let owner_page = ada.page(&app, &workspace_page).await;
     assert!(owner_page.contains("Privacy of new rooms"), "{owner_page}");
     assert!(owner_page.contains(r#"action="/workspaces/"#));
-    let viewer_page = page(&eve).await;
+    let viewer_page = eve.page(&app, &workspace_page).await;
     assert!(!viewer_page.contains("/settings\""), "no form for viewers");
     assert!(viewer_page.contains("Messages kept"));
     let form = |retention: &'static str| {
@@ -249,15 +243,18 @@ async fn a_room_owner_downloads_the_whole_room() {
     );
 
     // The room page offers the download to owners only, and the link works.
-    let page = |person: &Device| {
-        let request = person
-            .client
-            .get(app.url(&format!("/rooms/{room}")))
-            .header("Accept", "text/html");
-        async move { request.send().await.unwrap().text().await.unwrap() }
-    };
-    assert!(page(&ada).await.contains("Download history"));
-    assert!(!page(&carl).await.contains("Download history"));
+    let room_page = format!("/rooms/{room}");
+    assert!(
+        ada.page(&app, &room_page)
+            .await
+            .contains("Download history")
+    );
+    assert!(
+        !carl
+            .page(&app, &room_page)
+            .await
+            .contains("Download history")
+    );
     let download = ada
         .client
         .get(app.url(&format!("/rooms/{room}/export")))
@@ -472,16 +469,7 @@ async fn private_rooms_open_only_with_their_owners_password() {
     assert_eq!(export["messages"], json!([]));
 
     // The page shows the unlock form; the form unlocks and comes back.
-    let html = ada
-        .client
-        .get(app.url(&format!("/rooms/{room}")))
-        .header("Accept", "text/html")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = ada.page(&app, &format!("/rooms/{room}")).await;
     assert!(html.contains("This private room is locked"), "{html}");
     assert!(!html.contains("pelican"));
     let unlocked = ada
@@ -545,24 +533,11 @@ async fn private_rooms_open_only_with_their_owners_password() {
         .await
         .unwrap();
     let mail = wait_for_mail(&app, "ada@example.com", "/reset?token=").await;
-    let token = mail
-        .split("token=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let link = link_in(&mail);
+    let token = link.split("token=").nth(1).unwrap();
     let warning = stranger
-        .client
-        .get(app.url(&format!("/reset?token={token}")))
-        .header("Accept", "text/html")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .page(&app, link.strip_prefix(&app.address).unwrap())
+        .await;
     assert!(
         warning.contains("Your private conversations will be erased"),
         "{warning}"
@@ -750,4 +725,39 @@ async fn send_delete(
         Some(json!({ "password": password })),
     )
     .await
+}
+
+#[tokio::test]
+async fn an_unused_unlocked_key_leaves_memory_after_the_idle_time() {
+    use conclave::auth::personal_keys::PersonalKeys;
+    let Team {
+        app,
+        ids: [ada_id, ..],
+        ..
+    } = team().await;
+    // The setting is in minutes; the same service with a short idle time.
+    let keys = PersonalKeys::new(
+        app.state.db.clone(),
+        app.state.hasher.clone(),
+        std::time::Duration::from_secs(1),
+    );
+    assert!(
+        keys.unlock(ada_id, TEAM_PASSWORD.to_owned().into())
+            .await
+            .unwrap(),
+        "made on first use"
+    );
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(keys.key(ada_id).is_some(), "use keeps it open");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(!keys.is_unlocked(ada_id), "idle: locked");
+    assert!(
+        !keys
+            .unlock(ada_id, TEAM_PASSWORD.to_owned().into())
+            .await
+            .unwrap(),
+        "unlocking again opens the same key"
+    );
 }

@@ -4,18 +4,9 @@ use conclave::schema::{email_tokens, users};
 use diesel::prelude::*;
 use serde_json::json;
 
-use crate::helpers::{read_mails, spawn_app, spawn_app_with, wait_for_mail};
+use crate::helpers::{link_in, read_mails, spawn_app, spawn_app_with, wait_for_mail};
 
 const PASSWORD: &str = "correct horse battery staple";
-
-fn link_in(mail: &str) -> String {
-    let start = mail.find("http://").expect("a link");
-    mail[start..]
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
-        .next()
-        .unwrap()
-        .to_owned()
-}
 
 async fn sign_up(app: &crate::helpers::TestApp, email: &str) -> reqwest::Response {
     app.post_json(
