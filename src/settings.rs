@@ -102,6 +102,60 @@ pub struct KeySettings {
     /// A list in TOML; in the environment, one string with the keys separated by commas.
     #[serde(serialize_with = "redact_vec", deserialize_with = "secrets_list")]
     pub previous_keks: Vec<SecretString>,
+    /// Which provider wraps new data keys: `local` (the keys above) or `vault` (HashiCorp
+    /// Vault's transit engine, `keys.vault`). With `vault`, keys the local KEKs wrapped still
+    /// open, and `conclave keys rotate` moves them into Vault.
+    pub provider: KeyProviderKind,
+    pub vault: VaultSettings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyProviderKind {
+    #[default]
+    Local,
+    Vault,
+}
+
+/// HashiCorp Vault (or OpenBao) transit engine that wraps data keys; the key never leaves Vault.
+/// The token needs `update` on `<mount>/encrypt/<key>`, `<mount>/decrypt/<key>` and
+/// `<mount>/rewrap/<key>`, and `read` on `<mount>/keys/<key>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultSettings {
+    /// Vault's address, e.g. `https://vault.internal:8200`.
+    pub address: Option<String>,
+    /// A Vault token. Prefer `token_file` (re-read when Vault refuses the token, so Vault
+    /// Agent's sink file can renew it) or `CONCLAVE__KEYS__VAULT__TOKEN_FILE`.
+    #[serde(serialize_with = "redact_opt")]
+    pub token: Option<SecretString>,
+    /// A file holding the token, re-read whenever Vault refuses the one in memory.
+    pub token_file: Option<PathBuf>,
+    /// Vault Enterprise / HCP namespace, sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// Where the transit engine is mounted.
+    pub mount: String,
+    /// The transit key's name (created by Vault on first use if the policy allows).
+    pub key: String,
+    /// How long one call to Vault may take.
+    pub timeout_ms: u64,
+    /// PEM file with the CA that signed Vault's certificate, if not a public one.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        Self {
+            address: None,
+            token: None,
+            token_file: None,
+            namespace: None,
+            mount: "transit".to_owned(),
+            key: "conclave".to_owned(),
+            timeout_ms: 5_000,
+            ca_file: None,
+        }
+    }
 }
 
 /// Rooms and messages.
@@ -564,6 +618,50 @@ impl OidcProviderSettings {
     }
 }
 
+impl VaultSettings {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.address.as_deref().map(url::Url::parse) {
+            None => problems
+                .push("keys.vault.address: required when keys.provider is \"vault\"".to_owned()),
+            Some(Ok(url)) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            Some(Ok(_)) => {
+                problems.push("keys.vault.address: must be an http:// or https:// URL".to_owned())
+            }
+            Some(Err(e)) => problems.push(format!("keys.vault.address: not a valid URL ({e})")),
+        }
+        if self.token.is_none() && self.token_file.is_none() {
+            problems.push(
+                "keys.vault: set token or token_file (the Vault token Conclave uses)".to_owned(),
+            );
+        }
+        for (name, value) in [("mount", &self.mount), ("key", &self.key)] {
+            let valid = !value.is_empty()
+                && value
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != "..")
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+            if !valid {
+                problems.push(format!(
+                    "keys.vault.{name}: letters, digits, '-', '_', '.' and '/'-separated parts only"
+                ));
+            }
+        }
+        if self.key.contains('/') {
+            problems.push("keys.vault.key: a transit key name has no '/'".to_owned());
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            problems.push(format!(
+                "keys.vault.timeout_ms: must be between 100 and 60000, got {}",
+                self.timeout_ms
+            ));
+        }
+        problems
+    }
+}
+
 impl Settings {
     /// Loads the layered configuration from the process environment.
     pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -657,6 +755,9 @@ impl Settings {
             if let Err(e) = crate::crypto::decode_key(key.expose_secret()) {
                 problems.push(format!("{name}: {e}"));
             }
+        }
+        if self.keys.provider == KeyProviderKind::Vault {
+            problems.extend(self.keys.vault.problems());
         }
         let chat = &self.chat;
         for (key, value, min, max) in [

@@ -147,9 +147,15 @@ impl Application {
             public_url.clone(),
             settings.accounts.signup_enabled,
         )?;
+        let key_provider = key_provider(&settings, &master_key)?;
         let chat = crate::chat::rooms::ChatService::new(
             db.clone(),
-            history_store(&settings, &master_key, db.clone(), personal_keys.clone())?,
+            history_store_with(
+                &settings,
+                key_provider.clone(),
+                db.clone(),
+                personal_keys.clone(),
+            ),
             ephemeral,
             personal_keys,
             settings.chat.clone(),
@@ -173,6 +179,7 @@ impl Application {
             two_factor,
             hasher: password_hasher,
             federation,
+            key_provider,
             captcha: crate::auth::captcha::Captcha::new(
                 db_for_captcha,
                 settings.captcha.clone(),
@@ -290,6 +297,21 @@ async fn stop_signal() {
     }
 }
 
+/// The configured key provider (`keys.provider`), which wraps every room's data key.
+pub fn key_provider(
+    settings: &Settings,
+    master_key: &crate::crypto::MasterKey,
+) -> anyhow::Result<Arc<dyn crate::history::keys::KeyProvider>> {
+    use crate::history::keys::LocalKeyProvider;
+    let local = LocalKeyProvider::from_settings(&settings.keys, master_key)?;
+    Ok(match settings.keys.provider {
+        crate::settings::KeyProviderKind::Local => Arc::new(local),
+        crate::settings::KeyProviderKind::Vault => Arc::new(
+            crate::history::vault::VaultKeyProvider::from_settings(&settings.keys.vault, local)?,
+        ),
+    })
+}
+
 /// The stored history (`standard` and `private` rooms), with the configured key provider.
 pub fn history_store(
     settings: &Settings,
@@ -297,13 +319,20 @@ pub fn history_store(
     db: crate::db::Db,
     personal: crate::auth::personal_keys::PersonalKeys,
 ) -> anyhow::Result<Arc<dyn crate::history::HistoryStore>> {
-    use crate::history::keys::{Keyring, LocalKeyProvider};
-    let provider = Arc::new(LocalKeyProvider::from_settings(&settings.keys, master_key)?);
-    let keyring = Keyring::new(
+    let provider = key_provider(settings, master_key)?;
+    Ok(history_store_with(settings, provider, db, personal))
+}
+
+/// The stored history over a provider the caller already holds.
+pub fn history_store_with(
+    settings: &Settings,
+    provider: Arc<dyn crate::history::keys::KeyProvider>,
+    db: crate::db::Db,
+    personal: crate::auth::personal_keys::PersonalKeys,
+) -> Arc<dyn crate::history::HistoryStore> {
+    let keyring = crate::history::keys::Keyring::new(
         provider,
         Duration::from_secs(settings.chat.key_cache_minutes.saturating_mul(60)),
     );
-    Ok(Arc::new(crate::history::SqlHistoryStore::new(
-        db, keyring, personal,
-    )))
+    Arc::new(crate::history::SqlHistoryStore::new(db, keyring, personal))
 }

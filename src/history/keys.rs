@@ -50,9 +50,17 @@ pub type DataKey = SecretBox<[u8; KEY_LEN]>;
 #[async_trait::async_trait]
 pub trait KeyProvider: Send + Sync {
     /// The KEK new wraps use; rotation re-wraps whatever another one wrapped.
-    fn current_kek_id(&self) -> String;
+    async fn current_kek_id(&self) -> Result<String, KeyError>;
     async fn wrap(&self, key: &DataKey, context: &[u8]) -> Result<Wrapped, KeyError>;
     async fn unwrap(&self, wrapped: &Wrapped, context: &[u8]) -> Result<DataKey, KeyError>;
+    /// Wraps an already wrapped key under the current KEK. Providers that can do this without
+    /// handing the key out (Vault's `rewrap`) override it.
+    async fn rewrap(&self, wrapped: &Wrapped, context: &[u8]) -> Result<Wrapped, KeyError> {
+        let key = self.unwrap(wrapped, context).await?;
+        self.wrap(&key, context).await
+    }
+    /// Names the provider for logs and health reports: `local`, `vault https://…`.
+    fn describe(&self) -> String;
 }
 
 /// KEKs from configuration (`keys.kek`, or derived from the node's secret key) — the default
@@ -80,6 +88,11 @@ impl LocalKeyProvider {
         Ok(Self::new(raw))
     }
 
+    /// Whether this provider wrapped `wrapped` (another provider may hold on to it).
+    pub fn owns(wrapped: &Wrapped) -> bool {
+        wrapped.kek_id.starts_with("local:")
+    }
+
     fn new(raw: Vec<[u8; KEY_LEN]>) -> Self {
         let keks = raw
             .into_iter()
@@ -105,11 +118,15 @@ fn hex(bytes: &[u8]) -> String {
 
 #[async_trait::async_trait]
 impl KeyProvider for LocalKeyProvider {
-    fn current_kek_id(&self) -> String {
+    async fn current_kek_id(&self) -> Result<String, KeyError> {
         self.keks
             .first()
             .map(|(id, _)| id.clone())
-            .unwrap_or_default()
+            .ok_or_else(|| KeyError::UnknownKek("(none configured)".to_owned()))
+    }
+
+    fn describe(&self) -> String {
+        "local".to_owned()
     }
 
     async fn wrap(&self, key: &DataKey, context: &[u8]) -> Result<Wrapped, KeyError> {
@@ -338,7 +355,7 @@ mod tests {
             .wrap(&opened, &wrap_context(7))
             .await
             .expect("the new current KEK wraps");
-        assert_eq!(rewrapped.kek_id, rotated.current_kek_id());
+        assert_eq!(rewrapped.kek_id, rotated.current_kek_id().await.unwrap());
         assert_ne!(rewrapped.kek_id, wrapped.kek_id);
     }
 

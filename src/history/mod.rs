@@ -15,6 +15,7 @@ pub mod keys;
 mod memory;
 pub mod retention;
 mod sql;
+pub mod vault;
 pub mod words;
 
 use chrono::NaiveDateTime;
@@ -184,7 +185,13 @@ impl From<HistoryError> for crate::error::AppError {
                 retry_after_secs: None,
             },
             HistoryError::Keys(keys::KeyError::Unavailable(why)) => {
-                Self::Unavailable(format!("The key provider is unavailable: {why}"))
+                // The details (Vault's address, its answer) are for the operator's log, not for
+                // whoever happened to open a room.
+                tracing::error!(error = %why, "key provider unavailable");
+                Self::Unavailable(
+                    "The messages' key provider cannot be reached right now; try again shortly."
+                        .to_owned(),
+                )
             }
             other => Self::internal(anyhow::Error::new(other)),
         }

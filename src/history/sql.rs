@@ -654,7 +654,7 @@ impl HistoryStore for SqlHistoryStore {
 
     async fn rotate_keys(&self) -> Result<RotationReport, HistoryError> {
         let provider = self.keyring.provider().clone();
-        let current = provider.current_kek_id();
+        let current = provider.current_kek_id().await?;
         let mut report = RotationReport::default();
         let (total, stale): (i64, Vec<(i64, String, String)>) = {
             let current = current.clone();
@@ -680,17 +680,15 @@ impl HistoryStore for SqlHistoryStore {
         };
         report.current = u64::try_from(total).unwrap_or(0) - stale.len() as u64;
         for (room_id, kek_id, blob) in stale {
-            let context = wrap_context(room_id);
-            let key = provider
-                .unwrap(
+            let rewrapped = provider
+                .rewrap(
                     &Wrapped {
                         kek_id: kek_id.clone(),
                         blob,
                     },
-                    &context,
+                    &wrap_context(room_id),
                 )
                 .await?;
-            let rewrapped = provider.wrap(&key, &context).await?;
             let updated = self
                 .db
                 .run(move |conn| {

@@ -43,6 +43,8 @@ pub struct AppState {
     pub federation: crate::auth::oidc::Federation,
     pub captcha: crate::auth::captcha::Captcha,
     pub chat: crate::chat::rooms::ChatService,
+    /// Wraps room data keys; `/readyz` reports whether it answers.
+    pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }
 
 /// Longest User-Agent kept for logs and the audit log.

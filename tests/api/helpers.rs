@@ -171,6 +171,32 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// The `conclave` binary over this node's database and data directory (so the same
+    /// secret key), with no other Conclave setting from the test's environment.
+    pub fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CONCLAVE") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        let url = secrecy::ExposeSecret::expose_secret(
+            self.state
+                .settings
+                .database
+                .url
+                .as_ref()
+                .expect("test nodes have a database URL"),
+        )
+        .to_owned();
+        command
+            .current_dir(self.data_dir.path())
+            .env("CONCLAVE__DATABASE__URL", url)
+            .env("CONCLAVE__DATA_DIR", self.data_dir.path())
+            .env("RUST_LOG", "error");
+        command
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))

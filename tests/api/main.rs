@@ -31,4 +31,5 @@ mod sweep;
 mod tenants;
 mod tokens;
 mod two_factor;
+mod vault;
 mod web;

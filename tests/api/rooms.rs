@@ -916,22 +916,10 @@ async fn keys_rotate_rewraps_room_keys_without_touching_messages() {
     };
     let (bodies_before, keks_before) = sealed().await;
 
-    let url =
-        secrecy::ExposeSecret::expose_secret(app.state.settings.database.url.as_ref().unwrap())
-            .to_owned();
     let rotate = || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CONCLAVE") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .current_dir(app.data_dir.path())
-            .env("CONCLAVE__DATABASE__URL", &url)
+        app.command()
             .env("CONCLAVE__KEYS__KEK", &new)
             .env("CONCLAVE__KEYS__PREVIOUS_KEKS", &old)
-            .env("RUST_LOG", "error")
             .args(["keys", "rotate"])
             .output()
             .unwrap()
