@@ -46,3 +46,4 @@ bench:
 	cargo build --release --example baseline_server
 	cargo bench --bench startup
 	cargo bench --bench login_storm
+	cargo bench --bench history

@@ -54,6 +54,7 @@ pub struct SqlHistoryStore {
     db: Db,
     keyring: Keyring,
     personal: PersonalKeys,
+    writer: GroupWriter,
 }
 
 impl SqlHistoryStore {
@@ -62,6 +63,7 @@ impl SqlHistoryStore {
             db,
             keyring,
             personal,
+            writer: GroupWriter::default(),
         }
     }
 
@@ -295,17 +297,16 @@ fn lock_room(conn: &mut DbConnection, room_id: i64) -> QueryResult<()> {
     crate::db::lock_row(conn, crate::db::LockableTable::Rooms, room_id)
 }
 
+/// The blind-index entries of a body: its terms' keyed hashes.
+fn hashed_terms(key: &RoomKey, body: &str) -> Vec<Vec<u8>> {
+    terms(body).iter().map(|word| key.term(word)).collect()
+}
+
 /// Inserts the message's blind-index entries, many rows per statement. (Written as SQL:
 /// diesel's batch insert does not compile through `MultiConnection` for SQLite.)
-fn index_terms(
-    conn: &mut DbConnection,
-    key: &RoomKey,
-    message_id: i64,
-    body: &str,
-) -> QueryResult<()> {
+fn index_terms(conn: &mut DbConnection, message_id: i64, hashed: &[Vec<u8>]) -> QueryResult<()> {
     use diesel::sql_types::{BigInt, Binary};
     const ROWS_PER_STATEMENT: usize = 256;
-    let hashed: Vec<Vec<u8>> = terms(body).iter().map(|word| key.term(word)).collect();
     for chunk in hashed.chunks(ROWS_PER_STATEMENT) {
         let postgres = matches!(conn, DbConnection::Postgresql(_));
         let placeholders: Vec<String> = (0..chunk.len())
@@ -357,62 +358,353 @@ fn find_by_key(
         .optional()
 }
 
+/// A post ready to be written: sealed and hashed.
+struct Pending {
+    room_id: i64,
+    message: NewMessage,
+    sealed: Vec<u8>,
+    hashed: Vec<Vec<u8>>,
+}
+
+/// Writes one post (or finds the one its idempotency key already stored): `(row, created)`.
+fn insert_pending(conn: &mut DbConnection, pending: &Pending) -> Result<(Row, bool), HistoryError> {
+    let (room_id, message) = (pending.room_id, &pending.message);
+    lock_room(conn, room_id)?;
+    if let Some(idempotency) = &message.idempotency_key
+        && let Some(row) = find_by_key(conn, room_id, message.sender, idempotency)?
+    {
+        return Ok((row, false));
+    }
+    if let Some(reply_to) = message.reply_to {
+        let exists: bool = diesel::select(diesel::dsl::exists(
+            messages::table
+                .find(reply_to)
+                .filter(messages::room_id.eq(room_id)),
+        ))
+        .get_result(conn)?;
+        if !exists {
+            return Err(HistoryError::BadReply);
+        }
+    }
+    let now = Utc::now().naive_utc();
+    let id: i64 = diesel::insert_into(messages::table)
+        .values((
+            messages::room_id.eq(room_id),
+            messages::sender_kind.eq(message.sender.kind.as_str()),
+            messages::sender_id.eq(message.sender.id),
+            messages::body_sealed.eq(&pending.sealed),
+            messages::reply_to.eq(message.reply_to),
+            messages::idempotency_key.eq(&message.idempotency_key),
+            messages::created_at.eq(now),
+        ))
+        .returning(messages::id)
+        .get_result(conn)?;
+    index_terms(conn, id, &pending.hashed)?;
+    let row: Row = (
+        id,
+        room_id,
+        message.sender.kind.as_str().to_owned(),
+        Some(message.sender.id),
+        Some(pending.sealed.clone()),
+        message.reply_to,
+        now,
+        None,
+        None,
+    );
+    Ok((row, true))
+}
+
+/// A failure of the group writer, for each post it concerned (errors are not `Clone`).
+fn writer_error(reason: String) -> HistoryError {
+    HistoryError::Db(DbError::Query(diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::Unknown,
+        Box::new(reason),
+    )))
+}
+
+/// Most posts one SQLite transaction takes.
+const GROUP_COMMIT_MAX: usize = 128;
+
+type Written = Result<(Row, bool), HistoryError>;
+/// A post waiting for the group writer, and where its outcome goes.
+type Queued = (Pending, tokio::sync::oneshot::Sender<Written>);
+
+/// Group commit for SQLite: posts queue to one writer task, which writes whatever has queued
+/// while the previous transaction ran in a single transaction, each post in its own savepoint
+/// (one post's error fails only that post). SQLite has one writer at a time and every commit
+/// rewrites the index pages it touched; the pages of common words are shared by neighbouring
+/// posts, so one commit for many posts writes far fewer pages (measured: docs/benchmarks.md).
+/// A post waits for no timer: an idle writer takes the first post at once.
+#[derive(Clone, Default)]
+struct GroupWriter {
+    queue: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Queued>>>,
+}
+
+impl GroupWriter {
+    async fn append(&self, db: &Db, pending: Pending) -> Written {
+        let queue = self.queue.get_or_init(|| {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(Self::run(db.clone(), receiver));
+            sender
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Err(refused) = queue.send((pending, reply)) {
+            // The writer is gone (runtime shutting down): write this one directly.
+            let (pending, _) = refused.0;
+            return db
+                .run(move |conn| write_transaction(conn, |tx| insert_pending(tx, &pending)))
+                .await;
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(writer_error("the history writer stopped".to_owned())))
+    }
+
+    async fn run(db: Db, mut receiver: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+        while let Some(first) = receiver.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < GROUP_COMMIT_MAX {
+                match receiver.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let (pendings, replies): (Vec<Pending>, Vec<_>) = batch.into_iter().unzip();
+            let written = db
+                .run(move |conn| {
+                    write_transaction(conn, |tx| {
+                        let results: Vec<Written> = pendings
+                            .iter()
+                            .map(|pending| {
+                                tx.transaction(|savepoint| insert_pending(savepoint, pending))
+                            })
+                            .collect();
+                        Ok::<_, HistoryError>(results)
+                    })
+                })
+                .await;
+            match written {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(error) => {
+                    // The commit itself failed: none of them was written.
+                    tracing::error!(error = %error, posts = replies.len(), "group commit failed");
+                    let reason = error.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(writer_error(reason.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a search result row must also satisfy besides its words.
+struct RowFilters {
+    rooms: Vec<i64>,
+    sender: Option<Sender>,
+    from: Option<NaiveDateTime>,
+    to: Option<NaiveDateTime>,
+}
+
+/// The first window of message ids a search looks at, newest first; each next window is
+/// `SEARCH_WINDOW_GROWTH` times larger, so a rare word reaches the oldest message of a million
+/// in about six windows while a common one is answered from the first.
+const SEARCH_FIRST_WINDOW: i64 = 2_048;
+const SEARCH_WINDOW_GROWTH: i64 = 4;
+/// Candidates checked per statement.
+const SEARCH_CHUNK: usize = 256;
+
+/// The newest `wanted` messages (newest first) that hold every term and pass `filters`.
+///
+/// The blind index is a B-tree on (term hash, message id), one hash per term and room. A plain
+/// "every message id of each term, intersected, sorted" costs as much as the commonest term's
+/// posting list (a word in half of a million messages), so the search walks back through id
+/// windows instead: in each, it reads the postings of the rarest term (measured in the first
+/// window) as range scans, checks the other terms by exact index probes on (hash of that
+/// message's room, id), and stops as soon as it has enough. The cost follows the rarest term's
+/// postings up to the answer, never the commonest one's.
+fn newest_matches(
+    conn: &mut DbConnection,
+    hashed: &[HashMap<Vec<u8>, i64>],
+    filters: &RowFilters,
+    before: Option<i64>,
+    wanted: usize,
+) -> Result<Vec<Row>, HistoryError> {
+    let newest: Option<i64> = match before {
+        Some(before) => Some(before - 1),
+        None => messages::table
+            .select(diesel::dsl::max(messages::id))
+            .first(conn)?,
+    };
+    let Some(mut hi) = newest.filter(|_| !hashed.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut found: Vec<Row> = Vec::new();
+    let mut window = SEARCH_FIRST_WINDOW;
+    // Which term drives the walk: the one with the fewest postings in the first window.
+    let mut driver = 0;
+    let mut first_window = true;
+    while hi >= 1 && found.len() < wanted {
+        let lo = (hi - window + 1).max(1);
+        let mut candidates: Vec<(i64, i64)> = if first_window {
+            let postings: Vec<Vec<(i64, i64)>> = hashed
+                .iter()
+                .map(|term| postings_in(conn, term, lo, hi))
+                .collect::<QueryResult<_>>()?;
+            driver = postings
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.len())
+                .map_or(0, |(i, _)| i);
+            let others: Vec<std::collections::HashSet<i64>> = postings
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != driver)
+                .map(|(_, p)| p.iter().map(|(id, _)| *id).collect())
+                .collect();
+            postings
+                .into_iter()
+                .nth(driver)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(id, _)| others.iter().all(|set| set.contains(id)))
+                .collect()
+        } else {
+            postings_in(conn, &hashed[driver], lo, hi)?
+        };
+        candidates.sort_unstable_by_key(|&(id, _)| std::cmp::Reverse(id));
+        for chunk in candidates.chunks(SEARCH_CHUNK) {
+            let mut ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+            if !first_window {
+                for (i, term) in hashed.iter().enumerate() {
+                    if i == driver || ids.is_empty() {
+                        continue;
+                    }
+                    let rooms: HashMap<i64, i64> = chunk.iter().copied().collect();
+                    let held = holding(conn, term, &ids, &rooms)?;
+                    ids.retain(|id| held.contains(id));
+                }
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            let limit = i64::try_from(wanted - found.len()).unwrap_or(i64::MAX);
+            let mut q = messages::table
+                .filter(messages::id.eq_any(ids))
+                .filter(messages::room_id.eq_any(&filters.rooms))
+                .filter(messages::deleted_at.is_null())
+                .select(row_columns!())
+                .order(messages::id.desc())
+                .limit(limit)
+                .into_boxed();
+            if let Some(sender) = filters.sender {
+                q = q
+                    .filter(messages::sender_kind.eq(sender.kind.as_str()))
+                    .filter(messages::sender_id.eq(sender.id));
+            }
+            if let Some(from) = filters.from {
+                q = q.filter(messages::created_at.ge(from));
+            }
+            if let Some(to) = filters.to {
+                q = q.filter(messages::created_at.lt(to));
+            }
+            found.extend(q.load::<Row>(conn)?);
+            if found.len() >= wanted {
+                break;
+            }
+        }
+        first_window = false;
+        hi = lo - 1;
+        window = window.saturating_mul(SEARCH_WINDOW_GROWTH);
+    }
+    Ok(found)
+}
+
+/// (message id, room) of every posting of one term (its hash in each room) with an id in
+/// `lo..=hi`: one index range scan per room.
+fn postings_in(
+    conn: &mut DbConnection,
+    term: &HashMap<Vec<u8>, i64>,
+    lo: i64,
+    hi: i64,
+) -> QueryResult<Vec<(i64, i64)>> {
+    let hashes: Vec<Vec<u8>> = term.keys().cloned().collect();
+    let rows: Vec<(Vec<u8>, i64)> = message_terms::table
+        .filter(message_terms::term.eq_any(hashes))
+        .filter(message_terms::message_id.between(lo, hi))
+        .select((message_terms::term, message_terms::message_id))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(hash, id)| term.get(&hash).map(|room| (id, *room)))
+        .collect())
+}
+
+/// Which of `ids` (each in the room `rooms` maps it to) hold the term: exact probes of
+/// (that room's hash, id), grouped by room.
+fn holding(
+    conn: &mut DbConnection,
+    term: &HashMap<Vec<u8>, i64>,
+    ids: &[i64],
+    rooms: &HashMap<i64, i64>,
+) -> QueryResult<std::collections::HashSet<i64>> {
+    let hash_of: HashMap<i64, &Vec<u8>> = term.iter().map(|(hash, room)| (*room, hash)).collect();
+    let mut by_room: HashMap<i64, Vec<i64>> = HashMap::new();
+    for id in ids {
+        if let Some(room) = rooms.get(id) {
+            by_room.entry(*room).or_default().push(*id);
+        }
+    }
+    let mut q = message_terms::table
+        .select(message_terms::message_id)
+        .into_boxed();
+    let mut clauses = 0;
+    for (room, ids) in by_room {
+        let Some(hash) = hash_of.get(&room) else {
+            continue;
+        };
+        // One exact (hash, id) probe per id: `filter` for the first room, `or_filter` after
+        // (a constant FALSE to start from would hide the index from SQLite's OR planner).
+        let clause = message_terms::term
+            .eq((*hash).clone())
+            .and(message_terms::message_id.eq_any(ids));
+        q = if clauses == 0 {
+            q.filter(clause)
+        } else {
+            q.or_filter(clause)
+        };
+        clauses += 1;
+    }
+    if clauses == 0 {
+        return Ok(std::collections::HashSet::new());
+    }
+    Ok(q.load::<i64>(conn)?.into_iter().collect())
+}
+
 #[async_trait::async_trait]
 impl HistoryStore for SqlHistoryStore {
     async fn append(&self, room_id: i64, message: NewMessage) -> Result<Appended, HistoryError> {
         let key = self.room_key(room_id).await?;
-        let sealed = key.seal(message.body.as_bytes(), &body_context(room_id));
-        let outcome = self
-            .db
-            .run(move |conn| {
-                write_transaction(conn, |tx| {
-                    lock_room(tx, room_id)?;
-                    if let Some(idempotency) = &message.idempotency_key
-                        && let Some(row) = find_by_key(tx, room_id, message.sender, idempotency)?
-                    {
-                        return Ok((row, false));
-                    }
-                    if let Some(reply_to) = message.reply_to {
-                        let exists: bool = diesel::select(diesel::dsl::exists(
-                            messages::table
-                                .find(reply_to)
-                                .filter(messages::room_id.eq(room_id)),
-                        ))
-                        .get_result(tx)?;
-                        if !exists {
-                            return Err(HistoryError::BadReply);
-                        }
-                    }
-                    let now = Utc::now().naive_utc();
-                    let id: i64 = diesel::insert_into(messages::table)
-                        .values((
-                            messages::room_id.eq(room_id),
-                            messages::sender_kind.eq(message.sender.kind.as_str()),
-                            messages::sender_id.eq(message.sender.id),
-                            messages::body_sealed.eq(&sealed),
-                            messages::reply_to.eq(message.reply_to),
-                            messages::idempotency_key.eq(&message.idempotency_key),
-                            messages::created_at.eq(now),
-                        ))
-                        .returning(messages::id)
-                        .get_result(tx)?;
-                    index_terms(tx, &key, id, &message.body)?;
-                    let row: Row = (
-                        id,
-                        room_id,
-                        message.sender.kind.as_str().to_owned(),
-                        Some(message.sender.id),
-                        Some(sealed),
-                        message.reply_to,
-                        now,
-                        None,
-                        None,
-                    );
-                    Ok((row, true))
-                })
-            })
-            .await?;
-        let (row, created) = outcome;
+        // Sealing and hashing happen here, outside the write transaction.
+        let pending = Pending {
+            room_id,
+            sealed: key.seal(message.body.as_bytes(), &body_context(room_id)),
+            hashed: hashed_terms(&key, &message.body),
+            message,
+        };
+        let (row, created) = match self.db.backend() {
+            crate::db::Backend::Sqlite => self.writer.append(&self.db, pending).await?,
+            // PostgreSQL takes concurrent writers; each post is its own transaction.
+            crate::db::Backend::Postgres => {
+                self.db
+                    .run(move |conn| write_transaction(conn, |tx| insert_pending(tx, &pending)))
+                    .await?
+            }
+        };
         Ok(Appended {
             message: self.one(row).await?,
             created,
@@ -427,6 +719,7 @@ impl HistoryStore for SqlHistoryStore {
     ) -> Result<StoredMessage, HistoryError> {
         let key = self.room_key(room_id).await?;
         let sealed = key.seal(body.as_bytes(), &body_context(room_id));
+        let hashed = hashed_terms(&key, &body);
         let row = self
             .db
             .run(move |conn| {
@@ -452,7 +745,7 @@ impl HistoryStore for SqlHistoryStore {
                         message_terms::table.filter(message_terms::message_id.eq(message_id)),
                     )
                     .execute(tx)?;
-                    index_terms(tx, &key, message_id, &body)?;
+                    index_terms(tx, message_id, &hashed)?;
                     Ok::<_, HistoryError>(
                         messages::table
                             .find(message_id)
@@ -565,51 +858,30 @@ impl HistoryStore for SqlHistoryStore {
                 Err(other) => return Err(other),
             }
         }
-        let hashed: Vec<Vec<Vec<u8>>> = query
+        // Per term, each room's keyed hash of it, mapped back to the room.
+        let hashed: Vec<HashMap<Vec<u8>, i64>> = query
             .terms
             .iter()
-            .map(|term| keyed.iter().map(|(_, key)| key.term(term)).collect())
+            .map(|term| {
+                keyed
+                    .iter()
+                    .map(|(room, key)| (key.term(term), *room))
+                    .collect()
+            })
             .collect();
-        let rooms: Vec<i64> = keyed.iter().map(|(id, _)| *id).collect();
         let known: HashMap<i64, Arc<RoomKey>> = keyed.into_iter().collect();
-        let (sender, from, to, before) = (query.sender, query.from, query.to, query.before);
         // A few more than asked, for the rare false hit dropped below.
-        let fetch = i64::try_from(query.limit + query.limit / 4 + 2).unwrap_or(i64::MAX);
+        let wanted = query.limit + query.limit / 4 + 2;
+        let filters = RowFilters {
+            rooms: known.keys().copied().collect(),
+            sender: query.sender,
+            from: query.from,
+            to: query.to,
+        };
+        let before = query.before;
         let rows: Vec<Row> = self
             .db
-            .run(move |conn| {
-                let mut q = messages::table
-                    .filter(messages::room_id.eq_any(rooms))
-                    .filter(messages::deleted_at.is_null())
-                    .select(row_columns!())
-                    .order(messages::id.desc())
-                    .limit(fetch)
-                    .into_boxed();
-                for term in hashed {
-                    q = q.filter(
-                        messages::id.eq_any(
-                            message_terms::table
-                                .filter(message_terms::term.eq_any(term))
-                                .select(message_terms::message_id),
-                        ),
-                    );
-                }
-                if let Some(sender) = sender {
-                    q = q
-                        .filter(messages::sender_kind.eq(sender.kind.as_str()))
-                        .filter(messages::sender_id.eq(sender.id));
-                }
-                if let Some(from) = from {
-                    q = q.filter(messages::created_at.ge(from));
-                }
-                if let Some(to) = to {
-                    q = q.filter(messages::created_at.lt(to));
-                }
-                if let Some(before) = before {
-                    q = q.filter(messages::id.lt(before));
-                }
-                q.load(conn).map_err(DbError::from)
-            })
+            .run(move |conn| newest_matches(conn, &hashed, &filters, before, wanted))
             .await?;
         let mut hits = Vec::new();
         for message in self.open_rows(rows, known).await? {

@@ -648,6 +648,101 @@ async fn markdown_names_and_topics_cannot_carry_script() {
     }
 }
 
+/// Leaves a gap of `n` message ids, as a busy server's other rooms would.
+async fn skip_message_ids(app: &TestApp, n: i64) {
+    app.state
+        .db
+        .run(move |conn| {
+            use diesel::RunQueryDsl as _;
+            let sql = match conn {
+                conclave::db::DbConnection::Sqlite(_) => {
+                    format!("UPDATE sqlite_sequence SET seq = seq + {n} WHERE name = 'messages'")
+                }
+                conclave::db::DbConnection::Postgresql(_) => format!(
+                    "SELECT setval('messages_id_seq', (SELECT MAX(id) FROM messages) + {n})"
+                ),
+            };
+            diesel::sql_query(sql)
+                .execute(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn search_walks_back_through_a_long_history_for_rare_words_and_pages_on() {
+    let Team { app, ada, .. } = team().await;
+    let general = create_room(&ada, &app, "general", "public").await;
+    let random = create_room(&ada, &app, "random", "public").await;
+    // Old messages far behind the newest, in both rooms, then many newer ones.
+    say(&ada, &app, general, "walrus and carpenter, long ago").await;
+    say(&ada, &app, random, "the carpenter met a walrus too").await;
+    skip_message_ids(&app, 30_000).await;
+    say(&ada, &app, random, "a carpenter alone").await;
+    skip_message_ids(&app, 9_000).await;
+    say(&ada, &app, general, "carpenter").await;
+    say(&ada, &app, general, "walrus").await;
+    for n in 0..30 {
+        let room = if n % 2 == 0 { general } else { random };
+        say(&ada, &app, room, &format!("carpenter news {n}")).await;
+    }
+    let search = |query: String| {
+        let (ada, app) = (&ada, &app);
+        async move {
+            let (status, found) = get(ada, app, &format!("/api/v1/search?{query}")).await;
+            assert_eq!(status, 200, "{found}");
+            found["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["message"]["body"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Both words, found only in the oldest messages, across the gap and in both rooms.
+    assert_eq!(
+        search("q=walrus+carpenter".to_owned()).await,
+        [
+            "the carpenter met a walrus too",
+            "walrus and carpenter, long ago"
+        ]
+    );
+    // The common word: newest first, then the next page goes on across the gaps.
+    let first = search("q=carpenter&limit=20".to_owned()).await;
+    assert_eq!(first.len(), 20);
+    assert_eq!(first[0], "carpenter news 29");
+    let (_, page) = get(&ada, &app, "/api/v1/search?q=carpenter&limit=20").await;
+    let last = page["results"][19]["message"]["id"].as_i64().unwrap();
+    let (_, rest) = get(
+        &ada,
+        &app,
+        &format!("/api/v1/search?q=carpenter&limit=20&before={last}"),
+    )
+    .await;
+    let rest: Vec<&str> = rest["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rest[rest.len() - 4..],
+        [
+            "carpenter",
+            "a carpenter alone",
+            "the carpenter met a walrus too",
+            "walrus and carpenter, long ago"
+        ]
+    );
+    assert_eq!(rest.len(), 10 + 4);
+    // A filter narrows the walk without losing the old match.
+    assert_eq!(
+        search(format!("q=walrus&room={general}")).await,
+        ["walrus", "walrus and carpenter, long ago"]
+    );
+}
+
 #[tokio::test]
 async fn search_finds_word_forms_across_readable_rooms_only() {
     let Team {
