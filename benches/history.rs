@@ -19,8 +19,7 @@
 //! `BENCH_MESSAGES` changes the size (for a quick try); `make bench` runs the full one and
 //! writes docs/benchmarks.md between the `history` markers.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 mod common;
-use common::{cpu_model, free_port, percentile, refuse_if_busy, write_into_benchmarks_md};
+use common::{ServerWithUser, cpu_model, percentile, refuse_if_busy, write_into_benchmarks_md};
 
 const EMAIL: &str = "bench@example.com";
 const PASSWORD: &str = "correct horse battery staple";
@@ -44,15 +43,6 @@ const PAGES: usize = 500;
 const SEARCH_P95_TARGET_MS: f64 = 50.0;
 const PAGE_P95_TARGET_MS: f64 = 10.0;
 const POSTS_PER_SEC_TARGET: f64 = 2_000.0;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Pseudo-words, most frequent first; each is its own stem, so the normalizer keeps it whole.
 fn vocabulary() -> Vec<String> {
@@ -126,47 +116,23 @@ fn main() {
     let words = Arc::new(vocabulary());
     let zipf = Arc::new(Zipf::new(VOCABULARY));
 
-    let data = tempfile::tempdir().expect("temp dir");
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_conclave"));
-    let port = free_port();
-    let configure = |command: &mut Command| {
-        command
-            .current_dir(data.path())
-            .env("CONCLAVE__DATA_DIR", data.path())
-            .env("CONCLAVE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONCLAVE__TELEMETRY__LOG_FILTER", "error");
-    };
-    let password_file = data.path().join("password");
-    std::fs::write(&password_file, PASSWORD).expect("password file");
-    let mut create = Command::new(&binary);
-    configure(&mut create);
-    let created = create
-        .args(["user", "create", "--email", EMAIL, "--password-file"])
-        .arg(&password_file)
-        .output()
-        .expect("conclave user create");
-    assert!(created.status.success(), "{created:?}");
-    let mut serve = Command::new(&binary);
-    configure(&mut serve);
-    let server = Server(
-        serve
-            .arg("serve")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start conclave"),
-    );
+    let server = ServerWithUser::start(EMAIL, PASSWORD, &[]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let base = format!("http://127.0.0.1:{port}");
-    let measured = runtime.block_on(run(base, messages, words.clone(), zipf.clone()));
-    let database = data.path().join("conclave.db");
-    let index = index_sizes(&database);
+    let measured = runtime.block_on(run(
+        server.base.clone(),
+        messages,
+        words.clone(),
+        zipf.clone(),
+    ));
+    let index = index_sizes(&server.data.path().join("conclave.db"));
+    let scratch = tempfile::tempdir().expect("temp dir");
     drop(server);
 
-    let baseline = fts5_baseline(data.path(), messages, &words, &zipf, &measured.queries);
+    let baseline = fts5_baseline(scratch.path(), messages, &words, &zipf, &measured.queries);
     let report = report(messages, &measured, &index, &baseline);
     println!("{report}");
     write_into_benchmarks_md("history", &report);
@@ -444,7 +410,7 @@ async fn sign_in_for_token(base: &str) -> String {
 }
 
 #[derive(QueryableByName)]
-struct Sized {
+struct ObjectSize {
     #[diesel(sql_type = Text)]
     name: String,
     #[diesel(sql_type = BigInt)]
@@ -456,7 +422,7 @@ fn index_sizes(database: &Path) -> Vec<(String, i64)> {
     let mut conn = SqliteConnection::establish(&database.display().to_string())
         .expect("open the server's database");
     diesel::sql_query("SELECT name, SUM(pgsize) AS bytes FROM dbstat GROUP BY name")
-        .load::<Sized>(&mut conn)
+        .load::<ObjectSize>(&mut conn)
         .expect("dbstat")
         .into_iter()
         .map(|s| (s.name, s.bytes))
@@ -467,15 +433,14 @@ struct Baseline {
     posting_secs: f64,
     index_bytes: i64,
     table_bytes: i64,
-    /// (kind, latencies in ms).
-    search: Vec<(&'static str, Vec<f64>)>,
+    /// (kind, latencies in ms, hits per query).
+    search: Vec<(&'static str, Vec<f64>, Vec<usize>)>,
 }
 
 #[derive(QueryableByName)]
-struct RowId {
+struct Count {
     #[diesel(sql_type = BigInt)]
-    #[allow(dead_code)]
-    rowid: i64,
+    n: i64,
 }
 
 /// The same bodies in plain SQLite with a contentless FTS5 index, one transaction per message.
@@ -516,7 +481,7 @@ fn fts5_baseline(
         .expect("fts5 insert");
     }
     let posting_secs = started.elapsed().as_secs_f64();
-    let sizes: Vec<Sized> =
+    let sizes: Vec<ObjectSize> =
         diesel::sql_query("SELECT name, SUM(pgsize) AS bytes FROM dbstat GROUP BY name")
             .load(&mut conn)
             .expect("dbstat");
@@ -529,7 +494,7 @@ fn fts5_baseline(
     };
     let index_bytes = bytes(&|n| n.starts_with("message_index"));
     let table_bytes = bytes(&|n| n == "messages");
-    let mut search: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    let mut search: Vec<(&'static str, Vec<f64>, Vec<usize>)> = Vec::new();
     for query in queries {
         let expression = query
             .text
@@ -537,17 +502,22 @@ fn fts5_baseline(
             .collect::<Vec<_>>()
             .join(" AND ");
         let started = Instant::now();
-        diesel::sql_query(
-            "SELECT rowid FROM message_index WHERE message_index MATCH ? \
-             ORDER BY rowid DESC LIMIT 20",
+        // The newest 20 ids, counted (the same answer size as the API's search).
+        let found = diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM (SELECT rowid FROM message_index \
+             WHERE message_index MATCH ? ORDER BY rowid DESC LIMIT 20)",
         )
         .bind::<Text, _>(&expression)
-        .load::<RowId>(&mut conn)
+        .get_result::<Count>(&mut conn)
         .expect("fts5 search");
         let ms = started.elapsed().as_secs_f64() * 1_000.0;
-        match search.iter_mut().find(|(k, _)| *k == query.kind) {
-            Some((_, times)) => times.push(ms),
-            None => search.push((query.kind, vec![ms])),
+        let hits = usize::try_from(found.n).unwrap_or(0);
+        match search.iter_mut().find(|(k, _, _)| *k == query.kind) {
+            Some((_, times, counts)) => {
+                times.push(ms);
+                counts.push(hits);
+            }
+            None => search.push((query.kind, vec![ms], vec![hits])),
         }
     }
     Baseline {
@@ -581,14 +551,17 @@ fn report(
     let mut rows = String::new();
     for (kind, times, hits) in &measured.search {
         let p95 = percentile(times, 95.0);
-        let fts = baseline
+        let mean = |counts: &[usize]| counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+        let (fts, fts_hits) = baseline
             .search
             .iter()
-            .find(|(k, _)| k == kind)
-            .map_or(f64::NAN, |(_, t)| percentile(t, 95.0));
-        let mean_hits = hits.iter().sum::<usize>() as f64 / hits.len() as f64;
+            .find(|(k, _, _)| k == kind)
+            .map_or((f64::NAN, f64::NAN), |(_, t, c)| {
+                (percentile(t, 95.0), mean(c))
+            });
+        let mean_hits = mean(hits);
         rows.push_str(&format!(
-            "| search: {kind} | {:.2} ms | {p95:.2} ms | {:.2} ms | {fts:.2} ms | ≤ {SEARCH_P95_TARGET_MS} ms | {} | {mean_hits:.1} |\n",
+            "| search: {kind} | {:.2} ms | {p95:.2} ms | {:.2} ms | {fts:.2} ms | ≤ {SEARCH_P95_TARGET_MS} ms | {} | {mean_hits:.1} / {fts_hits:.1} |\n",
             percentile(times, 50.0),
             percentile(times, 100.0),
             verdict(p95 <= SEARCH_P95_TARGET_MS),
@@ -608,7 +581,7 @@ fn report(
          Baselines from the same run: the same bodies in plain SQLite with a contentless FTS5 index \
          (porter, diacritics removed), one transaction per message, searched in-process; and \
          `GET /api/v1/me` for the floor of one authenticated HTTP request (p95 {me_p95:.2} ms).\n\n\
-         | measure | p50 | p95 | max | FTS5 baseline p95 (in-process, no HTTP) | target | verdict | hits per query |\n\
+         | measure | p50 | p95 | max | FTS5 baseline p95 (in-process, no HTTP) | target | verdict | hits per query (ours / FTS5) |\n\
          |---|---|---|---|---|---|---|---|\n\
          {rows}\
          | history page of 50 | {:.2} ms | {page_p95:.2} ms | {:.2} ms | `/me` {me_p95:.2} ms | ≤ {PAGE_P95_TARGET_MS} ms | {} | |\n\n\

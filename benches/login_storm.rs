@@ -12,12 +12,10 @@
 //! limit (every request here comes from 127.0.0.1). Run with `make bench`; results go to
 //! docs/benchmarks.md between the `login-storm` markers.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_model, free_port, percentile, refuse_if_busy, write_into_benchmarks_md};
+use common::{ServerWithUser, cpu_model, percentile, refuse_if_busy, write_into_benchmarks_md};
 
 const EMAIL: &str = "storm@example.com";
 const PASSWORD: &str = "correct horse battery staple";
@@ -27,15 +25,6 @@ const STORM_SECS: u64 = 15;
 const PROBE_PAUSE: Duration = Duration::from_millis(5);
 const LOGIN_RATIO_TARGET: f64 = 0.85;
 const P99_RATIO_TARGET: f64 = 2.0;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn main() {
     conclave::crypto::install_tls_provider();
@@ -51,34 +40,11 @@ fn main() {
          {all_cores_per_sec:.1}/s with {cores} threads at once"
     );
 
-    let data = tempfile::tempdir().expect("temp dir");
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_conclave"));
-    let port = free_port();
-    let configure = |command: &mut Command| {
-        command
-            .current_dir(data.path())
-            .env("CONCLAVE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONCLAVE__TELEMETRY__LOG_FILTER", "error")
-            .env("CONCLAVE__ACCOUNTS__LOGIN_ATTEMPTS_PER_IP_PER_MINUTE", "0");
-    };
-    let password_file = data.path().join("password");
-    std::fs::write(&password_file, PASSWORD).expect("password file");
-    let mut create = Command::new(&binary);
-    configure(&mut create);
-    let created = create
-        .args(["user", "create", "--email", EMAIL, "--password-file"])
-        .arg(&password_file)
-        .output()
-        .expect("conclave user create");
-    assert!(created.status.success(), "{created:?}");
-    let mut serve = Command::new(&binary);
-    configure(&mut serve);
-    let _server = Server(
-        serve
-            .arg("serve")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start conclave"),
+    // Every request here comes from 127.0.0.1: no per-IP sign-in limit.
+    let server = ServerWithUser::start(
+        EMAIL,
+        PASSWORD,
+        &[("CONCLAVE__ACCOUNTS__LOGIN_ATTEMPTS_PER_IP_PER_MINUTE", "0")],
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +52,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let result = runtime.block_on(storm(format!("http://127.0.0.1:{port}"), capacity));
+    let result = runtime.block_on(storm(server.base.clone(), capacity));
     let report = report(&result, hashes_per_sec, all_cores_per_sec, cores);
     println!("{report}");
     write_into_benchmarks_md("login-storm", &report);

@@ -78,3 +78,57 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".to_owned())
 }
+
+/// A release `conclave serve` with one verified user, on its own port and temp data dir;
+/// killed when dropped.
+pub struct ServerWithUser {
+    pub base: String,
+    pub data: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl ServerWithUser {
+    /// `env` adds settings (`CONCLAVE__…`) for both the user creation and the server.
+    pub fn start(email: &str, password: &str, env: &[(&str, &str)]) -> Self {
+        use std::process::{Command, Stdio};
+        let data = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let configure = |command: &mut Command| {
+            command
+                .current_dir(data.path())
+                .env("CONCLAVE__DATA_DIR", data.path())
+                .env("CONCLAVE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+                .env("CONCLAVE__TELEMETRY__LOG_FILTER", "error")
+                .envs(env.iter().copied());
+        };
+        let password_file = data.path().join("password");
+        std::fs::write(&password_file, password).expect("password file");
+        let mut create = Command::new(env!("CARGO_BIN_EXE_conclave"));
+        configure(&mut create);
+        let created = create
+            .args(["user", "create", "--email", email, "--password-file"])
+            .arg(&password_file)
+            .output()
+            .expect("conclave user create");
+        assert!(created.status.success(), "{created:?}");
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_conclave"));
+        configure(&mut serve);
+        let child = serve
+            .arg("serve")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start conclave");
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            data,
+            child,
+        }
+    }
+}
+
+impl Drop for ServerWithUser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

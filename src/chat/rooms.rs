@@ -1096,6 +1096,22 @@ impl ChatService {
         self.views(page).await
     }
 
+    /// The caller's access to a room and one of its messages (404 for either missing).
+    async fn access_message(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        message_id: i64,
+    ) -> Result<(RoomAccess, StoredMessage), AppError> {
+        let access = self.access(user_id, room_id).await?;
+        let message = self
+            .store(&access.room, user_id)?
+            .get(room_id, message_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
+        Ok((access, message))
+    }
+
     /// One message of a room the caller may read (deleted ones included, as tombstones).
     pub async fn message(
         &self,
@@ -1103,12 +1119,7 @@ impl ChatService {
         room_id: i64,
         message_id: i64,
     ) -> Result<MessageView, AppError> {
-        let access = self.access(user_id, room_id).await?;
-        let message = self
-            .store(&access.room, user_id)?
-            .get(room_id, message_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
+        let (_, message) = self.access_message(user_id, room_id, message_id).await?;
         self.view(message).await
     }
 
@@ -1157,12 +1168,7 @@ impl ChatService {
         body: String,
     ) -> Result<MessageView, AppError> {
         check_body(&self.settings, &body)?;
-        let access = self.access(user_id, room_id).await?;
-        let message = self
-            .store(&access.room, user_id)?
-            .get(room_id, message_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
+        let (access, message) = self.access_message(user_id, room_id, message_id).await?;
         if message.sender_kind != MemberKind::User || message.sender_id != Some(user_id) {
             return Err(AppError::Forbidden(
                 "Only its author can edit a message.".to_owned(),
@@ -1189,12 +1195,7 @@ impl ChatService {
         message_id: i64,
         ip: Option<String>,
     ) -> Result<(), AppError> {
-        let access = self.access(user_id, room_id).await?;
-        let message = self
-            .store(&access.room, user_id)?
-            .get(room_id, message_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
+        let (access, message) = self.access_message(user_id, room_id, message_id).await?;
         let own = message.sender_kind == MemberKind::User && message.sender_id == Some(user_id);
         if !own && !Authorizer::room(&access, RoomAction::Moderate) {
             return Err(AppError::Forbidden(

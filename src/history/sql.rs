@@ -414,6 +414,12 @@ fn insert_pending(conn: &mut DbConnection, pending: &Pending) -> Result<(Row, bo
     Ok((row, true))
 }
 
+/// One post in a transaction of its own.
+async fn write_one(db: &Db, pending: Pending) -> Written {
+    db.run(move |conn| write_transaction(conn, |tx| insert_pending(tx, &pending)))
+        .await
+}
+
 /// A failure of the group writer, for each post it concerned (errors are not `Clone`).
 fn writer_error(reason: String) -> HistoryError {
     HistoryError::Db(DbError::Query(diesel::result::Error::DatabaseError(
@@ -450,10 +456,7 @@ impl GroupWriter {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if let Err(refused) = queue.send((pending, reply)) {
             // The writer is gone (runtime shutting down): write this one directly.
-            let (pending, _) = refused.0;
-            return db
-                .run(move |conn| write_transaction(conn, |tx| insert_pending(tx, &pending)))
-                .await;
+            return write_one(db, refused.0.0).await;
         }
         answer
             .await
@@ -502,6 +505,11 @@ impl GroupWriter {
     }
 }
 
+/// One search term: its keyed hash in each searched room.
+struct TermHashes {
+    hash_in: HashMap<i64, Vec<u8>>,
+}
+
 /// What a search result row must also satisfy besides its words.
 struct RowFilters {
     rooms: Vec<i64>,
@@ -529,7 +537,7 @@ const SEARCH_CHUNK: usize = 256;
 /// postings up to the answer, never the commonest one's.
 fn newest_matches(
     conn: &mut DbConnection,
-    hashed: &[HashMap<Vec<u8>, i64>],
+    hashed: &[TermHashes],
     filters: &RowFilters,
     before: Option<i64>,
     wanted: usize,
@@ -580,11 +588,11 @@ fn newest_matches(
         for chunk in candidates.chunks(SEARCH_CHUNK) {
             let mut ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
             if !first_window {
+                let rooms: HashMap<i64, i64> = chunk.iter().copied().collect();
                 for (i, term) in hashed.iter().enumerate() {
                     if i == driver || ids.is_empty() {
                         continue;
                     }
-                    let rooms: HashMap<i64, i64> = chunk.iter().copied().collect();
                     let held = holding(conn, term, &ids, &rooms)?;
                     ids.retain(|id| held.contains(id));
                 }
@@ -628,19 +636,23 @@ fn newest_matches(
 /// `lo..=hi`: one index range scan per room.
 fn postings_in(
     conn: &mut DbConnection,
-    term: &HashMap<Vec<u8>, i64>,
+    term: &TermHashes,
     lo: i64,
     hi: i64,
 ) -> QueryResult<Vec<(i64, i64)>> {
-    let hashes: Vec<Vec<u8>> = term.keys().cloned().collect();
+    let room_of: HashMap<&[u8], i64> = term
+        .hash_in
+        .iter()
+        .map(|(room, hash)| (hash.as_slice(), *room))
+        .collect();
     let rows: Vec<(Vec<u8>, i64)> = message_terms::table
-        .filter(message_terms::term.eq_any(hashes))
+        .filter(message_terms::term.eq_any(term.hash_in.values()))
         .filter(message_terms::message_id.between(lo, hi))
         .select((message_terms::term, message_terms::message_id))
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .filter_map(|(hash, id)| term.get(&hash).map(|room| (id, *room)))
+        .filter_map(|(hash, id)| room_of.get(hash.as_slice()).map(|room| (id, *room)))
         .collect())
 }
 
@@ -648,11 +660,10 @@ fn postings_in(
 /// (that room's hash, id), grouped by room.
 fn holding(
     conn: &mut DbConnection,
-    term: &HashMap<Vec<u8>, i64>,
+    term: &TermHashes,
     ids: &[i64],
     rooms: &HashMap<i64, i64>,
 ) -> QueryResult<std::collections::HashSet<i64>> {
-    let hash_of: HashMap<i64, &Vec<u8>> = term.iter().map(|(hash, room)| (*room, hash)).collect();
     let mut by_room: HashMap<i64, Vec<i64>> = HashMap::new();
     for id in ids {
         if let Some(room) = rooms.get(id) {
@@ -664,13 +675,13 @@ fn holding(
         .into_boxed();
     let mut clauses = 0;
     for (room, ids) in by_room {
-        let Some(hash) = hash_of.get(&room) else {
+        let Some(hash) = term.hash_in.get(&room) else {
             continue;
         };
         // One exact (hash, id) probe per id: `filter` for the first room, `or_filter` after
         // (a constant FALSE to start from would hide the index from SQLite's OR planner).
         let clause = message_terms::term
-            .eq((*hash).clone())
+            .eq(hash.clone())
             .and(message_terms::message_id.eq_any(ids));
         q = if clauses == 0 {
             q.filter(clause)
@@ -699,11 +710,7 @@ impl HistoryStore for SqlHistoryStore {
         let (row, created) = match self.db.backend() {
             crate::db::Backend::Sqlite => self.writer.append(&self.db, pending).await?,
             // PostgreSQL takes concurrent writers; each post is its own transaction.
-            crate::db::Backend::Postgres => {
-                self.db
-                    .run(move |conn| write_transaction(conn, |tx| insert_pending(tx, &pending)))
-                    .await?
-            }
+            crate::db::Backend::Postgres => write_one(&self.db, pending).await?,
         };
         Ok(Appended {
             message: self.one(row).await?,
@@ -858,15 +865,14 @@ impl HistoryStore for SqlHistoryStore {
                 Err(other) => return Err(other),
             }
         }
-        // Per term, each room's keyed hash of it, mapped back to the room.
-        let hashed: Vec<HashMap<Vec<u8>, i64>> = query
+        let hashed: Vec<TermHashes> = query
             .terms
             .iter()
-            .map(|term| {
-                keyed
+            .map(|term| TermHashes {
+                hash_in: keyed
                     .iter()
-                    .map(|(room, key)| (key.term(term), *room))
-                    .collect()
+                    .map(|(room, key)| (*room, key.term(term)))
+                    .collect(),
             })
             .collect();
         let known: HashMap<i64, Arc<RoomKey>> = keyed.into_iter().collect();

@@ -202,7 +202,7 @@ impl VaultKeyProvider {
                     Failure::Transport(format!("Vault answered something unexpected: {e}"))
                 });
             }
-            if status == reqwest::StatusCode::FORBIDDEN && !retried && self.reload_token() {
+            if status == reqwest::StatusCode::FORBIDDEN && !retried && self.reload_token().await {
                 retried = true;
                 continue;
             }
@@ -211,12 +211,12 @@ impl VaultKeyProvider {
         }
     }
 
-    /// Re-reads `token_file`; true when it now holds another token.
-    fn reload_token(&self) -> bool {
-        let Some(file) = &self.token_file else {
+    /// Re-reads `token_file` (off the async threads); true when it now holds another token.
+    async fn reload_token(&self) -> bool {
+        let Some(file) = self.token_file.clone() else {
             return false;
         };
-        let Ok(fresh) = read_token(file) else {
+        let Ok(Ok(fresh)) = tokio::task::spawn_blocking(move || read_token(&file)).await else {
             return false;
         };
         let Ok(mut token) = self.token.write() else {

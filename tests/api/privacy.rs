@@ -6,7 +6,9 @@ use diesel::prelude::*;
 use serde_json::{Value, json};
 
 use crate::helpers::{Device, TEAM_PASSWORD, Team, backend, link_in, team, wait_for_mail};
-use crate::rooms::{contains, create_room, delete, get, patch, post, say};
+use crate::rooms::{
+    contains, create_room, create_room_with, delete, get, patch, post, say, unlock_private,
+};
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
 
@@ -91,14 +93,12 @@ async fn members_read_the_workspace_defaults_and_owners_set_them() {
     );
 
     // New rooms follow the default; times are RFC 3339.
-    let (status, room) = post(
+    let room = create_room_with(
         &ada,
         &app,
-        "/api/v1/rooms",
         json!({"name": "standup", "visibility": "private"}),
     )
     .await;
-    assert_eq!(status, 201, "{room}");
     assert_eq!(room["privacy"], "ephemeral");
     let created = room["created_at"].as_str().unwrap();
     assert!(
@@ -108,18 +108,12 @@ async fn members_read_the_workspace_defaults_and_owners_set_them() {
 
     // A private default applies to invite-only rooms; a public room is shared by definition.
     patch(&ada, &app, &path, json!({"default_privacy": "private"})).await;
-    let (_, public) = post(
-        &ada,
-        &app,
-        "/api/v1/rooms",
-        json!({"name": "lobby", "visibility": "public"}),
-    )
-    .await;
+    let public =
+        create_room_with(&ada, &app, json!({"name": "lobby", "visibility": "public"})).await;
     assert_eq!(public["privacy"], "standard");
-    let (_, own) = post(
+    let own = create_room_with(
         &ada,
         &app,
-        "/api/v1/rooms",
         json!({"name": "notes", "visibility": "private"}),
     )
     .await;
@@ -269,14 +263,12 @@ async fn a_room_owner_downloads_the_whole_room() {
 #[tokio::test]
 async fn ephemeral_rooms_never_reach_the_disk_and_end_with_the_process() {
     let Team { app, ada, .. } = team().await;
-    let (status, room) = post(
+    let room = create_room_with(
         &ada,
         &app,
-        "/api/v1/rooms",
         json!({"name": "huddle", "visibility": "private", "privacy": "ephemeral"}),
     )
     .await;
-    assert_eq!(status, 201, "{room}");
     let room = room["id"].as_i64().unwrap();
     let phrase = "walrus bicycle harmonica";
     let messages = format!("/api/v1/rooms/{room}/messages");
@@ -373,10 +365,9 @@ async fn private_rooms_open_only_with_their_owners_password() {
     )
     .await;
     assert_eq!(refused, 400, "{problem}");
-    let (_, room) = post(
+    let room = create_room_with(
         &ada,
         &app,
-        "/api/v1/rooms",
         json!({"name": "diary", "visibility": "private", "privacy": "private"}),
     )
     .await;
@@ -388,23 +379,8 @@ async fn private_rooms_open_only_with_their_owners_password() {
         (status, locked["error"].as_str()),
         (423, Some("private_locked"))
     );
-    let (status, _) = post(
-        &ada,
-        &app,
-        "/api/v1/me/private/unlock",
-        json!({"password": "not my password"}),
-    )
-    .await;
-    assert_eq!(status, 400);
-    let unlock = |password: &'static str| {
-        post(
-            &ada,
-            &app,
-            "/api/v1/me/private/unlock",
-            json!({ "password": password }),
-        )
-    };
-    assert_eq!(unlock(TEAM_PASSWORD).await.0, 204);
+    assert_eq!(unlock_private(&ada, &app, "not my password").await, 400);
+    assert_eq!(unlock_private(&ada, &app, TEAM_PASSWORD).await, 204);
     let status = ada.get_json(&app, "/api/v1/me/private").await;
     assert_eq!(
         (status["set_up"].as_bool(), status["unlocked"].as_bool()),
@@ -561,13 +537,7 @@ async fn private_rooms_open_only_with_their_owners_password() {
     );
     let ada = Device::signed_in(&app, "ada@example.com", "third time lucky").await;
     ada.client.get(app.url("/healthz")).send().await.unwrap();
-    let (status, _) = post(
-        &ada,
-        &app,
-        "/api/v1/me/private/unlock",
-        json!({"password": "third time lucky"}),
-    )
-    .await;
+    let status = unlock_private(&ada, &app, "third time lucky").await;
     assert_eq!(status, 204, "a new key is made");
     let (status, page) = get(&ada, &app, &messages).await;
     assert_eq!((status, page["messages"].clone()), (200, json!([])));
@@ -593,26 +563,18 @@ async fn deleting_an_account_erases_private_rooms_and_anonymises_the_rest() {
     .await;
     say(&carl, &app, ops, "the pager rota is on the wiki").await;
     say(&ada, &app, ops, "thanks Carl").await;
-    let (_, fleeting) = post(
+    let fleeting = create_room_with(
         &carl,
         &app,
-        "/api/v1/rooms",
         json!({"name": "standup", "visibility": "public", "privacy": "ephemeral"}),
     )
     .await;
     let fleeting = fleeting["id"].as_i64().unwrap();
     say(&carl, &app, fleeting, "back in five").await;
-    post(
+    assert_eq!(unlock_private(&carl, &app, TEAM_PASSWORD).await, 204);
+    let diary = create_room_with(
         &carl,
         &app,
-        "/api/v1/me/private/unlock",
-        json!({"password": TEAM_PASSWORD}),
-    )
-    .await;
-    let (_, diary) = post(
-        &carl,
-        &app,
-        "/api/v1/rooms",
         json!({"name": "diary", "visibility": "private", "privacy": "private"}),
     )
     .await;

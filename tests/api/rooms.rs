@@ -49,15 +49,32 @@ pub(crate) async fn create_room(
     name: &str,
     visibility: &str,
 ) -> i64 {
-    let (status, room) = post(
+    let room = create_room_with(
         person,
         app,
-        "/api/v1/rooms",
         json!({"name": name, "topic": "talk", "visibility": visibility}),
     )
     .await;
-    assert_eq!(status, 201, "{room}");
     room["id"].as_i64().unwrap()
+}
+
+/// Creates a room from `body`, which must succeed; answers the room.
+pub(crate) async fn create_room_with(person: &Device, app: &TestApp, body: Value) -> Value {
+    let (status, room) = post(person, app, "/api/v1/rooms", body).await;
+    assert_eq!(status, 201, "{room}");
+    room
+}
+
+/// Unlocks the person's private conversations; answers the status.
+pub(crate) async fn unlock_private(person: &Device, app: &TestApp, password: &str) -> u16 {
+    post(
+        person,
+        app,
+        "/api/v1/me/private/unlock",
+        json!({ "password": password }),
+    )
+    .await
+    .0
 }
 
 pub(crate) async fn say(person: &Device, app: &TestApp, room: i64, body: &str) -> Value {
