@@ -25,6 +25,7 @@ use utoipa::OpenApi as _;
         (name = "identities", description = "Connected sign-in providers"),
         (name = "tenants", description = "Workspaces, members, invitations"),
         (name = "operations", description = "Running the service"),
+        (name = "realtime", description = "The WebSocket endpoint and live connections"),
     )
 )]
 struct Root;
@@ -46,6 +47,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::tenancy::members::ApiDoc::openapi(),
         crate::tenancy::defaults::ApiDoc::openapi(),
         crate::chat::api::ApiDoc::openapi(),
+        crate::chat::ws::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {
         doc.merge(part);

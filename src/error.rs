@@ -93,6 +93,25 @@ impl AppError {
         }
     }
 
+    /// A stable machine-readable code, for clients that see no HTTP status (WebSocket
+    /// frames): the `Coded` code, else one per kind.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Coded { code, .. } => code,
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
     pub fn problem(&self) -> Problem {
         let mut problem = Problem::new(self.status_code(), self.public_detail());
         if let Self::Coded { code, .. } = self {

@@ -72,6 +72,30 @@ fn describe() {
         "Start time of the process since the Unix epoch."
     );
     metrics::describe_counter!("jobs_started_total", "Job attempts started, by kind.");
+    metrics::describe_gauge!(
+        "ws_connections",
+        "Open WebSocket connections on this node, by kind (browser, token)."
+    );
+    metrics::describe_counter!(
+        "ws_frames_received_total",
+        "Text frames received from WebSocket clients."
+    );
+    metrics::describe_counter!(
+        "ws_frames_sent_total",
+        "Text frames sent to WebSocket clients."
+    );
+    metrics::describe_counter!(
+        "ws_closes_total",
+        "WebSocket connections closed, by close code (docs/protocol.md; 1006: no close frame)."
+    );
+    metrics::describe_counter!(
+        "ws_slow_consumers_total",
+        "WebSocket connections closed because their event queue was full (4009)."
+    );
+    metrics::describe_counter!(
+        "ws_refusals_total",
+        "WebSocket handshakes refused before the upgrade, by reason."
+    );
     metrics::describe_counter!(
         "jobs_finished_total",
         "Job attempts finished, by kind and outcome (succeeded, retried, dead)."

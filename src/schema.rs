@@ -231,6 +231,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    read_markers (room_id, user_id) {
+        room_id -> BigInt,
+        user_id -> BigInt,
+        message_id -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     personal_keys (user_id) {
         user_id -> BigInt,
         salt -> Text,
@@ -276,6 +285,7 @@ diesel::joinable!(rooms -> tenants (tenant_id));
 diesel::joinable!(room_members -> rooms (room_id));
 diesel::joinable!(conversation_keys -> rooms (room_id));
 diesel::joinable!(personal_keys -> users (user_id));
+diesel::joinable!(read_markers -> rooms (room_id));
 diesel::joinable!(messages -> rooms (room_id));
 diesel::joinable!(message_terms -> messages (message_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -286,6 +296,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     message_terms,
     personal_keys,
+    read_markers,
     tenants,
     users,
     sessions,

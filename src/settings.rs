@@ -39,6 +39,7 @@ pub struct Settings {
     pub oidc: OidcSettings,
     pub keys: KeySettings,
     pub chat: ChatSettings,
+    pub realtime: RealtimeSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -185,6 +186,53 @@ impl Default for ChatSettings {
             key_cache_minutes: 10,
             private_idle_minutes: 30,
             ephemeral_max_messages: 5_000,
+        }
+    }
+}
+
+/// The WebSocket endpoint (`/api/v1/ws`): heartbeats, queues and limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeSettings {
+    /// Seconds between the server's pings.
+    pub heartbeat_secs: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed (4000).
+    pub heartbeat_timeout_secs: u64,
+    /// Events waiting for one connection; a connection that falls this far behind is closed
+    /// as a slow consumer (4009) and resumes later.
+    pub queue_capacity: usize,
+    /// Largest frame a client may send, in bytes (larger: close 1009).
+    pub max_frame_bytes: usize,
+    /// Frames a connection may send per second, and in a burst (more: close 4008).
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    /// Open connections per client IP address and per user (more: 429 before the upgrade).
+    pub connections_per_ip: u32,
+    pub connections_per_user: u32,
+    /// New connections (handshakes) per IP address per minute (more: 429).
+    pub handshakes_per_ip_per_minute: u32,
+    /// Origins besides `server.public_url` that browsers may connect from with their session
+    /// cookie (e.g. `https://chat.example.com`). Token-authenticated clients need none.
+    pub allowed_origins: Vec<String>,
+    /// How often a connection re-checks that its session or token is still valid, in seconds
+    /// (revocations on this node close connections at once; this bounds the rest).
+    pub revalidate_secs: u64,
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_secs: 20,
+            heartbeat_timeout_secs: 60,
+            queue_capacity: 512,
+            max_frame_bytes: 64 * 1024,
+            messages_per_second: 20,
+            message_burst: 60,
+            connections_per_ip: 200,
+            connections_per_user: 30,
+            handshakes_per_ip_per_minute: 120,
+            allowed_origins: Vec::new(),
+            revalidate_secs: 30,
         }
     }
 }
@@ -422,6 +470,7 @@ impl Default for Settings {
             oidc: OidcSettings::default(),
             keys: KeySettings::default(),
             chat: ChatSettings::default(),
+            realtime: RealtimeSettings::default(),
         }
     }
 }
@@ -787,6 +836,78 @@ impl Settings {
                 problems.push(format!(
                     "{key}: must be between {min} and {max}, got {value}"
                 ));
+            }
+        }
+        let realtime = &self.realtime;
+        for (key, value, min, max) in [
+            ("realtime.heartbeat_secs", realtime.heartbeat_secs, 1, 3_600),
+            (
+                "realtime.heartbeat_timeout_secs",
+                realtime.heartbeat_timeout_secs,
+                realtime.heartbeat_secs.saturating_add(1),
+                7_200,
+            ),
+            (
+                "realtime.queue_capacity",
+                realtime.queue_capacity as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "realtime.max_frame_bytes",
+                realtime.max_frame_bytes as u64,
+                256,
+                16 << 20,
+            ),
+            (
+                "realtime.messages_per_second",
+                u64::from(realtime.messages_per_second),
+                1,
+                100_000,
+            ),
+            (
+                "realtime.message_burst",
+                u64::from(realtime.message_burst),
+                1,
+                100_000,
+            ),
+            (
+                "realtime.connections_per_ip",
+                u64::from(realtime.connections_per_ip),
+                1,
+                1_000_000,
+            ),
+            (
+                "realtime.connections_per_user",
+                u64::from(realtime.connections_per_user),
+                1,
+                100_000,
+            ),
+            (
+                "realtime.handshakes_per_ip_per_minute",
+                u64::from(realtime.handshakes_per_ip_per_minute),
+                1,
+                1_000_000,
+            ),
+            (
+                "realtime.revalidate_secs",
+                realtime.revalidate_secs,
+                1,
+                3_600,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                problems.push(format!(
+                    "{key}: must be between {min} and {max}, got {value}"
+                ));
+            }
+        }
+        for origin in &realtime.allowed_origins {
+            match url::Url::parse(origin) {
+                Ok(url) if url.origin().ascii_serialization() == origin.trim_end_matches('/') => {}
+                _ => problems.push(format!(
+                    "realtime.allowed_origins: {origin:?} is not an origin like https://chat.example.com"
+                )),
             }
         }
         let public_url = match self.server.public_url.as_deref().map(url::Url::parse) {

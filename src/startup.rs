@@ -20,6 +20,7 @@ use crate::web::{AppState, Templates};
 
 pub struct Application {
     server: Server,
+    hub: crate::chat::hub::Hub,
     port: u16,
     state: web::Data<AppState>,
     runner: Option<RunnerHandle>,
@@ -148,6 +149,8 @@ impl Application {
             settings.accounts.signup_enabled,
         )?;
         let key_provider = key_provider(&settings, &master_key)?;
+        let hub = crate::chat::hub::Hub::new(&settings.realtime);
+        crate::chat::ws::close_revoked(hub.clone(), &sessions);
         let chat = crate::chat::rooms::ChatService::new(
             db.clone(),
             history_store_with(
@@ -159,6 +162,7 @@ impl Application {
             ephemeral,
             personal_keys,
             settings.chat.clone(),
+            hub.clone(),
         );
         let (db_for_captcha, master_key_for_captcha) = (db.clone(), master_key.clone());
         let state = web::Data::new(AppState {
@@ -211,6 +215,7 @@ impl Application {
             .then(|| Runner::new(&queue, registry, settings.jobs.clone()).spawn(shutdown_timeout));
         Ok(Self {
             server,
+            hub,
             port,
             state,
             runner,
@@ -246,7 +251,13 @@ impl Application {
             () = stop => None,
         };
         if stopped_by_itself.is_none() {
-            tracing::info!("stop requested: draining requests and jobs");
+            // New upgrades are refused from here on; open sockets hear 1012 (reconnect, to
+            // another node) and end, so they do not hold the drain until its timeout.
+            let told = self.hub.shut_down();
+            tracing::info!(
+                websockets = told,
+                "stop requested: draining requests, connections and jobs"
+            );
         }
         let drain_jobs = async {
             if let Some(runner) = self.runner {

@@ -213,3 +213,18 @@ pub fn resolve(conn: &mut DbConnection, presented: &str) -> QueryResult<Option<T
         scopes: scopes.split_whitespace().map(str::to_owned).collect(),
     }))
 }
+
+/// Whether token `id` still works: not revoked, not expired, its user not disabled. For
+/// long-lived connections that authenticated with it.
+pub fn is_live(conn: &mut DbConnection, id: i64) -> QueryResult<bool> {
+    let now = Utc::now().naive_utc();
+    let expires: Option<Option<NaiveDateTime>> = api_tokens::table
+        .inner_join(users::table)
+        .filter(api_tokens::id.eq(id))
+        .filter(api_tokens::revoked_at.is_null())
+        .filter(users::disabled_at.is_null())
+        .select(api_tokens::expires_at)
+        .first(conn)
+        .optional()?;
+    Ok(matches!(expires, Some(None)) || matches!(expires, Some(Some(at)) if at > now))
+}

@@ -171,6 +171,8 @@ impl PasswordService {
             .await?;
         self.queue.wake();
         self.sessions
+            .announce(super::sessions::Revocation::TokensOf(user_id));
+        self.sessions
             .revoke_all_for_user(user_id, Some(keep_session))
             .await?;
         Ok(())
@@ -269,6 +271,8 @@ impl PasswordService {
             })
             .await?;
         self.personal.lock(user_id);
+        self.sessions
+            .announce(super::sessions::Revocation::TokensOf(user_id));
         self.sessions.revoke_all_for_user(user_id, None).await?;
         Ok(())
     }

@@ -69,6 +69,19 @@ pub struct Sessions {
     cache: moka::future::Cache<String, Arc<SessionInfo>>,
     idle: chrono::TimeDelta,
     lifetime: chrono::TimeDelta,
+    revocations: tokio::sync::broadcast::Sender<Revocation>,
+}
+
+/// Credentials that stopped working, announced so long-lived connections (WebSockets) that
+/// authenticated with them close at once instead of at their next check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// One session, by id.
+    Session(String),
+    /// One API token, by id.
+    Token(i64),
+    /// Every API token of a user.
+    TokensOf(i64),
 }
 
 /// The token that goes into the cookie, shown to the client once.
@@ -150,7 +163,31 @@ impl Sessions {
                 .build(),
             idle: chrono::TimeDelta::try_hours(hours).unwrap_or(chrono::TimeDelta::MAX),
             lifetime: chrono::TimeDelta::try_days(days).unwrap_or(chrono::TimeDelta::MAX),
+            revocations: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Announces credentials that stopped working (see [`Revocation`]).
+    pub fn announce(&self, revocation: Revocation) {
+        // Nobody listening (no realtime endpoint in this process) is fine.
+        let _ = self.revocations.send(revocation);
+    }
+
+    /// Listens for revoked credentials.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<Revocation> {
+        self.revocations.subscribe()
+    }
+
+    /// The session with this id if it is still live (refreshing `last_seen_at`: a connection
+    /// that stays open is activity), for connections that authenticated with it.
+    pub async fn revalidate(&self, id: &str) -> Result<Option<Arc<SessionInfo>>, DbError> {
+        let now = Utc::now().naive_utc();
+        if let Some(info) = self.cache.get(id).await
+            && self.is_live(&info, now)
+        {
+            return Ok(Some(info));
+        }
+        self.load(id.to_owned(), now).await
     }
 
     pub fn lifetime(&self) -> chrono::TimeDelta {
@@ -293,6 +330,7 @@ impl Sessions {
             })
             .await?;
         self.cache.invalidate(id).await;
+        self.announce(Revocation::Session(id.to_owned()));
         Ok(deleted > 0)
     }
 
@@ -312,6 +350,9 @@ impl Sessions {
             })
             .await?;
         self.cache.invalidate(id).await;
+        if deleted > 0 {
+            self.announce(Revocation::Session(id.to_owned()));
+        }
         Ok(deleted > 0)
     }
 
@@ -340,6 +381,7 @@ impl Sessions {
             .await?;
         for id in &ids {
             self.cache.invalidate(id).await;
+            self.announce(Revocation::Session(id.clone()));
         }
         Ok(ids.len())
     }

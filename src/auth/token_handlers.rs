@@ -188,6 +188,11 @@ async fn revoke(state: &AppState, user_id: i64, token_id: i64) -> Result<bool, A
             })
         })
         .await?;
+    if revoked {
+        state
+            .sessions
+            .announce(crate::auth::sessions::Revocation::Token(token_id));
+    }
     Ok(revoked)
 }
 

@@ -11,9 +11,12 @@
 //! - Members may be people, devices or the assistant (`member_kind`).
 
 pub mod api;
+pub mod hub;
 pub mod markdown;
 pub mod pages;
+pub mod protocol;
 pub mod rooms;
+pub mod ws;
 
 use std::fmt;
 use std::str::FromStr;

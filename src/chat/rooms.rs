@@ -9,7 +9,10 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Privacy, Room, RoomAccess, RoomAction, RoomKind, RoomRole, Visibility, markdown};
+use super::hub::{Hub, Outbound};
+use super::{
+    Privacy, Room, RoomAccess, RoomAction, RoomKind, RoomRole, Visibility, markdown, protocol,
+};
 use crate::audit::{self, AuditEvent};
 use crate::auth::personal_keys::PersonalKeys;
 use crate::db::{Db, DbConnection, DbError, write_transaction};
@@ -32,6 +35,8 @@ pub struct ChatService {
     ephemeral: Arc<MemoryHistoryStore>,
     personal: PersonalKeys,
     settings: ChatSettings,
+    /// This node's realtime connections: every stored change is published here.
+    hub: Hub,
 }
 
 /// A room as listed for someone: their role in it (if a member) and, for a direct room, who
@@ -384,6 +389,7 @@ impl ChatService {
         ephemeral: Arc<MemoryHistoryStore>,
         personal: PersonalKeys,
         settings: ChatSettings,
+        hub: Hub,
     ) -> Self {
         Self {
             db,
@@ -391,7 +397,25 @@ impl ChatService {
             ephemeral,
             personal,
             settings,
+            hub,
         }
+    }
+
+    /// This node's realtime connections.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Announces a stored new message to the room's live connections.
+    fn publish_new(&self, view: &MessageView) {
+        self.hub.publish(
+            view.room_id,
+            Outbound::Frame {
+                room: view.room_id,
+                new_message: Some(view.id),
+                json: protocol::message(view, false).into(),
+            },
+        );
     }
 
     /// Where `room`'s messages live — for `user_id`, whose personal key must be unlocked when
@@ -795,6 +819,7 @@ impl ChatService {
             })
             .await?;
         self.ephemeral.forget(room_id);
+        self.hub.recheck_all(room_id);
         Ok(())
     }
 
@@ -1023,10 +1048,12 @@ impl ChatService {
                         ),
                         Utc::now().naive_utc(),
                     )?;
-                    Ok(())
+                    Ok::<_, AppError>(())
                 })
             })
-            .await
+            .await?;
+        self.hub.recheck(room_id, target);
+        Ok(())
     }
 
     // ----- messages -----
@@ -1144,8 +1171,10 @@ impl ChatService {
             .db
             .run(move |conn| require(conn, room_id, user_id, RoomAction::Post))
             .await?;
-        let appended = self
-            .store(&access.room, user_id)?
+        let store = self.store(&access.room, user_id)?;
+        // Held until the event is out, so the room's events leave in id order.
+        let _order = self.hub.order(room_id).await;
+        let appended = store
             .append(
                 room_id,
                 NewMessage {
@@ -1156,7 +1185,11 @@ impl ChatService {
                 },
             )
             .await?;
-        Ok((self.view(appended.message).await?, appended.created))
+        let view = self.view(appended.message).await?;
+        if appended.created {
+            self.publish_new(&view);
+        }
+        Ok((view, appended.created))
     }
 
     /// Edits one's own message.
@@ -1180,11 +1213,13 @@ impl ChatService {
                 RoomAction::Post,
             )));
         }
-        let edited = self
-            .store(&access.room, user_id)?
-            .edit(room_id, message_id, body)
-            .await?;
-        self.view(edited).await
+        let store = self.store(&access.room, user_id)?;
+        let _order = self.hub.order(room_id).await;
+        let edited = store.edit(room_id, message_id, body).await?;
+        let view = self.view(edited).await?;
+        self.hub
+            .publish_frame(room_id, protocol::message_edited(&view).into());
+        Ok(view)
     }
 
     /// Deletes a message: its author, or a moderator.
@@ -1202,9 +1237,15 @@ impl ChatService {
                 "Only its author or a moderator can delete a message.".to_owned(),
             ));
         }
-        self.store(&access.room, user_id)?
-            .delete(room_id, message_id)
-            .await?;
+        let store = self.store(&access.room, user_id)?;
+        {
+            let _order = self.hub.order(room_id).await;
+            store.delete(room_id, message_id).await?;
+            self.hub.publish_frame(
+                room_id,
+                protocol::message_deleted(room_id, message_id).into(),
+            );
+        }
         if !own {
             let event = room_event(
                 "message.deleted_by_moderator",
@@ -1216,6 +1257,86 @@ impl ChatService {
             audit::record_now(&self.db, event).await?;
         }
         Ok(())
+    }
+
+    /// How far `user_id` has read in `room_id` (the newest message id they saw), if they
+    /// said.
+    pub async fn read_marker(&self, user_id: i64, room_id: i64) -> Result<Option<i64>, AppError> {
+        use crate::schema::read_markers;
+        self.db
+            .run(move |conn| {
+                read_markers::table
+                    .find((room_id, user_id))
+                    .select(read_markers::message_id)
+                    .first(conn)
+                    .optional()
+                    .map_err(AppError::from)
+            })
+            .await
+    }
+
+    /// Records that `user_id` has read `room_id` up to `message_id` (a message of the room).
+    /// Markers only move forward: answers the new marker, or `None` when it was already
+    /// there or further. The room's live connections hear of a move.
+    pub async fn mark_read(
+        &self,
+        user_id: i64,
+        room_id: i64,
+        message_id: i64,
+    ) -> Result<Option<i64>, AppError> {
+        use crate::schema::read_markers;
+        // Reading needs access to the room and a message that is in it.
+        self.access_message(user_id, room_id, message_id).await?;
+        let moved = self
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let now = Utc::now().naive_utc();
+                    let current: Option<i64> = read_markers::table
+                        .find((room_id, user_id))
+                        .select(read_markers::message_id)
+                        .first(tx)
+                        .optional()?;
+                    match current {
+                        Some(current) if current >= message_id => return Ok(false),
+                        Some(_) => {
+                            diesel::update(read_markers::table.find((room_id, user_id)))
+                                .set((
+                                    read_markers::message_id.eq(message_id),
+                                    read_markers::updated_at.eq(now),
+                                ))
+                                .execute(tx)?;
+                        }
+                        None => {
+                            diesel::insert_into(read_markers::table)
+                                .values((
+                                    read_markers::room_id.eq(room_id),
+                                    read_markers::user_id.eq(user_id),
+                                    read_markers::message_id.eq(message_id),
+                                    read_markers::updated_at.eq(now),
+                                ))
+                                .execute(tx)?;
+                        }
+                    }
+                    Ok::<_, AppError>(true)
+                })
+            })
+            .await?;
+        if !moved {
+            return Ok(None);
+        }
+        self.hub.publish_frame(
+            room_id,
+            protocol::read(room_id, user_id, message_id, None).into(),
+        );
+        Ok(Some(message_id))
+    }
+
+    /// Display names of people, by id (missing ones are left out).
+    pub async fn display_names(&self, ids: Vec<i64>) -> Result<HashMap<i64, String>, AppError> {
+        self.db
+            .run(move |conn| names_of(conn, ids).map_err(AppError::from))
+            .await
     }
 
     /// The ids and names of every room `user_id` may read.
@@ -1525,6 +1646,10 @@ pub fn erase_member(conn: &mut DbConnection, user_id: i64) -> QueryResult<Erasur
             .filter(room_members::member_id.eq(user_id)),
     )
     .execute(conn)?;
+    diesel::delete(
+        crate::schema::read_markers::table.filter(crate::schema::read_markers::user_id.eq(user_id)),
+    )
+    .execute(conn)?;
     for room_id in owned {
         let owners: i64 = room_members::table
             .filter(room_members::room_id.eq(room_id))
@@ -1587,6 +1712,10 @@ fn last_owner_check(conn: &mut DbConnection, room_id: i64) -> Result<(), AppErro
 /// Deletes a room and everything in it: index entries, messages, key, members.
 pub fn delete_room_rows(conn: &mut DbConnection, room_id: i64) -> QueryResult<()> {
     crate::history::erase_rooms(conn, &[room_id])?;
+    diesel::delete(
+        crate::schema::read_markers::table.filter(crate::schema::read_markers::room_id.eq(room_id)),
+    )
+    .execute(conn)?;
     diesel::delete(room_members::table.filter(room_members::room_id.eq(room_id))).execute(conn)?;
     diesel::delete(rooms::table.find(room_id)).execute(conn)?;
     Ok(())

@@ -170,7 +170,7 @@ async fn check(
 
 /// True when `origin` (scheme://host[:port]) is the configured public URL's origin or the
 /// origin this request was sent to (its `Host`, over the scheme it arrived on).
-fn same_site(origin: &str, state: &AppState, headers: &header::HeaderMap) -> bool {
+pub(crate) fn same_site(origin: &str, state: &AppState, headers: &header::HeaderMap) -> bool {
     let public = url::Url::parse(&state.public_url)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_default();

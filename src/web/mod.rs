@@ -103,6 +103,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::tenancy::members::configure)
         .configure(crate::tenancy::defaults::configure)
         .configure(crate::chat::api::configure)
+        .configure(crate::chat::ws::configure)
         .configure(crate::chat::pages::configure);
 }
 

@@ -137,6 +137,29 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// Like `spawn_app_with`, with fakes plugged into the application's seams.
 pub async fn spawn_app_with_seams(customize: impl FnOnce(&mut Settings), seams: Seams) -> TestApp {
+    start_app(customize, seams, std::future::pending()).await.0
+}
+
+/// A node that runs until the returned sender fires (or is dropped); the handle answers how
+/// its shutdown went.
+pub async fn spawn_stoppable_app() -> (
+    TestApp,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (app, running) = start_app(|_| {}, Seams::default(), async {
+        let _ = stopped.await;
+    })
+    .await;
+    (app, stop, running)
+}
+
+async fn start_app(
+    customize: impl FnOnce(&mut Settings),
+    seams: Seams,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let db = TestDatabase::new();
     let mut settings = test_settings(data_dir.path().to_path_buf(), &db.url);
@@ -147,8 +170,9 @@ pub async fn spawn_app_with_seams(customize: impl FnOnce(&mut Settings), seams: 
         .expect("application builds");
     let port = app.port();
     let state = app.state();
-    // No signal handling inside the test process: the app runs until the runtime ends.
-    tokio::spawn(app.run_until(std::future::pending()));
+    // No signal handling inside the test process: the app runs until `stop` (or the runtime
+    // ends).
+    let running = tokio::spawn(app.run_until(stop));
     let cookies = std::sync::Arc::new(reqwest::cookie::Jar::default());
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -156,14 +180,15 @@ pub async fn spawn_app_with_seams(customize: impl FnOnce(&mut Settings), seams: 
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
-    TestApp {
+    let app = TestApp {
         address: format!("http://127.0.0.1:{port}"),
         client,
         cookies,
         state,
         data_dir,
         _db: db,
-    }
+    };
+    (app, running)
 }
 
 impl TestApp {
@@ -354,6 +379,15 @@ impl Device {
             .expect("request sent");
         assert_eq!(response.status(), 200, "{email} signs in");
         device
+    }
+
+    /// The `Cookie` header this browser sends to the app (for clients other than reqwest).
+    pub fn cookie_header(&self, app: &TestApp) -> String {
+        use reqwest::cookie::CookieStore as _;
+        self.jar
+            .cookies(&app.address.parse().expect("app URL"))
+            .and_then(|v| v.to_str().ok().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     pub fn csrf(&self, app: &TestApp) -> String {

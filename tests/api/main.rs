@@ -22,6 +22,7 @@ mod openapi;
 mod packaging;
 mod passwords;
 mod privacy;
+mod realtime;
 mod rooms;
 mod schema;
 mod sessions;
