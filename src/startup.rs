@@ -21,6 +21,7 @@ use crate::web::{AppState, Templates};
 pub struct Application {
     server: Server,
     hub: crate::chat::hub::Hub,
+    relay: Option<crate::chat::relay::Relay>,
     port: u16,
     state: web::Data<AppState>,
     runner: Option<RunnerHandle>,
@@ -150,7 +151,12 @@ impl Application {
         )?;
         let key_provider = key_provider(&settings, &master_key)?;
         let hub = crate::chat::hub::Hub::new(&settings.realtime);
-        crate::chat::ws::close_revoked(hub.clone(), &sessions);
+        crate::chat::relay::watch_revocations(hub.clone(), &sessions);
+        // Nodes sharing a PostgreSQL database hear each other's changes (chat::relay).
+        let cluster_url = match settings.database_target() {
+            Ok(crate::settings::DatabaseTarget::Postgres(url)) => Some(url),
+            _ => None,
+        };
         let chat = crate::chat::rooms::ChatService::new(
             db.clone(),
             history_store_with(
@@ -158,6 +164,9 @@ impl Application {
                 key_provider.clone(),
                 db.clone(),
                 personal_keys.clone(),
+                cluster_url
+                    .as_ref()
+                    .map(|_| crate::chat::relay::change_hook(hub.node())),
             ),
             ephemeral,
             personal_keys,
@@ -209,6 +218,14 @@ impl Application {
             .run();
         // Last, once nothing else can fail: a runner started earlier would claim jobs (using
         // up attempts and leaving leases) in a process that is about to exit.
+        let relay = cluster_url.map(|url| {
+            crate::chat::relay::Relay::start(
+                url,
+                hub.clone(),
+                state.chat.clone(),
+                state.sessions.clone(),
+            )
+        });
         let runner = settings
             .jobs
             .enabled
@@ -216,6 +233,7 @@ impl Application {
         Ok(Self {
             server,
             hub,
+            relay,
             port,
             state,
             runner,
@@ -277,7 +295,12 @@ impl Application {
                 }
             }
         };
-        let (http, ()) = tokio::join!(drain_http, drain_jobs);
+        let leave_cluster = async {
+            if let Some(relay) = self.relay {
+                relay.stop().await;
+            }
+        };
+        let (http, (), ()) = tokio::join!(drain_http, drain_jobs, leave_cluster);
         http.context("HTTP server failed")?;
         tracing::info!("stopped");
         Ok(())
@@ -331,7 +354,7 @@ pub fn history_store(
     personal: crate::auth::personal_keys::PersonalKeys,
 ) -> anyhow::Result<Arc<dyn crate::history::HistoryStore>> {
     let provider = key_provider(settings, master_key)?;
-    Ok(history_store_with(settings, provider, db, personal))
+    Ok(history_store_with(settings, provider, db, personal, None))
 }
 
 /// The stored history over a provider the caller already holds.
@@ -340,10 +363,15 @@ pub fn history_store_with(
     provider: Arc<dyn crate::history::keys::KeyProvider>,
     db: crate::db::Db,
     personal: crate::auth::personal_keys::PersonalKeys,
+    on_change: Option<crate::history::ChangeHook>,
 ) -> Arc<dyn crate::history::HistoryStore> {
     let keyring = crate::history::keys::Keyring::new(
         provider,
         Duration::from_secs(settings.chat.key_cache_minutes.saturating_mul(60)),
     );
-    Arc::new(crate::history::SqlHistoryStore::new(db, keyring, personal))
+    let store = crate::history::SqlHistoryStore::new(db, keyring, personal);
+    Arc::new(match on_change {
+        Some(hook) => store.with_change_hook(hook),
+        None => store,
+    })
 }

@@ -74,7 +74,7 @@ pub struct Sessions {
 
 /// Credentials that stopped working, announced so long-lived connections (WebSockets) that
 /// authenticated with them close at once instead of at their next check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Revocation {
     /// One session, by id.
     Session(String),
@@ -171,6 +171,12 @@ impl Sessions {
     pub fn announce(&self, revocation: Revocation) {
         // Nobody listening (no realtime endpoint in this process) is fine.
         let _ = self.revocations.send(revocation);
+    }
+
+    /// Drops a session from this node's cache (another node revoked it): the next request
+    /// reads the table and finds it gone.
+    pub async fn forget_cached(&self, id: &str) {
+        self.cache.invalidate(id).await;
     }
 
     /// Listens for revoked credentials.

@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::relay::Wire;
 use crate::settings::RealtimeSettings;
 
 /// Close codes of the realtime endpoint (documented in docs/protocol.md).
@@ -221,12 +222,29 @@ impl Refusal {
     }
 }
 
-/// A person's presence in a room changed.
+/// A person's presence in a room changed, over this node's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresenceChange {
     pub room: i64,
     pub user_id: i64,
+    pub before: Presence,
     pub state: Presence,
+}
+
+/// Presence reported by other nodes: per room and person, each node's state and the name to
+/// show.
+#[derive(Default)]
+struct RemotePresence {
+    entries: HashMap<(i64, i64), (String, HashMap<u64, Presence>)>,
+}
+
+impl RemotePresence {
+    fn best(&self, room: i64, user: i64) -> Presence {
+        self.entries
+            .get(&(room, user))
+            .and_then(|(_, nodes)| nodes.values().max().copied())
+            .unwrap_or(Presence::Offline)
+    }
 }
 
 #[derive(Default)]
@@ -261,6 +279,11 @@ pub struct Hub {
 
 struct Inner {
     state: RwLock<State>,
+    /// This node's id among the nodes sharing a database (random per start).
+    node: u64,
+    /// Where events for other nodes go, when a relay runs (PostgreSQL).
+    relay: std::sync::OnceLock<mpsc::UnboundedSender<Wire>>,
+    remote: Mutex<RemotePresence>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     order: Vec<tokio::sync::Mutex<()>>,
@@ -275,6 +298,9 @@ impl Hub {
         Self {
             inner: Arc::new(Inner {
                 state: RwLock::new(State::default()),
+                node: rand::random(),
+                relay: std::sync::OnceLock::new(),
+                remote: Mutex::new(RemotePresence::default()),
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 order: (0..ORDER_STRIPES)
@@ -288,6 +314,143 @@ impl Hub {
 
     pub fn settings(&self) -> &RealtimeSettings {
         &self.inner.settings
+    }
+
+    /// This node's id in the cluster.
+    pub fn node(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// Sends events for other nodes to `relay` from now on.
+    pub fn attach_relay(&self, relay: mpsc::UnboundedSender<Wire>) {
+        let _ = self.inner.relay.set(relay);
+    }
+
+    /// Passes an event on to the other nodes (when there are any).
+    pub fn forward(&self, wire: Wire) {
+        if let Some(relay) = self.inner.relay.get() {
+            let _ = relay.send(wire);
+        }
+    }
+
+    fn remote(&self) -> std::sync::MutexGuard<'_, RemotePresence> {
+        self.inner
+            .remote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether any connection on this node follows `room`.
+    pub fn has_followers(&self, room: i64) -> bool {
+        self.read().rooms.contains_key(&room)
+    }
+
+    /// Publishes presence changes of this node's connections: other nodes hear this node's
+    /// state, local followers the person's state over every node, where that changed.
+    pub fn presence_changed(&self, changes: &[PresenceChange], name: &str) {
+        for change in changes {
+            self.forward(Wire::Presence {
+                n: self.inner.node,
+                r: change.room,
+                u: change.user_id,
+                name: name.to_owned(),
+                s: change.state,
+            });
+            let elsewhere = self.remote().best(change.room, change.user_id);
+            let (before, after) = (change.before.max(elsewhere), change.state.max(elsewhere));
+            if before != after {
+                self.publish_frame(
+                    change.room,
+                    super::protocol::presence(change.room, change.user_id, name, after).into(),
+                );
+            }
+        }
+    }
+
+    /// Another node's presence for a person in a room.
+    pub fn remote_presence(&self, node: u64, room: i64, user: i64, name: &str, state: Presence) {
+        let here = self.read().presence_of(room, user);
+        let (before, after) = {
+            let mut remote = self.remote();
+            let before = remote.best(room, user);
+            let entry = remote
+                .entries
+                .entry((room, user))
+                .or_insert_with(|| (name.to_owned(), HashMap::new()));
+            entry.0 = name.to_owned();
+            if state == Presence::Offline {
+                entry.1.remove(&node);
+                if entry.1.is_empty() {
+                    remote.entries.remove(&(room, user));
+                }
+            } else {
+                entry.1.insert(node, state);
+            }
+            (before, remote.best(room, user))
+        };
+        let (before, after) = (before.max(here), after.max(here));
+        if before != after {
+            self.publish_frame(
+                room,
+                super::protocol::presence(room, user, name, after).into(),
+            );
+        }
+    }
+
+    /// Forgets everything another node reported (it stopped, or went silent).
+    pub fn forget_node(&self, node: u64) {
+        let entries: Vec<(i64, i64, String)> = self
+            .remote()
+            .entries
+            .iter()
+            .filter(|(_, (_, nodes))| nodes.contains_key(&node))
+            .map(|((room, user), (name, _))| (*room, *user, name.clone()))
+            .collect();
+        for (room, user, name) in entries {
+            self.remote_presence(node, room, user, &name, Presence::Offline);
+        }
+    }
+
+    /// This node's presence for every person in every room (for a node that just joined).
+    pub fn local_presence(&self) -> Vec<(i64, i64, String, Presence)> {
+        let state = self.read();
+        let mut seen: HashMap<(i64, i64), (String, Presence)> = HashMap::new();
+        for (room, subscribers) in &state.rooms {
+            for connection in subscribers.values() {
+                let entry = seen
+                    .entry((*room, connection.principal.user_id))
+                    .or_insert_with(|| (connection.principal.name.clone(), Presence::Offline));
+                entry.1 = entry.1.max(connection.presence());
+            }
+        }
+        seen.into_iter()
+            .map(|((room, user), (name, state))| (room, user, name, state))
+            .collect()
+    }
+
+    /// Someone is typing in `room` (published here and on the other nodes).
+    pub fn typing(&self, room: i64, user: i64, name: &str) {
+        self.publish_frame(room, super::protocol::typing(room, user, name).into());
+        self.forward(Wire::Typing {
+            n: self.inner.node,
+            r: room,
+            u: user,
+            name: name.to_owned(),
+        });
+    }
+
+    /// Someone's read marker in `room` moved (published here and on the other nodes).
+    pub fn read_moved(&self, room: i64, user: i64, message: i64) {
+        self.publish_frame(
+            room,
+            super::protocol::read(room, user, message, None).into(),
+        );
+        self.forward(Wire::Read {
+            n: self.inner.node,
+            r: room,
+            u: user,
+            i: message,
+        });
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -390,6 +553,7 @@ impl Hub {
                 changes.push(PresenceChange {
                     room,
                     user_id: user,
+                    before,
                     state: after,
                 });
             }
@@ -423,11 +587,26 @@ impl Hub {
                 .or_insert(Presence::Offline);
             *entry = (*entry).max(subscriber.presence());
         }
-        let mut present: Vec<(i64, Presence)> = present.into_iter().collect();
+        let remote = self.remote();
+        for ((entry_room, entry_user), (_, nodes)) in &remote.entries {
+            if *entry_room != room {
+                continue;
+            }
+            if let Some(best) = nodes.values().max() {
+                let entry = present.entry(*entry_user).or_insert(Presence::Offline);
+                *entry = (*entry).max(*best);
+            }
+        }
+        drop(remote);
+        let mut present: Vec<(i64, Presence)> = present
+            .into_iter()
+            .filter(|(_, state)| *state != Presence::Offline)
+            .collect();
         present.sort_unstable();
         let change = (before != after).then_some(PresenceChange {
             room,
             user_id: user,
+            before,
             state: after,
         });
         (present, change)
@@ -446,6 +625,7 @@ impl Hub {
         (before != after).then_some(PresenceChange {
             room,
             user_id: user,
+            before,
             state: after,
         })
     }
@@ -468,6 +648,7 @@ impl Hub {
                 (before != after).then_some(PresenceChange {
                     room,
                     user_id: user,
+                    before,
                     state: after,
                 })
             })
@@ -510,8 +691,19 @@ impl Hub {
         )
     }
 
-    /// Tells `user_id`'s connections following `room` to check that they still may.
+    /// Tells `user_id`'s connections following `room`, on every node, to check that they
+    /// still may.
     pub fn recheck(&self, room: i64, user_id: i64) {
+        self.recheck_here(room, user_id);
+        self.forward(Wire::Recheck {
+            n: self.inner.node,
+            r: room,
+            u: Some(user_id),
+        });
+    }
+
+    /// [`Hub::recheck`] on this node only.
+    pub fn recheck_here(&self, room: i64, user_id: i64) {
         let state = self.read();
         for connection in state
             .rooms
@@ -526,9 +718,19 @@ impl Hub {
         }
     }
 
-    /// Tells every connection following `room` to check that they still may (the room was
-    /// deleted, or its visibility changed).
+    /// Tells every connection following `room`, on every node, to check that they still may
+    /// (the room was deleted).
     pub fn recheck_all(&self, room: i64) {
+        self.recheck_all_here(room);
+        self.forward(Wire::Recheck {
+            n: self.inner.node,
+            r: room,
+            u: None,
+        });
+    }
+
+    /// [`Hub::recheck_all`] on this node only.
+    pub fn recheck_all_here(&self, room: i64) {
         let state = self.read();
         for connection in state.rooms.get(&room).into_iter().flat_map(|s| s.values()) {
             if connection.queue.try_send(Outbound::Recheck(room)).is_err() {

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod markdown;
 pub mod pages;
 pub mod protocol;
+pub mod relay;
 pub mod rooms;
 pub mod ws;
 

@@ -406,8 +406,43 @@ impl ChatService {
         &self.hub
     }
 
+    /// Announces an edited message to the room's live connections.
+    pub fn publish_edited(&self, view: &MessageView) {
+        self.hub
+            .publish_frame(view.room_id, protocol::message_edited(view).into());
+    }
+
+    /// A stored message as every reader sees it, for relaying another node's change; `None`
+    /// when this node cannot read it (gone, ephemeral rooms live on their own node, a private
+    /// room whose owner has not unlocked it here).
+    pub async fn stored_view(
+        &self,
+        room_id: i64,
+        message_id: i64,
+    ) -> Result<Option<MessageView>, AppError> {
+        let privacy: Option<String> = self
+            .db
+            .run(move |conn| {
+                rooms::table
+                    .find(room_id)
+                    .select(rooms::privacy)
+                    .first(conn)
+                    .optional()
+                    .map_err(DbError::from)
+            })
+            .await?;
+        if privacy.is_none_or(|p| p == Privacy::Ephemeral.as_str()) {
+            return Ok(None);
+        }
+        match self.history.get(room_id, message_id).await {
+            Ok(Some(message)) => Ok(Some(self.view(message).await?)),
+            Ok(None) | Err(crate::history::HistoryError::Locked(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Announces a stored new message to the room's live connections.
-    fn publish_new(&self, view: &MessageView) {
+    pub fn publish_new(&self, view: &MessageView) {
         self.hub.publish(
             view.room_id,
             Outbound::Frame {
@@ -1217,8 +1252,7 @@ impl ChatService {
         let _order = self.hub.order(room_id).await;
         let edited = store.edit(room_id, message_id, body).await?;
         let view = self.view(edited).await?;
-        self.hub
-            .publish_frame(room_id, protocol::message_edited(&view).into());
+        self.publish_edited(&view);
         Ok(view)
     }
 
@@ -1325,10 +1359,7 @@ impl ChatService {
         if !moved {
             return Ok(None);
         }
-        self.hub.publish_frame(
-            room_id,
-            protocol::read(room_id, user_id, message_id, None).into(),
-        );
+        self.hub.read_moved(room_id, user_id, message_id);
         Ok(Some(message_id))
     }
 

@@ -477,13 +477,8 @@ impl Live {
     }
 
     fn announce_presence(&self, changes: Vec<PresenceChange>) {
-        let name = &self.connection.principal.name;
-        for change in changes {
-            self.hub.publish_frame(
-                change.room,
-                protocol::presence(change.room, change.user_id, name, change.state).into(),
-            );
-        }
+        self.hub
+            .presence_changed(&changes, &self.connection.principal.name);
     }
 
     /// One client frame. Bad input gets an `error` frame; only a dead socket ends the loop.
@@ -584,10 +579,7 @@ impl Live {
                         AppError::Forbidden("You cannot post in this room.".to_owned()).into(),
                     );
                 }
-                self.hub.publish_frame(
-                    room,
-                    protocol::typing(room, user, &self.connection.principal.name).into(),
-                );
+                self.hub.typing(room, user, &self.connection.principal.name);
                 Ok(())
             }
             ClientFrame::Presence { state } => {
@@ -812,34 +804,6 @@ async fn disconnect(
     )
     .await?;
     Ok(HttpResponse::NoContent().finish())
-}
-
-/// Closes connections whose credentials were revoked on this node, as soon as they are.
-pub fn close_revoked(hub: Hub, sessions: &crate::auth::sessions::Sessions) {
-    use crate::auth::sessions::Revocation;
-    let mut revocations = sessions.revocations();
-    tokio::spawn(async move {
-        loop {
-            match revocations.recv().await {
-                Ok(Revocation::Session(id)) => {
-                    hub.close_where(close::SIGNED_OUT, |c| {
-                        c.principal.session_id.as_deref() == Some(id.as_str())
-                    });
-                }
-                Ok(Revocation::Token(id)) => {
-                    hub.close_where(close::SIGNED_OUT, |c| c.principal.token_id == Some(id));
-                }
-                Ok(Revocation::TokensOf(user)) => {
-                    hub.close_where(close::SIGNED_OUT, |c| {
-                        c.principal.token_id.is_some() && c.principal.user_id == user
-                    });
-                }
-                // Missed some: the periodic re-check catches them.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
 }
 
 /// This module's part of the OpenAPI document.

@@ -22,7 +22,7 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 
 pub use memory::MemoryHistoryStore;
-pub use sql::{SqlHistoryStore, erase_rooms};
+pub use sql::{Change, ChangeHook, SqlHistoryStore, erase_rooms};
 
 use crate::db::DbError;
 

@@ -55,7 +55,21 @@ pub struct SqlHistoryStore {
     keyring: Keyring,
     personal: PersonalKeys,
     writer: GroupWriter,
+    on_change: Option<ChangeHook>,
 }
+
+/// What a write changed in a room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Posted { room: i64, id: i64 },
+    Edited { room: i64, id: i64 },
+    Deleted { room: i64, id: i64 },
+}
+
+/// Runs inside the transaction of every write, after it: whatever it does commits (or not)
+/// with the change. Other nodes learn of changes this way (a NOTIFY sent in the transaction is
+/// delivered at commit, in commit order).
+pub type ChangeHook = Arc<dyn Fn(&mut DbConnection, Change) -> QueryResult<()> + Send + Sync>;
 
 impl SqlHistoryStore {
     pub fn new(db: Db, keyring: Keyring, personal: PersonalKeys) -> Self {
@@ -64,7 +78,14 @@ impl SqlHistoryStore {
             keyring,
             personal,
             writer: GroupWriter::default(),
+            on_change: None,
         }
+    }
+
+    /// Announces every change through `hook`, in the change's transaction.
+    pub fn with_change_hook(mut self, hook: ChangeHook) -> Self {
+        self.on_change = Some(hook);
+        self
     }
 
     /// The room's working keys; the data key is made (and wrapped, and stored) on first use.
@@ -364,6 +385,7 @@ struct Pending {
     message: NewMessage,
     sealed: Vec<u8>,
     hashed: Vec<Vec<u8>>,
+    on_change: Option<ChangeHook>,
 }
 
 /// Writes one post (or finds the one its idempotency key already stored): `(row, created)`.
@@ -400,6 +422,9 @@ fn insert_pending(conn: &mut DbConnection, pending: &Pending) -> Result<(Row, bo
         .returning(messages::id)
         .get_result(conn)?;
     index_terms(conn, id, &pending.hashed)?;
+    if let Some(hook) = &pending.on_change {
+        hook(conn, Change::Posted { room: room_id, id })?;
+    }
     let row: Row = (
         id,
         room_id,
@@ -706,6 +731,7 @@ impl HistoryStore for SqlHistoryStore {
             sealed: key.seal(message.body.as_bytes(), &body_context(room_id)),
             hashed: hashed_terms(&key, &message.body),
             message,
+            on_change: self.on_change.clone(),
         };
         let (row, created) = match self.db.backend() {
             crate::db::Backend::Sqlite => self.writer.append(&self.db, pending).await?,
@@ -727,6 +753,7 @@ impl HistoryStore for SqlHistoryStore {
         let key = self.room_key(room_id).await?;
         let sealed = key.seal(body.as_bytes(), &body_context(room_id));
         let hashed = hashed_terms(&key, &body);
+        let on_change = self.on_change.clone();
         let row = self
             .db
             .run(move |conn| {
@@ -753,6 +780,15 @@ impl HistoryStore for SqlHistoryStore {
                     )
                     .execute(tx)?;
                     index_terms(tx, message_id, &hashed)?;
+                    if let Some(hook) = &on_change {
+                        hook(
+                            tx,
+                            Change::Edited {
+                                room: room_id,
+                                id: message_id,
+                            },
+                        )?;
+                    }
                     Ok::<_, HistoryError>(
                         messages::table
                             .find(message_id)
@@ -766,6 +802,7 @@ impl HistoryStore for SqlHistoryStore {
     }
 
     async fn delete(&self, room_id: i64, message_id: i64) -> Result<StoredMessage, HistoryError> {
+        let on_change = self.on_change.clone();
         let row = self
             .db
             .run(move |conn| {
@@ -791,6 +828,15 @@ impl HistoryStore for SqlHistoryStore {
                                     .filter(message_terms::message_id.eq(message_id)),
                             )
                             .execute(tx)?;
+                            if let Some(hook) = &on_change {
+                                hook(
+                                    tx,
+                                    Change::Deleted {
+                                        room: room_id,
+                                        id: message_id,
+                                    },
+                                )?;
+                            }
                         }
                     }
                     Ok::<_, HistoryError>(

@@ -165,6 +165,17 @@ async fn start_app(
     let mut settings = test_settings(data_dir.path().to_path_buf(), &db.url);
     customize(&mut settings);
     settings.validate().expect("test settings are valid");
+    launch(settings, seams, stop, db, data_dir).await
+}
+
+/// Runs a node with `settings` until `stop`, with a client that keeps cookies.
+async fn launch(
+    settings: Settings,
+    seams: Seams,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    db: TestDatabase,
+    data_dir: tempfile::TempDir,
+) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let app = Application::build_with(settings, seams)
         .await
         .expect("application builds");
@@ -192,6 +203,44 @@ async fn start_app(
 }
 
 impl TestApp {
+    /// Another node on this node's database, with the same settings and data directory (so
+    /// the same secret key), running until the sender fires.
+    pub async fn another_node(
+        &self,
+    ) -> (
+        TestApp,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let mut settings = (*self.state.settings).clone();
+        settings.server.listen = "127.0.0.1:0".parse().expect("address");
+        let url = secrecy::ExposeSecret::expose_secret(
+            settings
+                .database
+                .url
+                .as_ref()
+                .expect("test nodes have a database URL"),
+        )
+        .to_owned();
+        let shared = TestDatabase {
+            url,
+            _dir: None,
+            _pg: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (node, running) = launch(
+            settings,
+            Seams::default(),
+            async {
+                let _ = stopped.await;
+            },
+            shared,
+            tempfile::tempdir().expect("temp dir"),
+        )
+        .await;
+        (node, stop, running)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -11,6 +11,7 @@ mod accounts_cli;
 mod captcha;
 mod cli;
 mod client_errors;
+mod cluster;
 mod database;
 mod helpers;
 mod jobs;

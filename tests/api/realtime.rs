@@ -16,7 +16,7 @@ type Stream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How a client connects.
-enum Auth<'a> {
+pub(crate) enum Auth<'a> {
     /// A browser: its cookies, from this origin.
     Browser(&'a Device, Option<&'a str>),
     /// A script: the token in `Sec-WebSocket-Protocol`.
@@ -24,7 +24,7 @@ enum Auth<'a> {
     Nothing,
 }
 
-fn request(app: &TestApp, auth: Auth<'_>) -> tungstenite::handshake::client::Request {
+pub(crate) fn request(app: &TestApp, auth: Auth<'_>) -> tungstenite::handshake::client::Request {
     let url = app.url("/api/v1/ws").replace("http://", "ws://");
     let mut request = url.into_client_request().unwrap();
     let headers = request.headers_mut();
@@ -47,7 +47,7 @@ fn request(app: &TestApp, auth: Auth<'_>) -> tungstenite::handshake::client::Req
 }
 
 /// The HTTP status a refused handshake got.
-async fn refused(request: tungstenite::handshake::client::Request) -> u16 {
+pub(crate) async fn refused(request: tungstenite::handshake::client::Request) -> u16 {
     match tokio_tungstenite::connect_async(request).await {
         Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(other) => panic!("expected an HTTP refusal, got {other}"),
@@ -55,13 +55,13 @@ async fn refused(request: tungstenite::handshake::client::Request) -> u16 {
     }
 }
 
-struct Client {
-    stream: Stream,
+pub(crate) struct Client {
+    pub stream: Stream,
     pub hello: Value,
 }
 
 impl Client {
-    async fn open(request: tungstenite::handshake::client::Request) -> Self {
+    pub(crate) async fn open(request: tungstenite::handshake::client::Request) -> Self {
         let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
         let mut client = Self {
             stream,
@@ -71,11 +71,11 @@ impl Client {
         client
     }
 
-    async fn browser(app: &TestApp, person: &Device) -> Self {
+    pub(crate) async fn browser(app: &TestApp, person: &Device) -> Self {
         Self::open(request(app, Auth::Browser(person, Some(&app.address)))).await
     }
 
-    async fn send(&mut self, frame: Value) {
+    pub(crate) async fn send(&mut self, frame: Value) {
         self.stream
             .send(Message::text(frame.to_string()))
             .await
@@ -83,7 +83,7 @@ impl Client {
     }
 
     /// The next text frame, as JSON (pings are answered by the client library).
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
                 .await
@@ -99,7 +99,7 @@ impl Client {
     }
 
     /// The next frame of `kind`, skipping others (presence and typing come at any time).
-    async fn expect(&mut self, kind: &str) -> Value {
+    pub(crate) async fn expect(&mut self, kind: &str) -> Value {
         loop {
             let frame = self.next().await;
             if frame["type"] == kind {
@@ -110,7 +110,7 @@ impl Client {
     }
 
     /// The next presence change of `user` (a person's own changes reach them too).
-    async fn presence_of(&mut self, user: i64) -> Value {
+    pub(crate) async fn presence_of(&mut self, user: i64) -> Value {
         loop {
             let frame = self.expect("presence").await;
             if frame["user"]["id"] == user {
@@ -120,7 +120,7 @@ impl Client {
     }
 
     /// Sends a frame and waits for the answer of `kind` carrying the same `ref`.
-    async fn ask(&mut self, mut frame: Value, kind: &str) -> Value {
+    pub(crate) async fn ask(&mut self, mut frame: Value, kind: &str) -> Value {
         let reference = uuid::Uuid::new_v4().to_string();
         frame["ref"] = json!(reference);
         self.send(frame).await;
@@ -133,7 +133,7 @@ impl Client {
         }
     }
 
-    async fn subscribe(&mut self, room: i64, since: Option<i64>) -> Value {
+    pub(crate) async fn subscribe(&mut self, room: i64, since: Option<i64>) -> Value {
         let mut frame = json!({"type": "subscribe", "room": room});
         if let Some(since) = since {
             frame["since"] = json!(since);
@@ -142,7 +142,7 @@ impl Client {
     }
 
     /// Reads until the server closes; answers the close code.
-    async fn close_code(&mut self) -> u16 {
+    pub(crate) async fn close_code(&mut self) -> u16 {
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
                 .await
@@ -157,7 +157,7 @@ impl Client {
     }
 
     /// No frame of `kind` arrives within `wait`.
-    async fn quiet(&mut self, kind: &str, wait: Duration) {
+    pub(crate) async fn quiet(&mut self, kind: &str, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(Ok(message))) =
             tokio::time::timeout_at(deadline, self.stream.next()).await
@@ -170,7 +170,7 @@ impl Client {
     }
 }
 
-async fn token_for(person: &Device, app: &TestApp, scopes: &[&str]) -> String {
+pub(crate) async fn token_for(person: &Device, app: &TestApp, scopes: &[&str]) -> String {
     let (status, body) = post(
         person,
         app,
@@ -182,7 +182,7 @@ async fn token_for(person: &Device, app: &TestApp, scopes: &[&str]) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
-async fn join(person: &Device, app: &TestApp, room: i64) {
+pub(crate) async fn join(person: &Device, app: &TestApp, room: i64) {
     let (status, body) = post(
         person,
         app,
