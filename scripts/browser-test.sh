@@ -31,6 +31,13 @@ export CONCLAVE_ROOMS_EMAIL="grace@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ROOMS_EMAIL" \
   --password "$CONCLAVE_TEST_PASSWORD" --name "Grace Hopper" --owner >/dev/null)
 
+# Hedy and Alan, operators, are the live-room test's own.
+export CONCLAVE_LIVE_EMAILS="hedy@example.com alan@example.com"
+for who in "hedy@example.com:Hedy Lamarr" "alan@example.com:Alan Turing"; do
+  (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "${who%%:*}" \
+    --password "$CONCLAVE_TEST_PASSWORD" --name "${who#*:}" --role operator >/dev/null)
+done
+
 # A real OpenID provider (and a fake GitHub) to sign in with; it runs until its stdin closes.
 coproc IDP { exec node tests/browser/oidc-provider.mjs --port 0 2>"$data/idp.log"; }
 read -r idp_line <&"${IDP[0]}"
@@ -68,4 +75,4 @@ fi
 
 export CONCLAVE_URL="http://127.0.0.1:$port"
 export CONCLAVE_BACKEND="$backend"
-node --test --test-concurrency=1 --test-reporter=spec tests/browser/
+node --test --test-concurrency=1 --test-reporter=spec "${BROWSER_TESTS:-tests/browser/}"

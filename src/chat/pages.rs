@@ -354,6 +354,9 @@ async fn room_page(
         &replying.map(|m| json!({ "id": m.id, "sender": m.sender.name, "excerpt": m.body.as_deref().map(|b| excerpt(b, 120)) })),
     );
     context.insert("max_bytes", &state.chat.settings().max_message_bytes);
+    // The newest page goes live (new messages appear at its end); older pages stay as they are.
+    context.insert("live", &(cursor == Cursor::Latest && !locked));
+    context.insert("me", &user_id);
     context.insert("notice", &query.notice);
     context.insert("error", &query.error);
     html(&state, "chat/room.html", &context, StatusCode::OK)

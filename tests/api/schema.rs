@@ -68,8 +68,8 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
         api_tokens, audit_events, captcha_spent, conversation_keys, email_tokens, invitations,
         jobs, memberships, message_terms, messages, mfa_challenges, oidc_flows, personal_keys,
-        recovery_codes, remembered_devices, room_members, rooms, sessions, tenants, totp_secrets,
-        user_identities, users,
+        read_markers, recovery_codes, remembered_devices, room_members, rooms, sessions, tenants,
+        totp_secrets, user_identities, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -95,6 +95,7 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         room_members,
         conversation_keys,
         personal_keys,
+        read_markers,
         messages,
         message_terms,
         tenants,
