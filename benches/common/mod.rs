@@ -79,6 +79,105 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
+/// Waits for the server at `base`, signs in as `email` and makes a personal API token with
+/// the `write` scope.
+pub async fn sign_in_for_token(base: &str, email: &str, password: &str) -> String {
+    use reqwest::cookie::CookieStore as _;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let http = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let login = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 200, "{:?}", login.text().await);
+    http.get(format!("{base}/api/v1/me"))
+        .send()
+        .await
+        .expect("me");
+    let url: reqwest::Url = base.parse().expect("base url");
+    let cookies = jar
+        .cookies(&url)
+        .and_then(|c| c.to_str().ok().map(str::to_owned))
+        .unwrap_or_default();
+    let csrf = cookies
+        .split("; ")
+        .find_map(|c| c.strip_prefix("conclave_csrf="))
+        .expect("a CSRF cookie")
+        .to_owned();
+    let created = http
+        .post(format!("{base}/api/v1/me/tokens"))
+        .header("X-CSRF-Token", csrf)
+        .json(&serde_json::json!({ "name": "bench", "scopes": ["write"] }))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let created: serde_json::Value = created.json().await.expect("token json");
+    created["token"].as_str().expect("token").to_owned()
+}
+
+/// Pins this process (every thread) to `cpu`, with `taskset`.
+pub fn pin_self(cpu: usize) {
+    let pinned = std::process::Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !pinned.is_ok_and(|s| s.success()) {
+        eprintln!("could not pin the benchmark to CPU {cpu} (is taskset installed?)");
+    }
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time process `pid` has used so far (user + system), in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the rest follows the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// A release `conclave serve` with one verified user, on its own port and temp data dir;
 /// killed when dropped.
 pub struct ServerWithUser {
@@ -90,6 +189,12 @@ pub struct ServerWithUser {
 impl ServerWithUser {
     /// `env` adds settings (`CONCLAVE__…`) for both the user creation and the server.
     pub fn start(email: &str, password: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_on(email, password, env, None)
+    }
+
+    /// Like [`Self::start`], the server pinned to `cpu` (with `taskset`) and allowed 20,000
+    /// open files.
+    pub fn start_on(email: &str, password: &str, env: &[(&str, &str)], cpu: Option<usize>) -> Self {
         use std::process::{Command, Stdio};
         let data = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -111,7 +216,16 @@ impl ServerWithUser {
             .output()
             .expect("conclave user create");
         assert!(created.status.success(), "{created:?}");
-        let mut serve = Command::new(env!("CARGO_BIN_EXE_conclave"));
+        let mut serve = match cpu {
+            Some(cpu) => {
+                let mut wrapped = Command::new("prlimit");
+                wrapped
+                    .args(["--nofile=20000:20000", "taskset", "-c", &cpu.to_string()])
+                    .arg(env!("CARGO_BIN_EXE_conclave"));
+                wrapped
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_conclave")),
+        };
         configure(&mut serve);
         let child = serve
             .arg("serve")
@@ -123,6 +237,13 @@ impl ServerWithUser {
             data,
             child,
         }
+    }
+}
+
+impl ServerWithUser {
+    /// The server's process id (`prlimit` and `taskset` exec it, so it keeps this one).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

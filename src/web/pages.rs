@@ -25,6 +25,9 @@ impl Page {
         if let Some(identity) = &self.identity {
             context.insert("signed_in_as", &identity.session.display_name);
         }
+        // Unlike error pages, these know whether someone is signed in (static/js/offline.js
+        // wipes the offline copy on a page that says nobody is).
+        context.insert("session_known", &true);
         context
     }
 }

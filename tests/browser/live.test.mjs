@@ -115,9 +115,11 @@ test('a live room: messages, typing and presence without reloads; offline readin
 
   // Signing out forgets this browser's copy.
   await hedy.page.getByRole('button', { name: 'Sign out' }).click();
-  await hedy.page.waitForURL((url) => !url.pathname.startsWith('/rooms'));
-  const left = await hedy.page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
-  assert.ok(!left.includes('conclave'), `nothing is left behind: ${left}`);
+  await hedy.page.waitForSelector('a:has-text("Sign in")');
+  await hedy.page.waitForFunction(async () => {
+    const names = (await indexedDB.databases()).map((d) => d.name);
+    return !names.includes('conclave') && (await caches.keys()).length === 0;
+  });
   await hedy.context.close();
   await alan.context.close();
 });
