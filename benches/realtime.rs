@@ -189,13 +189,25 @@ struct Fanout {
 /// 1,000 followers over 10 rooms; each room's publisher posts so that `deliveries_per_sec`
 /// messages reach followers; measures `window` after a warm-up.
 async fn fanout(target: &Target, deliveries_per_sec: f64, window: Duration) -> Fanout {
+    fanout_between(target, target, FANOUT_CONNECTIONS, deliveries_per_sec, window).await
+}
+
+/// `followers` connections to `target` over the rooms, one publisher per room connected to
+/// `publishing` (another node of the same cluster, or the same server).
+async fn fanout_between(
+    target: &Target,
+    publishing: &Target,
+    followers: usize,
+    deliveries_per_sec: f64,
+    window: Duration,
+) -> Fanout {
     let epoch = Instant::now();
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let mut readers = Vec::new();
     let stop = tokio_util_stop();
-    for i in 0..FANOUT_CONNECTIONS {
+    for i in 0..followers {
         let mut socket = target.join(target.room(i)).await;
         let (measuring, delivered, latencies, stop) = (
             measuring.clone(),
@@ -208,7 +220,7 @@ async fn fanout(target: &Target, deliveries_per_sec: f64, window: Duration) -> F
             loop {
                 let next = tokio::select! {
                     next = socket.next() => next,
-                    () = stop.notified() => break,
+                    () = stop.cancelled() => break,
                 };
                 let frame = match next {
                     Some(Ok(Message::Text(text))) => text.as_str().as_bytes().to_vec(),
@@ -231,11 +243,11 @@ async fn fanout(target: &Target, deliveries_per_sec: f64, window: Duration) -> F
             latencies.lock().expect("latencies").extend(local);
         }));
     }
-    let followers_per_room = FANOUT_CONNECTIONS / ROOMS;
+    let followers_per_room = followers / ROOMS;
     let posts_per_room = deliveries_per_sec / (followers_per_room * ROOMS) as f64;
     let mut publishers = Vec::new();
     for r in 0..ROOMS {
-        let target = target.clone();
+        let target = publishing.clone();
         let stop = stop.clone();
         let mut socket = target.publisher().await;
         let room = target.room(r);
@@ -245,7 +257,7 @@ async fn fanout(target: &Target, deliveries_per_sec: f64, window: Duration) -> F
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    () = stop.notified() => break,
+                    () = stop.cancelled() => break,
                 }
                 let body = format!("t={}", epoch.elapsed().as_nanos());
                 if socket.send(target.post(room, &body)).await.is_err() {
@@ -264,10 +276,12 @@ async fn fanout(target: &Target, deliveries_per_sec: f64, window: Duration) -> F
     measuring.store(false, Ordering::Relaxed);
     let cpu = cpu_seconds(target.pid) - cpu_before;
     let elapsed = started.elapsed().as_secs_f64();
-    stop.notify_waiters();
-    for task in publishers.into_iter().chain(readers) {
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    }
+    stop.cancel();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join_all(publishers.into_iter().chain(readers)),
+    )
+    .await;
     let count = delivered.load(Ordering::Relaxed) as f64;
     let latencies = latencies.lock().expect("latencies").clone();
     Fanout {
@@ -286,9 +300,10 @@ async fn fanout(target: &Target, deliveries_per_sec: f64, window: Duration) -> F
     }
 }
 
-/// A shared "stop now" signal for the tasks of one phase.
-fn tokio_util_stop() -> Arc<tokio::sync::Notify> {
-    Arc::new(tokio::sync::Notify::new())
+/// A shared "stop now" signal for the tasks of one phase (sticky: a task busy when it fires
+/// still sees it).
+fn tokio_util_stop() -> tokio_util::sync::CancellationToken {
+    tokio_util::sync::CancellationToken::new()
 }
 
 /// Polls a stream once without waiting: `Some(item)` if one was ready.
@@ -530,11 +545,112 @@ fn main() {
         drop(dir);
         run
     });
-    let report = report(&results, &baseline_run, nats_run.as_ref(), quick);
+    let cluster = cluster(&runtime, quick);
+    let mut report = report(&results, &baseline_run, nats_run.as_ref(), quick);
+    report = report.replace("\n<!-- realtime:end -->", &format!("{}\n<!-- realtime:end -->", cluster_report(cluster.as_ref())));
     println!("{report}");
     if !quick {
         write_into_benchmarks_md("realtime", &report);
     }
+}
+
+/// Cross-node delivery: two nodes on one PostgreSQL (`BENCH_DATABASE_URL` or
+/// `TEST_DATABASE_URL`, an admin URL; `make bench` starts a throwaway cluster), 200 followers
+/// on node A, the publishers on node B; against the same load published on node A itself.
+fn cluster(runtime: &tokio::runtime::Runtime, quick: bool) -> Option<(Fanout, Fanout)> {
+    use diesel::Connection as _;
+    use diesel::connection::SimpleConnection as _;
+    let admin = std::env::var("BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .ok()?;
+    let name = format!("conclave_bench_{}", std::process::id());
+    let mut connection = diesel::PgConnection::establish(&admin).expect("connect to PostgreSQL");
+    connection
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create the benchmark database");
+    let mut url = url::Url::parse(&admin).expect("database URL");
+    url.set_path(&name);
+    let window = if quick { Duration::from_secs(3) } else { Duration::from_secs(10) };
+    let node_a = ServerWithUser::start_on(
+        EMAIL,
+        PASSWORD,
+        &[
+            ("CONCLAVE__DATABASE__URL", url.as_str()),
+            ("CONCLAVE__SERVER__WORKERS", "1"),
+            ("CONCLAVE__REALTIME__CONNECTIONS_PER_IP", "100000"),
+            ("CONCLAVE__REALTIME__CONNECTIONS_PER_USER", "100000"),
+            ("CONCLAVE__REALTIME__HANDSHAKES_PER_IP_PER_MINUTE", "1000000"),
+            ("CONCLAVE__REALTIME__MESSAGES_PER_SECOND", "100000"),
+            ("CONCLAVE__REALTIME__MESSAGE_BURST", "100000"),
+        ],
+        Some(SERVER_CPU),
+    );
+    let (base_b, node_b) = node_a.another_node(Some(SERVER_CPU));
+    let node_b = Process(node_b);
+    let result = runtime.block_on(async {
+        let token = common::sign_in_for_token(&node_a.base, EMAIL, PASSWORD).await;
+        let http = reqwest::Client::new();
+        while http
+            .get(format!("{base_b}/readyz"))
+            .send()
+            .await
+            .map_or(true, |r| r.status() != 200)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut rooms = Vec::new();
+        for r in 0..ROOMS {
+            let created: serde_json::Value = http
+                .post(format!("{}/api/v1/rooms", node_a.base))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"name": format!("cluster {r}")}))
+                .send()
+                .await
+                .expect("create room")
+                .json()
+                .await
+                .expect("room");
+            rooms.push(created["id"].as_i64().expect("room id"));
+        }
+        let dialect = Dialect::Conclave { token, rooms };
+        let a = Target {
+            name: "node A",
+            url: node_a.base.replace("http://", "ws://") + "/api/v1/ws",
+            pid: node_a.pid(),
+            dialect: dialect.clone(),
+        };
+        let b = Target {
+            name: "node B",
+            url: base_b.replace("http://", "ws://") + "/api/v1/ws",
+            pid: node_b.0.id(),
+            dialect,
+        };
+        eprintln!("cluster: same-node delivery");
+        let same = fanout_between(&a, &a, 200, 2_000.0, window).await;
+        eprintln!("cluster: cross-node delivery");
+        let across = fanout_between(&a, &b, 200, 2_000.0, window).await;
+        (same, across)
+    });
+    drop(node_b);
+    drop(node_a);
+    let _ = connection.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    Some(result)
+}
+
+fn cluster_report(cluster: Option<&(Fanout, Fanout)>) -> String {
+    let Some((same, across)) = cluster else {
+        return "\nCross-node delivery: not measured (no PostgreSQL: set BENCH_DATABASE_URL, or run `make bench`).\n".to_owned();
+    };
+    let verdict = if across.p99_ms <= 100.0 { "met" } else { "MISSED" };
+    format!(
+        "\nCross-node delivery, two nodes on one PostgreSQL (both pinned to CPU {SERVER_CPU}), standard rooms, 200 followers on node A over {ROOMS} rooms, 2,000 deliveries/s offered:\n\n\
+         | measure | published on node B (across nodes) | published on node A (same node, baseline) | target | verdict |\n\
+         |---|---|---|---|---|\n\
+         | delivery latency p50 | {:.2} ms | {:.2} ms | | |\n\
+         | delivery latency p99 | {:.2} ms | {:.2} ms | ≤ 100 ms | {verdict} |\n\
+         | deliveries achieved | {:.0} /s | {:.0} /s | | |\n",
+        across.p50_ms, same.p50_ms, across.p99_ms, same.p99_ms, across.delivered_per_sec, same.delivered_per_sec,
+    )
 }
 
 fn report(results: &[(String, Run)], baseline: &Run, nats: Option<&Run>, quick: bool) -> String {

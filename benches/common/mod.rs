@@ -184,6 +184,7 @@ pub struct ServerWithUser {
     pub base: String,
     pub data: tempfile::TempDir,
     child: std::process::Child,
+    env: Vec<(String, String)>,
 }
 
 impl ServerWithUser {
@@ -195,49 +196,75 @@ impl ServerWithUser {
     /// Like [`Self::start`], the server pinned to `cpu` (with `taskset`) and allowed 20,000
     /// open files.
     pub fn start_on(email: &str, password: &str, env: &[(&str, &str)], cpu: Option<usize>) -> Self {
-        use std::process::{Command, Stdio};
         let data = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let configure = |command: &mut Command| {
-            command
-                .current_dir(data.path())
-                .env("CONCLAVE__DATA_DIR", data.path())
-                .env("CONCLAVE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-                .env("CONCLAVE__TELEMETRY__LOG_FILTER", "error")
-                .envs(env.iter().copied());
-        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let password_file = data.path().join("password");
         std::fs::write(&password_file, password).expect("password file");
-        let mut create = Command::new(env!("CARGO_BIN_EXE_conclave"));
-        configure(&mut create);
+        let mut create = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"));
+        configure(&mut create, data.path(), free_port(), &env);
         let created = create
             .args(["user", "create", "--email", email, "--password-file"])
             .arg(&password_file)
             .output()
             .expect("conclave user create");
         assert!(created.status.success(), "{created:?}");
-        let mut serve = match cpu {
-            Some(cpu) => {
-                let mut wrapped = Command::new("prlimit");
-                wrapped
-                    .args(["--nofile=20000:20000", "taskset", "-c", &cpu.to_string()])
-                    .arg(env!("CARGO_BIN_EXE_conclave"));
-                wrapped
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_conclave")),
-        };
-        configure(&mut serve);
-        let child = serve
-            .arg("serve")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start conclave");
+        let (base, child) = serve(data.path(), &env, cpu);
         Self {
-            base: format!("http://127.0.0.1:{port}"),
+            base,
             data,
             child,
+            env,
         }
     }
+
+    /// Another node with the same settings and data directory (so the same secret key): with
+    /// a PostgreSQL `CONCLAVE__DATABASE__URL`, a second node of the same cluster.
+    pub fn another_node(&self, cpu: Option<usize>) -> (String, std::process::Child) {
+        serve(self.data.path(), &self.env, cpu)
+    }
+}
+
+fn configure(
+    command: &mut std::process::Command,
+    data: &Path,
+    port: u16,
+    env: &[(String, String)],
+) {
+    command
+        .current_dir(data)
+        .env("CONCLAVE__DATA_DIR", data)
+        .env("CONCLAVE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONCLAVE__TELEMETRY__LOG_FILTER", "error")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+}
+
+/// `conclave serve` on a free port (pinned to `cpu` if given); its base URL and process.
+fn serve(
+    data: &Path,
+    env: &[(String, String)],
+    cpu: Option<usize>,
+) -> (String, std::process::Child) {
+    let port = free_port();
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut wrapped = std::process::Command::new("prlimit");
+            wrapped
+                .args(["--nofile=20000:20000", "taskset", "-c", &cpu.to_string()])
+                .arg(env!("CARGO_BIN_EXE_conclave"));
+            wrapped
+        }
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_conclave")),
+    };
+    configure(&mut command, data, port, env);
+    let child = command
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start conclave");
+    (format!("http://127.0.0.1:{port}"), child)
 }
 
 impl ServerWithUser {

@@ -201,12 +201,11 @@ impl Relay {
         let (incoming, inbox) = mpsc::unbounded_channel();
         tokio::spawn(dispatch(inbox, hub.clone(), chat, sessions));
         let stopping = Arc::new(AtomicBool::new(false));
-        let node = hub.node();
         let thread = std::thread::Builder::new()
             .name("conclave-relay".to_owned())
             .spawn({
                 let stopping = stopping.clone();
-                move || listen(&url, node, outbox, incoming, &stopping)
+                move || listen(&url, &hub, outbox, incoming, &stopping)
             })
             .map_err(|e| tracing::error!(error = %e, "cannot start the cluster relay thread"))
             .ok();
@@ -226,12 +225,14 @@ impl Relay {
 /// the dispatcher. Reconnects with backoff when the database goes away.
 fn listen(
     url: &str,
-    node: u64,
+    hub: &Hub,
     mut outbox: mpsc::UnboundedReceiver<Wire>,
     incoming: mpsc::UnboundedSender<Wire>,
     stopping: &AtomicBool,
 ) {
+    let node = hub.node();
     let mut backoff = Duration::from_millis(200);
+    let mut connected_before = false;
     while !stopping.load(Ordering::SeqCst) {
         let mut conn = match connect(url) {
             Ok(conn) => conn,
@@ -244,8 +245,14 @@ fn listen(
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
-        // A node that was away may have missed presence: ask everyone again.
+        if connected_before {
+            // Events of other nodes may have been missed while the relay was away: clients
+            // following rooms reconnect and resume from their last message (1012).
+            let told = hub.close_where(close::RESTARTING, |c| !c.rooms().is_empty());
+            tracing::warn!(connections = told, "cluster relay is back; clients resume");
+        }
+        connected_before = true;
+        // A node that was away may have missed presence: ask everyone again...
         if let Err(e) = notify(&mut conn, &Wire::Hello { n: node }) {
             tracing::warn!(error = %e, "cluster relay lost the database");
             continue;
@@ -253,15 +260,13 @@ fn listen(
         // ... and tell them this node's own (the dispatcher forwards it).
         let _ = incoming.send(Wire::Hello { n: node });
         let mut last_heartbeat = Instant::now();
-        if let Err(e) = relay(
-            &mut conn,
-            node,
-            &mut outbox,
-            &incoming,
-            stopping,
-            &mut last_heartbeat,
-        ) {
-            tracing::warn!(error = %e, "cluster relay lost the database; reconnecting");
+        match relay(&mut conn, node, &mut outbox, &incoming, stopping, &mut last_heartbeat) {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster relay lost the database; reconnecting");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
         }
     }
 }

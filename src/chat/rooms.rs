@@ -237,15 +237,33 @@ pub fn access_in(
     room_id: i64,
     user_id: i64,
 ) -> Result<RoomAccess, AppError> {
-    let row: Option<RoomRow> = rooms::table
-        .find(room_id)
-        .select(room_columns!())
+    // One query for the room and both roles: every room request starts here.
+    let row: Option<(RoomRow, Option<String>, Option<String>)> = rooms::table
+        .left_join(
+            memberships::table.on(memberships::tenant_id
+                .eq(rooms::tenant_id)
+                .and(memberships::user_id.eq(user_id))),
+        )
+        .left_join(
+            room_members::table.on(room_members::room_id
+                .eq(rooms::id)
+                .and(room_members::member_kind.eq(MemberKind::User.as_str()))
+                .and(room_members::member_id.eq(user_id))),
+        )
+        .filter(rooms::id.eq(room_id))
+        .select((
+            room_columns!(),
+            memberships::role.nullable(),
+            room_members::role.nullable(),
+        ))
         .first(conn)
         .optional()?;
-    let room = room_of(row.ok_or_else(not_found)?);
-    let tenant_role =
-        crate::tenancy::role_of(conn, room.tenant_id, user_id)?.ok_or_else(not_found)?;
-    let room_role = member_role(conn, room.id, MemberKind::User, user_id)?;
+    let (row, tenant_role, room_role) = row.ok_or_else(not_found)?;
+    let room = room_of(row);
+    let tenant_role: Role = tenant_role
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(not_found)?;
+    let room_role = room_role.and_then(|r| r.parse().ok());
     Ok(RoomAccess {
         room,
         tenant_role,
@@ -1172,6 +1190,18 @@ impl ChatService {
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
         Ok((access, message))
+    }
+
+    /// The id of the newest message of a room the caller may read (checking that a private
+    /// room is unlocked), without rendering it.
+    pub async fn newest_id(&self, user_id: i64, room_id: i64) -> Result<Option<i64>, AppError> {
+        let access = self.access(user_id, room_id).await?;
+        Ok(self
+            .store(&access.room, user_id)?
+            .page(room_id, Cursor::Latest, 1)
+            .await?
+            .last()
+            .map(|m| m.id))
     }
 
     /// One message of a room the caller may read (deleted ones included, as tombstones).

@@ -271,26 +271,22 @@ impl Live {
         mut queue: tokio::sync::mpsc::Receiver<Outbound>,
         mut stream: actix_ws::AggregatedMessageStream,
     ) {
-        let settings = self.hub.settings().clone();
-        let principal = self.connection.principal.clone();
-        let limiter = RateLimiter::direct(
-            Quota::per_second(
-                std::num::NonZeroU32::new(settings.messages_per_second)
-                    .unwrap_or(std::num::NonZeroU32::MIN),
-            )
-            .allow_burst(
-                std::num::NonZeroU32::new(settings.message_burst)
-                    .unwrap_or(std::num::NonZeroU32::MIN),
-            ),
-        );
+        let settings = self.hub.settings();
+        let per_second = std::num::NonZeroU32::new(settings.messages_per_second)
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            std::num::NonZeroU32::new(settings.message_burst).unwrap_or(std::num::NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst));
+        let heartbeat_every = Duration::from_secs(settings.heartbeat_secs);
         let heartbeat_timeout = Duration::from_secs(settings.heartbeat_timeout_secs);
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(settings.heartbeat_secs));
+        let revalidate_every = Duration::from_secs(settings.revalidate_secs);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
-        let mut revalidate = tokio::time::interval(Duration::from_secs(settings.revalidate_secs));
+        let mut revalidate =
+            tokio::time::interval_at(Instant::now() + revalidate_every, revalidate_every);
         revalidate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        revalidate.tick().await;
         let mut last_heard = Instant::now();
+        let principal = &self.connection.principal;
         let hello = protocol::hello(
             self.connection.id,
             principal.user_id,
@@ -322,7 +318,10 @@ impl Live {
                                 if limiter.check().is_err() {
                                     break End::Close(close::RATE_LIMITED);
                                 }
-                                if let Err(end) = self.handle(&text).await {
+                                // Boxed, here and below: the futures of the work a frame asks for
+                                // are large, and inline they would make every idle connection's
+                                // task as large as the largest of them.
+                                if let Err(end) = Box::pin(self.handle(&text)).await {
                                     break end;
                                 }
                             }
@@ -338,7 +337,7 @@ impl Live {
                     }
                     outbound = queue.recv() => {
                         let Some(outbound) = outbound else { break End::Close(close::INTERNAL) };
-                        if let Err(end) = self.deliver(outbound).await {
+                        if let Err(end) = Box::pin(self.deliver(outbound)).await {
                             break end;
                         }
                     }
@@ -351,7 +350,7 @@ impl Live {
                         }
                     }
                     _ = revalidate.tick() => {
-                        match self.still_signed_in().await {
+                        match Box::pin(self.still_signed_in()).await {
                             Ok(true) => {}
                             Ok(false) => break End::Close(close::SIGNED_OUT),
                             // A database hiccup is not a reason to drop everyone.
@@ -623,12 +622,7 @@ impl Live {
     ) -> Result<(), Failure> {
         let user = self.connection.principal.user_id;
         // Checks access (and that a private room is unlocked) before anything is sent.
-        let newest = self
-            .chat
-            .history(user, room, Cursor::Latest, 1)
-            .await?
-            .last()
-            .map(|m| m.id);
+        let newest = self.chat.newest_id(user, room).await?;
         let mut replayed = 0;
         let mut cursor = match since {
             Some(since) if since < 0 => {
@@ -648,17 +642,10 @@ impl Live {
             let (count, last) = self.replay(room, cursor).await?;
             replayed += count;
             cursor = last;
-        } else {
+        } else if let Some(last) = self.chat.newest_id(user, room).await? {
             // Without `since` the client loads history itself; live events start after what
             // was stored when it subscribed.
-            if let Some(last) = self
-                .chat
-                .history(user, room, Cursor::Latest, 1)
-                .await?
-                .last()
-            {
-                cursor = cursor.max(last.id);
-            }
+            cursor = cursor.max(last);
         }
         self.following.insert(room, cursor);
         if let Some(change) = change {

@@ -618,7 +618,7 @@ async fn limits_close_with_documented_codes_and_are_counted() {
 }
 
 #[tokio::test]
-async fn handshakes_per_ip_are_limited() {
+async fn handshakes_and_connections_per_ip_are_limited() {
     let team = team_with(|s| s.realtime.handshakes_per_ip_per_minute = 3).await;
     let app = &team.app;
     for _ in 0..3 {
@@ -626,6 +626,22 @@ async fn handshakes_per_ip_are_limited() {
     }
     let fourth = request(app, Auth::Browser(&team.ada, Some(&app.address)));
     assert_eq!(refused(fourth).await, 429);
+
+    // Every test client comes from 127.0.0.1: two people, one address.
+    let team = team_with(|s| s.realtime.connections_per_ip = 2).await;
+    let app = &team.app;
+    let _ada = Client::browser(app, &team.ada).await;
+    let carl = Client::browser(app, &team.carl).await;
+    let third = request(app, Auth::Browser(&team.eve, Some(&app.address)));
+    assert_eq!(refused(third).await, 429);
+    drop(carl);
+    let freed = eventually(Duration::from_secs(5), || async {
+        let retry = request(app, Auth::Browser(&team.eve, Some(&app.address)));
+        tokio_tungstenite::connect_async(retry).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(freed.is_some(), "a closed connection frees its slot");
+    assert!(metrics(app).await.contains("ws_refusals_total{reason=\"connections_per_ip\"} 1"));
 }
 
 /// A client that never writes a byte after its handshake (so it answers no ping): reads raw
