@@ -189,7 +189,14 @@ struct Fanout {
 /// 1,000 followers over 10 rooms; each room's publisher posts so that `deliveries_per_sec`
 /// messages reach followers; measures `window` after a warm-up.
 async fn fanout(target: &Target, deliveries_per_sec: f64, window: Duration) -> Fanout {
-    fanout_between(target, target, FANOUT_CONNECTIONS, deliveries_per_sec, window).await
+    fanout_between(
+        target,
+        target,
+        FANOUT_CONNECTIONS,
+        deliveries_per_sec,
+        window,
+    )
+    .await
 }
 
 /// `followers` connections to `target` over the rooms, one publisher per room connected to
@@ -547,7 +554,13 @@ fn main() {
     });
     let cluster = cluster(&runtime, quick);
     let mut report = report(&results, &baseline_run, nats_run.as_ref(), quick);
-    report = report.replace("\n<!-- realtime:end -->", &format!("{}\n<!-- realtime:end -->", cluster_report(cluster.as_ref())));
+    report = report.replace(
+        "\n<!-- realtime:end -->",
+        &format!(
+            "{}\n<!-- realtime:end -->",
+            cluster_report(cluster.as_ref())
+        ),
+    );
     println!("{report}");
     if !quick {
         write_into_benchmarks_md("realtime", &report);
@@ -570,7 +583,11 @@ fn cluster(runtime: &tokio::runtime::Runtime, quick: bool) -> Option<(Fanout, Fa
         .expect("create the benchmark database");
     let mut url = url::Url::parse(&admin).expect("database URL");
     url.set_path(&name);
-    let window = if quick { Duration::from_secs(3) } else { Duration::from_secs(10) };
+    let window = if quick {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(10)
+    };
     let node_a = ServerWithUser::start_on(
         EMAIL,
         PASSWORD,
@@ -579,7 +596,10 @@ fn cluster(runtime: &tokio::runtime::Runtime, quick: bool) -> Option<(Fanout, Fa
             ("CONCLAVE__SERVER__WORKERS", "1"),
             ("CONCLAVE__REALTIME__CONNECTIONS_PER_IP", "100000"),
             ("CONCLAVE__REALTIME__CONNECTIONS_PER_USER", "100000"),
-            ("CONCLAVE__REALTIME__HANDSHAKES_PER_IP_PER_MINUTE", "1000000"),
+            (
+                "CONCLAVE__REALTIME__HANDSHAKES_PER_IP_PER_MINUTE",
+                "1000000",
+            ),
             ("CONCLAVE__REALTIME__MESSAGES_PER_SECOND", "100000"),
             ("CONCLAVE__REALTIME__MESSAGE_BURST", "100000"),
         ],
@@ -641,7 +661,11 @@ fn cluster_report(cluster: Option<&(Fanout, Fanout)>) -> String {
     let Some((same, across)) = cluster else {
         return "\nCross-node delivery: not measured (no PostgreSQL: set BENCH_DATABASE_URL, or run `make bench`).\n".to_owned();
     };
-    let verdict = if across.p99_ms <= 100.0 { "met" } else { "MISSED" };
+    let verdict = if across.p99_ms <= 100.0 {
+        "met"
+    } else {
+        "MISSED"
+    };
     format!(
         "\nCross-node delivery, two nodes on one PostgreSQL (both pinned to CPU {SERVER_CPU}), standard rooms, 200 followers on node A over {ROOMS} rooms, 2,000 deliveries/s offered:\n\n\
          | measure | published on node B (across nodes) | published on node A (same node, baseline) | target | verdict |\n\
@@ -649,9 +673,17 @@ fn cluster_report(cluster: Option<&(Fanout, Fanout)>) -> String {
          | delivery latency p50 | {:.2} ms | {:.2} ms | | |\n\
          | delivery latency p99 | {:.2} ms | {:.2} ms | ≤ 100 ms | {verdict} |\n\
          | deliveries achieved | {:.0} /s | {:.0} /s | | |\n",
-        across.p50_ms, same.p50_ms, across.p99_ms, same.p99_ms, across.delivered_per_sec, same.delivered_per_sec,
+        across.p50_ms,
+        same.p50_ms,
+        across.p99_ms,
+        same.p99_ms,
+        across.delivered_per_sec,
+        same.delivered_per_sec,
     )
 }
+
+/// A target: its text, and whether a tier's value (with the baseline's) meets it.
+type Check<'a> = Option<(&'a str, &'a dyn Fn(f64, f64) -> bool)>;
 
 fn report(results: &[(String, Run)], baseline: &Run, nats: Option<&Run>, quick: bool) -> String {
     let mut out = String::new();
@@ -659,7 +691,7 @@ fn report(results: &[(String, Run)], baseline: &Run, nats: Option<&Run>, quick: 
         "<!-- realtime:begin -->\n### Realtime: fan-out, idle connections, join storm\n\n",
     );
     out.push_str(&format!(
-        "Measured by `make bench` (`benches/realtime.rs`){}, release build, server pinned to CPU {SERVER_CPU} (one HTTP worker), load generator pinned to CPU {GENERATOR_CPU}, {}. Fan-out: {FANOUT_CONNECTIONS} connections following {ROOMS} rooms, one publisher per room, delivery rates offered as shown, 10 s measured after 2 s of warm-up; CPU is the server's user + system time over the window divided by the messages delivered in it. Idle: RSS growth of the server with every connection open, authenticated and following a room, divided by the connections. Join storm: {JOINERS} clients connect, authenticate and subscribe, {IN_FLIGHT} at a time. Baseline: a minimal tokio-tungstenite broadcast server on one thread (`examples/ws_baseline.rs`); peer: nats-server over WebSocket.\n\n",
+        "Measured by `make bench` (`benches/realtime.rs`){}, release build, server pinned to CPU {SERVER_CPU} (one HTTP worker), load generator pinned to CPU {GENERATOR_CPU}, {}. Fan-out: {FANOUT_CONNECTIONS} connections following {ROOMS} rooms, one publisher per room, delivery rates offered as shown, 10 s measured after 2 s of warm-up; CPU is the server's user + system time over the window divided by the messages delivered in it. Idle: RSS growth of the server with every connection open, authenticated and following a room, divided by the connections. Join storm: {JOINERS} clients connect, authenticate and subscribe, {IN_FLIGHT} at a time. Baseline: a minimal tokio-tungstenite broadcast server on one thread (`examples/ws_baseline.rs`); peer: nats-server over WebSocket. Ephemeral rooms measure the hub alone (the delivery path the baseline has too); standard rooms add storing every message, encrypted and indexed, before it is sent.\n\n",
         if quick { " in quick mode" } else { "" },
         cpu_model(),
     ));
@@ -667,84 +699,97 @@ fn report(results: &[(String, Run)], baseline: &Run, nats: Option<&Run>, quick: 
     for (name, _) in results {
         out.push_str(&format!("{name} | "));
     }
-    out.push_str(
-        "baseline | nats-server | ratio (standard rooms / baseline) | target | verdict |\n|---|",
-    );
+    out.push_str("baseline | nats-server | ratios to the baseline | target | verdict |\n|---|");
     for _ in results {
         out.push_str("---|");
     }
     out.push_str("---|---|---|---|---|\n");
-    let nats_cell = |f: &dyn Fn(&Run) -> String| nats.map_or("not installed".to_owned(), f);
-    let standard = &results[results.len() - 1].1;
+    let mut row = |label: String, value: &dyn Fn(&Run) -> f64, unit: &str, check: Check| {
+        let cell = |v: f64| format!("{v:.2} {unit}");
+        let base = value(baseline);
+        let mut line = format!("| {label} | ");
+        for (_, run) in results {
+            line.push_str(&format!("{} | ", cell(value(run))));
+        }
+        line.push_str(&format!("{} | ", cell(base)));
+        line.push_str(&nats.map_or("not installed".to_owned(), |r| cell(value(r))));
+        let ratios: Vec<String> = results
+            .iter()
+            .map(|(name, run)| format!("{}: {:.2}×", tier(name), value(run) / base))
+            .collect();
+        line.push_str(&format!(" | {} | ", ratios.join(" · ")));
+        match check {
+            Some((target, meets)) => {
+                let verdicts: Vec<String> = results
+                    .iter()
+                    .map(|(name, run)| {
+                        let verdict = if meets(value(run), base) {
+                            "met"
+                        } else {
+                            "MISSED"
+                        };
+                        format!("{}: {verdict}", tier(name))
+                    })
+                    .collect();
+                line.push_str(&format!("{target} | {} |\n", verdicts.join(" · ")));
+            }
+            None => line.push_str(" | |\n"),
+        }
+        out.push_str(&line);
+    };
+    let within = |ours: f64, base: f64| ours <= 1.5 * base;
     for (index, rate) in [10_000, 100_000].iter().enumerate() {
-        let row = |label: &str, value: &dyn Fn(&Fanout) -> f64, unit: &str, target: Option<f64>| {
-            let mut line = format!("| {label} at {rate} deliveries/s offered | ");
-            for (_, run) in results {
-                line.push_str(&format!("{:.2} {unit} | ", value(&run.fanout[index])));
-            }
-            let base = value(&baseline.fanout[index]);
-            line.push_str(&format!("{base:.2} {unit} | "));
-            line.push_str(&nats_cell(&|r: &Run| {
-                format!("{:.2} {unit}", value(&r.fanout[index]))
-            }));
-            let ratio = value(&standard.fanout[index]) / base;
-            match target {
-                Some(target) => line.push_str(&format!(
-                    " | {ratio:.2}× | ≤ {target}× | {} |\n",
-                    if ratio <= target { "met" } else { "MISSED" }
-                )),
-                None => line.push_str(&format!(" | {ratio:.2}× | | |\n")),
-            }
-            line
-        };
-        out.push_str(&row(
-            "server CPU per delivery",
-            &|f| f.cpu_us_per_delivery,
+        row(
+            format!("server CPU per delivery at {rate} deliveries/s offered"),
+            &|r| r.fanout[index].cpu_us_per_delivery,
             "µs",
-            Some(1.5),
-        ));
-        out.push_str(&row(
-            "deliveries achieved",
-            &|f| f.delivered_per_sec,
+            Some(("≤ 1.5× baseline", &within)),
+        );
+        row(
+            format!("deliveries achieved at {rate} deliveries/s offered"),
+            &|r| r.fanout[index].delivered_per_sec,
             "/s",
             None,
-        ));
-        out.push_str(&row("latency p50", &|f| f.p50_ms, "ms", None));
-        out.push_str(&row("latency p99", &|f| f.p99_ms, "ms", None));
+        );
+        row(
+            format!("latency p50 at {rate} deliveries/s offered"),
+            &|r| r.fanout[index].p50_ms,
+            "ms",
+            None,
+        );
+        row(
+            format!("latency p99 at {rate} deliveries/s offered"),
+            &|r| r.fanout[index].p99_ms,
+            "ms",
+            None,
+        );
     }
-    let mut idle = "| RSS per idle connection | ".to_owned();
-    for (_, run) in results {
-        idle.push_str(&format!("{:.1} KiB | ", run.joins.idle_kib));
-    }
-    idle.push_str(&format!("{:.1} KiB | ", baseline.joins.idle_kib));
-    idle.push_str(&nats_cell(&|r: &Run| {
-        format!("{:.1} KiB", r.joins.idle_kib)
-    }));
-    idle.push_str(&format!(
-        " | {:.2}× | ≤ 16 KiB | {} |\n",
-        standard.joins.idle_kib / baseline.joins.idle_kib,
-        if standard.joins.idle_kib <= 16.0 {
-            "met"
-        } else {
-            "MISSED"
-        }
-    ));
-    out.push_str(&idle);
-    let mut storm = "| join storm (connect + auth + subscribe) | ".to_owned();
-    for (_, run) in results {
-        storm.push_str(&format!("{:.0} /s | ", run.joins.per_sec));
-    }
-    storm.push_str(&format!("{:.0} /s | ", baseline.joins.per_sec));
-    storm.push_str(&nats_cell(&|r: &Run| format!("{:.0} /s", r.joins.per_sec)));
-    let ratio = standard.joins.per_sec / baseline.joins.per_sec;
-    storm.push_str(&format!(
-        " | {ratio:.2}× | ≥ 0.7× | {} |\n",
-        if ratio >= 0.7 { "met" } else { "MISSED" }
-    ));
-    out.push_str(&storm);
+    let small = |ours: f64, _: f64| ours <= 16.0;
+    row(
+        "RSS per idle connection".to_owned(),
+        &|r| r.joins.idle_kib,
+        "KiB",
+        Some(("≤ 16 KiB", &small)),
+    );
+    let fast = |ours: f64, base: f64| ours >= 0.7 * base;
+    row(
+        "join storm (connect + auth + subscribe)".to_owned(),
+        &|r| r.joins.per_sec,
+        "/s",
+        Some(("≥ 0.7× baseline", &fast)),
+    );
     out.push_str(&format!(
         "\nIdle connections measured: {}.\n<!-- realtime:end -->",
-        standard.joins.idle_connections
+        results[0].1.joins.idle_connections
     ));
     out
+}
+
+/// "ephemeral" or "standard", from a result's name.
+fn tier(name: &str) -> &str {
+    if name.contains("ephemeral") {
+        "ephemeral"
+    } else {
+        "standard"
+    }
 }

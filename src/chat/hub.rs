@@ -125,19 +125,24 @@ impl Presence {
     }
 }
 
-/// What the hub puts into a connection's queue.
+/// What the hub puts into a connection's queue: 16 bytes, because every connection's queue
+/// allocates its first block of slots up front (the frame itself is shared).
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A serialized frame. `new_message` is the id when the frame announces a new message, so
-    /// a connection that just replayed history can skip what it already sent.
-    Frame {
-        room: i64,
-        new_message: Option<i64>,
-        json: ByteString,
-    },
+    Frame(Arc<Frame>),
     /// The person's membership of `room` changed: the connection checks whether it may still
     /// follow the room.
     Recheck(i64),
+}
+
+/// A serialized event of a room, shared by every recipient.
+#[derive(Debug)]
+pub struct Frame {
+    pub room: i64,
+    /// The id when the frame announces a new message, so a connection that just replayed
+    /// history can skip what it already sent.
+    pub new_message: Option<i64>,
+    pub json: ByteString,
 }
 
 /// One open WebSocket connection, as the hub sees it.
@@ -683,11 +688,11 @@ impl Hub {
     pub fn publish_frame(&self, room: i64, json: ByteString) -> usize {
         self.publish(
             room,
-            Outbound::Frame {
+            Outbound::Frame(Arc::new(Frame {
                 room,
                 new_message: None,
                 json,
-            },
+            })),
         )
     }
 
@@ -824,6 +829,11 @@ fn remove_subscriber(state: &mut State, room: i64, connection: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_slot_is_small() {
+        assert_eq!(std::mem::size_of::<Outbound>(), 16);
+    }
 
     fn principal(user_id: i64) -> Principal {
         Principal {

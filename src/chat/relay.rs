@@ -260,7 +260,14 @@ fn listen(
         // ... and tell them this node's own (the dispatcher forwards it).
         let _ = incoming.send(Wire::Hello { n: node });
         let mut last_heartbeat = Instant::now();
-        match relay(&mut conn, node, &mut outbox, &incoming, stopping, &mut last_heartbeat) {
+        match relay(
+            &mut conn,
+            node,
+            &mut outbox,
+            &incoming,
+            stopping,
+            &mut last_heartbeat,
+        ) {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
                 tracing::warn!(error = %e, "cluster relay lost the database; reconnecting");

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use super::hub::{Hub, Outbound};
+use super::hub::{Frame, Hub, Outbound};
 use super::{
     Privacy, Room, RoomAccess, RoomAction, RoomKind, RoomRole, Visibility, markdown, protocol,
 };
@@ -463,11 +463,11 @@ impl ChatService {
     pub fn publish_new(&self, view: &MessageView) {
         self.hub.publish(
             view.room_id,
-            Outbound::Frame {
+            Outbound::Frame(Arc::new(Frame {
                 room: view.room_id,
                 new_message: Some(view.id),
                 json: protocol::message(view, false).into(),
-            },
+            })),
         );
     }
 

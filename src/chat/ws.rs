@@ -280,7 +280,8 @@ impl Live {
         let heartbeat_every = Duration::from_secs(settings.heartbeat_secs);
         let heartbeat_timeout = Duration::from_secs(settings.heartbeat_timeout_secs);
         let revalidate_every = Duration::from_secs(settings.revalidate_secs);
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut revalidate =
             tokio::time::interval_at(Instant::now() + revalidate_every, revalidate_every);
@@ -419,19 +420,15 @@ impl Live {
     /// Sends a queued event, unless resume already sent that message.
     async fn deliver(&mut self, outbound: Outbound) -> Result<(), End> {
         match outbound {
-            Outbound::Frame {
-                room,
-                new_message,
-                json,
-            } => {
-                let Some(replayed_up_to) = self.following.get(&room).copied() else {
+            Outbound::Frame(frame) => {
+                let Some(replayed_up_to) = self.following.get(&frame.room).copied() else {
                     // Queued just before an unsubscribe.
                     return Ok(());
                 };
-                if new_message.is_some_and(|id| id <= replayed_up_to) {
+                if frame.new_message.is_some_and(|id| id <= replayed_up_to) {
                     return Ok(());
                 }
-                self.send(json).await
+                self.send(frame.json.clone()).await
             }
             Outbound::Recheck(room) => {
                 if self.following.contains_key(&room)

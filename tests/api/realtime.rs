@@ -637,11 +637,18 @@ async fn handshakes_and_connections_per_ip_are_limited() {
     drop(carl);
     let freed = eventually(Duration::from_secs(5), || async {
         let retry = request(app, Auth::Browser(&team.eve, Some(&app.address)));
-        tokio_tungstenite::connect_async(retry).await.ok().map(|_| ())
+        tokio_tungstenite::connect_async(retry)
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await;
     assert!(freed.is_some(), "a closed connection frees its slot");
-    assert!(metrics(app).await.contains("ws_refusals_total{reason=\"connections_per_ip\"} 1"));
+    assert!(
+        metrics(app)
+            .await
+            .contains("ws_refusals_total{reason=\"connections_per_ip\"} 1")
+    );
 }
 
 /// A client that never writes a byte after its handshake (so it answers no ping): reads raw
