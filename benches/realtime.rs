@@ -391,6 +391,26 @@ async fn run_all(target: &Target, quick: bool) -> Run {
     }
 }
 
+/// `ROOMS` rooms of the given privacy tier, made through the API.
+async fn create_rooms(base: &str, token: &str, privacy: &str) -> Vec<i64> {
+    let http = reqwest::Client::new();
+    let mut rooms = Vec::new();
+    for r in 0..ROOMS {
+        let created: serde_json::Value = http
+            .post(format!("{base}/api/v1/rooms"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"name": format!("bench {r}"), "privacy": privacy}))
+            .send()
+            .await
+            .expect("create room")
+            .json()
+            .await
+            .expect("room");
+        rooms.push(created["id"].as_i64().expect("room id"));
+    }
+    rooms
+}
+
 /// A server process pinned to the server CPU, killed when dropped.
 struct Process(std::process::Child);
 
@@ -514,21 +534,7 @@ fn main() {
         );
         let run = runtime.block_on(async {
             let token = common::sign_in_for_token(&server.base, EMAIL, PASSWORD).await;
-            let http = reqwest::Client::new();
-            let mut rooms = Vec::new();
-            for r in 0..ROOMS {
-                let created: serde_json::Value = http
-                    .post(format!("{}/api/v1/rooms", server.base))
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({"name": format!("bench {r}"), "privacy": privacy}))
-                    .send()
-                    .await
-                    .expect("create room")
-                    .json()
-                    .await
-                    .expect("room");
-                rooms.push(created["id"].as_i64().expect("room id"));
-            }
+            let rooms = create_rooms(&server.base, &token, privacy).await;
             let target = Target {
                 name: if privacy == "ephemeral" {
                     "conclave (ephemeral rooms)"
@@ -618,20 +624,7 @@ fn cluster(runtime: &tokio::runtime::Runtime, quick: bool) -> Option<(Fanout, Fa
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut rooms = Vec::new();
-        for r in 0..ROOMS {
-            let created: serde_json::Value = http
-                .post(format!("{}/api/v1/rooms", node_a.base))
-                .bearer_auth(&token)
-                .json(&serde_json::json!({"name": format!("cluster {r}")}))
-                .send()
-                .await
-                .expect("create room")
-                .json()
-                .await
-                .expect("room");
-            rooms.push(created["id"].as_i64().expect("room id"));
-        }
+        let rooms = create_rooms(&node_a.base, &token, "standard").await;
         let dialect = Dialect::Conclave { token, rooms };
         let a = Target {
             name: "node A",

@@ -224,19 +224,7 @@ impl FromRequest for Caller {
                         "application state missing"
                     )));
                 };
-                let token = state
-                    .db
-                    .run(move |conn| {
-                        super::api_tokens::resolve(conn, &presented)
-                            .map_err(crate::db::DbError::from)
-                    })
-                    .await?
-                    .ok_or_else(|| AppError::Coded {
-                        status: actix_web::http::StatusCode::UNAUTHORIZED,
-                        code: "invalid_token",
-                        message: "The API token is not valid, expired or was revoked.".to_owned(),
-                        retry_after_secs: None,
-                    })?;
+                let token = resolve_token(state, presented).await?;
                 let safe = matches!(
                     *request.method(),
                     actix_web::http::Method::GET | actix_web::http::Method::HEAD
@@ -269,6 +257,25 @@ impl FromRequest for Caller {
             })
         })
     }
+}
+
+/// The API token a client presented, or 401 `invalid_token`.
+pub async fn resolve_token(
+    state: &AppState,
+    presented: String,
+) -> Result<super::api_tokens::TokenIdentity, AppError> {
+    state
+        .db
+        .run(move |conn| {
+            super::api_tokens::resolve(conn, &presented).map_err(crate::db::DbError::from)
+        })
+        .await?
+        .ok_or_else(|| AppError::Coded {
+            status: actix_web::http::StatusCode::UNAUTHORIZED,
+            code: "invalid_token",
+            message: "The API token is not valid, expired or was revoked.".to_owned(),
+            retry_after_secs: None,
+        })
 }
 
 /// `Option<Identity>` for pages that look different when signed in.

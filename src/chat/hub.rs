@@ -709,18 +709,7 @@ impl Hub {
 
     /// [`Hub::recheck`] on this node only.
     pub fn recheck_here(&self, room: i64, user_id: i64) {
-        let state = self.read();
-        for connection in state
-            .rooms
-            .get(&room)
-            .into_iter()
-            .flat_map(|s| s.values())
-            .filter(|c| c.principal.user_id == user_id)
-        {
-            if connection.queue.try_send(Outbound::Recheck(room)).is_err() {
-                connection.close(close::SLOW_CONSUMER);
-            }
-        }
+        self.recheck_where(room, |c| c.principal.user_id == user_id);
     }
 
     /// Tells every connection following `room`, on every node, to check that they still may
@@ -736,8 +725,18 @@ impl Hub {
 
     /// [`Hub::recheck_all`] on this node only.
     pub fn recheck_all_here(&self, room: i64) {
+        self.recheck_where(room, |_| true);
+    }
+
+    fn recheck_where(&self, room: i64, which: impl Fn(&Connection) -> bool) {
         let state = self.read();
-        for connection in state.rooms.get(&room).into_iter().flat_map(|s| s.values()) {
+        for connection in state
+            .rooms
+            .get(&room)
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter(|c| which(c))
+        {
             if connection.queue.try_send(Outbound::Recheck(room)).is_err() {
                 connection.close(close::SLOW_CONSUMER);
             }

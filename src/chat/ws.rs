@@ -99,18 +99,7 @@ async fn authenticate(
     token: Option<String>,
 ) -> Result<Principal, AppError> {
     if let Some(presented) = token {
-        let identity = state
-            .db
-            .run(move |conn| {
-                crate::auth::api_tokens::resolve(conn, &presented).map_err(AppError::from)
-            })
-            .await?
-            .ok_or_else(|| AppError::Coded {
-                status: actix_web::http::StatusCode::UNAUTHORIZED,
-                code: "invalid_token",
-                message: "The API token is not valid, expired or was revoked.".to_owned(),
-                retry_after_secs: None,
-            })?;
+        let identity = crate::auth::identity::resolve_token(state, presented).await?;
         return Ok(Principal {
             kind: ConnectionKind::Token,
             user_id: identity.user_id,

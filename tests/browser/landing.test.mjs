@@ -1,28 +1,10 @@
 // Opens Conclave's pages in a real Chromium and checks what a visitor sees. Started by
 // scripts/browser-test.sh, which sets CONCLAVE_URL to a freshly started server.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { chromium } from 'playwright-core';
+import { artifacts, backend, base, chromiumForTests } from './support.mjs';
 
-const base = process.env.CONCLAVE_URL;
-const backend = process.env.CONCLAVE_BACKEND ?? 'sqlite';
-const artifacts = new URL('./artifacts/', import.meta.url).pathname;
-let browser;
-
-before(async () => {
-  assert.ok(base, 'CONCLAVE_URL must point at a running server');
-  mkdirSync(artifacts, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = chromiumForTests();
 
 /** Opens a page and records console errors (CSP violations show up there) and page errors. */
 async function open(path, viewport = { width: 1280, height: 800 }) {

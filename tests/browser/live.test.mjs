@@ -1,30 +1,13 @@
 // A live room in a real Chromium: messages, typing and presence arrive without a reload, and
 // the room stays readable offline, where what is written waits in the outbox and goes out
 // exactly once when the connection returns.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { chromium } from 'playwright-core';
+import { artifacts, backend, base, chromiumForTests } from './support.mjs';
 
-const base = process.env.CONCLAVE_URL;
-const backend = process.env.CONCLAVE_BACKEND ?? 'sqlite';
 const password = process.env.CONCLAVE_TEST_PASSWORD;
 const [hedyEmail, alanEmail] = (process.env.CONCLAVE_LIVE_EMAILS ?? '').split(' ');
-const artifacts = new URL('./artifacts/', import.meta.url).pathname;
-let browser;
-
-before(async () => {
-  mkdirSync(artifacts, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = chromiumForTests();
 
 async function signIn(email) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });

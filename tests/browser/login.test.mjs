@@ -1,29 +1,12 @@
 // Signing in and out in a real Chromium, as a person would. The user was created by
 // scripts/browser-test.sh with `conclave user create`.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { chromium } from 'playwright-core';
+import { artifacts, backend, base, chromiumForTests } from './support.mjs';
 
-const base = process.env.CONCLAVE_URL;
-const backend = process.env.CONCLAVE_BACKEND ?? 'sqlite';
 const email = process.env.CONCLAVE_TEST_EMAIL;
 const password = process.env.CONCLAVE_TEST_PASSWORD;
-const artifacts = new URL('./artifacts/', import.meta.url).pathname;
-let browser;
-
-before(async () => {
-  mkdirSync(artifacts, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = chromiumForTests();
 
 async function fresh() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });

@@ -1,30 +1,14 @@
 // Creating an account in a real Chromium: the form, the verification mail (read from the
 // file transport's directory), the link, and the first sign-in.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHmac } from 'node:crypto';
-import { chromium } from 'playwright-core';
+import { artifacts, backend, base, chromiumForTests } from './support.mjs';
 
-const base = process.env.CONCLAVE_URL;
-const backend = process.env.CONCLAVE_BACKEND ?? 'sqlite';
 const mailDir = join(process.env.CONCLAVE__DATA_DIR, 'mail');
-const artifacts = new URL('./artifacts/', import.meta.url).pathname;
-let browser;
-
-before(async () => {
-  mkdirSync(artifacts, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = chromiumForTests();
 
 /** Waits for the mail to `to` and returns its verification link (quoted-printable undone). */
 async function verificationLink(to) {

@@ -1,28 +1,11 @@
 // Signing in through an OpenID provider in a real Chromium, then the workspace and API token
 // pages as a new member sees them. The provider is tests/browser/oidc-provider.mjs, started by
 // scripts/browser-test.sh and configured as "Test SSO".
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { chromium } from 'playwright-core';
+import { artifacts, backend, base, chromiumForTests } from './support.mjs';
 
-const base = process.env.CONCLAVE_URL;
-const backend = process.env.CONCLAVE_BACKEND ?? 'sqlite';
-const artifacts = new URL('./artifacts/', import.meta.url).pathname;
-let browser;
-
-before(async () => {
-  mkdirSync(artifacts, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = chromiumForTests();
 
 test('sign in with the OpenID provider, see the workspace as a viewer, make an API token', async () => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
