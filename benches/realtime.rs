@@ -325,6 +325,8 @@ impl<S: futures_util::Stream + Unpin> NowOrNever for S {}
 
 struct Joins {
     per_sec: f64,
+    /// Server CPU per join during the storm, µs.
+    cpu_us_per_join: f64,
     /// RSS growth per connection with this many open, KiB.
     idle_kib: f64,
     idle_connections: usize,
@@ -335,6 +337,7 @@ struct Joins {
 async fn joins(target: &Target, joiners: usize, idle_total: usize) -> Joins {
     let rss_before = rss_kib(target.pid);
     let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let cpu_before = cpu_seconds(target.pid);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(joiners);
     for i in 0..joiners {
@@ -349,6 +352,7 @@ async fn joins(target: &Target, joiners: usize, idle_total: usize) -> Joins {
         open.push(task.await.expect("join"));
     }
     let per_sec = joiners as f64 / started.elapsed().as_secs_f64();
+    let cpu_us_per_join = (cpu_seconds(target.pid) - cpu_before) * 1e6 / joiners as f64;
     for i in joiners..idle_total {
         open.push(target.join(target.room(i)).await);
     }
@@ -362,6 +366,7 @@ async fn joins(target: &Target, joiners: usize, idle_total: usize) -> Joins {
     tokio::time::sleep(Duration::from_secs(2)).await;
     Joins {
         per_sec,
+        cpu_us_per_join,
         idle_kib: rss_after.saturating_sub(rss_before) as f64 / idle_connections as f64,
         idle_connections,
     }
@@ -435,22 +440,39 @@ fn pinned(program: &str) -> std::process::Command {
 }
 
 fn start_baseline() -> (Process, Target) {
+    start_example(
+        "baseline",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/release/examples/ws_baseline"
+        ),
+    )
+}
+
+/// actix-web + actix-ws with nothing else (`examples/ws_actix_floor.rs`).
+fn start_actix_floor() -> (Process, Target) {
+    start_example(
+        "actix-ws floor",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/release/examples/ws_actix_floor"
+        ),
+    )
+}
+
+fn start_example(name: &'static str, program: &str) -> (Process, Target) {
     let port = common::free_port();
-    let program = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/release/examples/ws_baseline"
-    );
     let child = pinned(program)
         .env("BASELINE_LISTEN", format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("start the baseline (make bench builds it: cargo build --release --example ws_baseline)");
+        .unwrap_or_else(|e| panic!("start {program} (make bench builds it): {e}"));
     std::thread::sleep(Duration::from_millis(300));
     let pid = child.id();
     (
         Process(child),
         Target {
-            name: "baseline",
+            name,
             url: format!("ws://127.0.0.1:{port}/"),
             pid,
             dialect: Dialect::Baseline,
@@ -552,6 +574,14 @@ fn main() {
     let (baseline_process, baseline) = start_baseline();
     let baseline_run = runtime.block_on(run_all(&baseline, quick));
     drop(baseline_process);
+    let (floor_process, floor) = start_actix_floor();
+    eprintln!("actix-ws floor: join storm and idle connections");
+    let floor_joins = runtime.block_on(joins(
+        &floor,
+        if quick { 1_000 } else { JOINERS },
+        if quick { 2_000 } else { IDLE_CONNECTIONS },
+    ));
+    drop(floor_process);
     let nats_run = start_nats().map(|(process, target, dir)| {
         let run = runtime.block_on(run_all(&target, quick));
         drop(process);
@@ -560,6 +590,20 @@ fn main() {
     });
     let cluster = cluster(&runtime, quick);
     let mut report = report(&results, &baseline_run, nats_run.as_ref(), quick);
+    report = report.replace(
+        "\n<!-- realtime:end -->",
+        &format!(
+            "\nThe floor of the HTTP stack Conclave serves WebSockets with (actix-web + actix-ws and nothing else, `examples/ws_actix_floor.rs`): {:.1} KiB per idle connection, {:.0} joins/s ({:.0} µs server CPU per join). Conclave's server CPU per join: {}.\n<!-- realtime:end -->",
+            floor_joins.idle_kib,
+            floor_joins.per_sec,
+            floor_joins.cpu_us_per_join,
+            results
+                .iter()
+                .map(|(name, run)| format!("{} µs ({})", run.joins.cpu_us_per_join.round(), tier(name)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    );
     report = report.replace(
         "\n<!-- realtime:end -->",
         &format!(
