@@ -37,6 +37,19 @@ const IDLE_CONNECTIONS: usize = 15_000;
 const JOINERS: usize = 5_000;
 const IN_FLIGHT: usize = 200;
 const SERVER_CPU: usize = 1;
+/// One HTTP worker, and the realtime limits out of the way: every benchmark client comes from
+/// 127.0.0.1 with the same token.
+const UNLIMITED: [(&str, &str); 6] = [
+    ("CONCLAVE__SERVER__WORKERS", "1"),
+    ("CONCLAVE__REALTIME__CONNECTIONS_PER_IP", "100000"),
+    ("CONCLAVE__REALTIME__CONNECTIONS_PER_USER", "100000"),
+    (
+        "CONCLAVE__REALTIME__HANDSHAKES_PER_IP_PER_MINUTE",
+        "1000000",
+    ),
+    ("CONCLAVE__REALTIME__MESSAGES_PER_SECOND", "100000"),
+    ("CONCLAVE__REALTIME__MESSAGE_BURST", "100000"),
+];
 const GENERATOR_CPU: usize = 0;
 
 type Socket =
@@ -541,17 +554,10 @@ fn main() {
             EMAIL,
             PASSWORD,
             &[
-                ("CONCLAVE__SERVER__WORKERS", "1"),
-                ("CONCLAVE__REALTIME__CONNECTIONS_PER_IP", "100000"),
-                ("CONCLAVE__REALTIME__CONNECTIONS_PER_USER", "100000"),
-                (
-                    "CONCLAVE__REALTIME__HANDSHAKES_PER_IP_PER_MINUTE",
-                    "1000000",
-                ),
-                ("CONCLAVE__REALTIME__MESSAGES_PER_SECOND", "100000"),
-                ("CONCLAVE__REALTIME__MESSAGE_BURST", "100000"),
-                ("CONCLAVE__CHAT__EPHEMERAL_MAX_MESSAGES", "1000"),
-            ],
+                UNLIMITED.as_slice(),
+                &[("CONCLAVE__CHAT__EPHEMERAL_MAX_MESSAGES", "1000")],
+            ]
+            .concat(),
             Some(SERVER_CPU),
         );
         let run = runtime.block_on(async {
@@ -642,17 +648,10 @@ fn cluster(runtime: &tokio::runtime::Runtime, quick: bool) -> Option<(Fanout, Fa
         EMAIL,
         PASSWORD,
         &[
-            ("CONCLAVE__DATABASE__URL", url.as_str()),
-            ("CONCLAVE__SERVER__WORKERS", "1"),
-            ("CONCLAVE__REALTIME__CONNECTIONS_PER_IP", "100000"),
-            ("CONCLAVE__REALTIME__CONNECTIONS_PER_USER", "100000"),
-            (
-                "CONCLAVE__REALTIME__HANDSHAKES_PER_IP_PER_MINUTE",
-                "1000000",
-            ),
-            ("CONCLAVE__REALTIME__MESSAGES_PER_SECOND", "100000"),
-            ("CONCLAVE__REALTIME__MESSAGE_BURST", "100000"),
-        ],
+            UNLIMITED.as_slice(),
+            &[("CONCLAVE__DATABASE__URL", url.as_str())],
+        ]
+        .concat(),
         Some(SERVER_CPU),
     );
     let (base_b, node_b) = node_a.another_node(Some(SERVER_CPU));
