@@ -615,6 +615,9 @@ impl Live {
                 return Err(AppError::BadRequest("since: must be a message id".to_owned()).into());
             }
             Some(since) => {
+                // A client cannot have messages the room does not have yet (a restored
+                // database, a confused client): what comes after the newest one is new to it.
+                let since = since.min(newest.unwrap_or(0));
                 let (count, last) = self.replay(room, since).await?;
                 replayed += count;
                 last

@@ -792,6 +792,19 @@ async fn bad_frames_get_clear_errors_and_the_connection_stays() {
         carl.ask(json!({"type": "ping"}), "pong").await["type"],
         "pong"
     );
+
+    // A `since` beyond the room's newest message hides nothing that comes after it.
+    let future = carl.subscribe(room, Some(1_000_000_000_000)).await;
+    assert_eq!(future["last_id"], Value::Null, "{future}");
+    let (status, posted) = post(
+        &team.ada,
+        app,
+        &format!("/api/v1/rooms/{room}/messages"),
+        json!({"body": "still delivered"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{posted}");
+    assert_eq!(carl.expect("message").await["message"]["id"], posted["id"]);
 }
 
 #[tokio::test]
