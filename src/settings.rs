@@ -839,69 +839,6 @@ impl Settings {
             }
         }
         let realtime = &self.realtime;
-        for (key, value, min, max) in [
-            ("realtime.heartbeat_secs", realtime.heartbeat_secs, 1, 3_600),
-            (
-                "realtime.heartbeat_timeout_secs",
-                realtime.heartbeat_timeout_secs,
-                realtime.heartbeat_secs.saturating_add(1),
-                7_200,
-            ),
-            (
-                "realtime.queue_capacity",
-                realtime.queue_capacity as u64,
-                1,
-                1 << 20,
-            ),
-            (
-                "realtime.max_frame_bytes",
-                realtime.max_frame_bytes as u64,
-                256,
-                16 << 20,
-            ),
-            (
-                "realtime.messages_per_second",
-                u64::from(realtime.messages_per_second),
-                1,
-                100_000,
-            ),
-            (
-                "realtime.message_burst",
-                u64::from(realtime.message_burst),
-                1,
-                100_000,
-            ),
-            (
-                "realtime.connections_per_ip",
-                u64::from(realtime.connections_per_ip),
-                1,
-                1_000_000,
-            ),
-            (
-                "realtime.connections_per_user",
-                u64::from(realtime.connections_per_user),
-                1,
-                100_000,
-            ),
-            (
-                "realtime.handshakes_per_ip_per_minute",
-                u64::from(realtime.handshakes_per_ip_per_minute),
-                1,
-                1_000_000,
-            ),
-            (
-                "realtime.revalidate_secs",
-                realtime.revalidate_secs,
-                1,
-                3_600,
-            ),
-        ] {
-            if !(min..=max).contains(&value) {
-                problems.push(format!(
-                    "{key}: must be between {min} and {max}, got {value}"
-                ));
-            }
-        }
         for origin in &realtime.allowed_origins {
             match url::Url::parse(origin) {
                 Ok(url) if url.origin().ascii_serialization() == origin.trim_end_matches('/') => {}
@@ -1024,6 +961,61 @@ impl Settings {
                 self.sessions.lifetime_days,
                 1,
                 3 * 365,
+            ),
+            ("realtime.heartbeat_secs", realtime.heartbeat_secs, 1, 3_600),
+            (
+                "realtime.heartbeat_timeout_secs",
+                realtime.heartbeat_timeout_secs,
+                realtime.heartbeat_secs.saturating_add(1),
+                7_200,
+            ),
+            (
+                "realtime.queue_capacity",
+                realtime.queue_capacity as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "realtime.max_frame_bytes",
+                realtime.max_frame_bytes as u64,
+                256,
+                16 << 20,
+            ),
+            (
+                "realtime.messages_per_second",
+                u64::from(realtime.messages_per_second),
+                1,
+                100_000,
+            ),
+            (
+                "realtime.message_burst",
+                u64::from(realtime.message_burst),
+                1,
+                100_000,
+            ),
+            (
+                "realtime.connections_per_ip",
+                u64::from(realtime.connections_per_ip),
+                1,
+                1_000_000,
+            ),
+            (
+                "realtime.connections_per_user",
+                u64::from(realtime.connections_per_user),
+                1,
+                100_000,
+            ),
+            (
+                "realtime.handshakes_per_ip_per_minute",
+                u64::from(realtime.handshakes_per_ip_per_minute),
+                1,
+                1_000_000,
+            ),
+            (
+                "realtime.revalidate_secs",
+                realtime.revalidate_secs,
+                1,
+                3_600,
             ),
         ] {
             if !(min..=max).contains(&value) {

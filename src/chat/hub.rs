@@ -236,6 +236,18 @@ pub struct PresenceChange {
     pub state: Presence,
 }
 
+impl PresenceChange {
+    /// The change from `before` to `after`, if there is one.
+    fn between(room: i64, user_id: i64, before: Presence, after: Presence) -> Option<Self> {
+        (before != after).then_some(Self {
+            room,
+            user_id,
+            before,
+            state: after,
+        })
+    }
+}
+
 /// Presence reported by other nodes: per room and person, each node's state and the name to
 /// show.
 #[derive(Default)]
@@ -554,14 +566,7 @@ impl Hub {
             let before = state.presence_of(room, user);
             remove_subscriber(&mut state, room, connection.id);
             let after = state.presence_of(room, user);
-            if before != after {
-                changes.push(PresenceChange {
-                    room,
-                    user_id: user,
-                    before,
-                    state: after,
-                });
-            }
+            changes.extend(PresenceChange::between(room, user, before, after));
         }
         changes
     }
@@ -608,12 +613,7 @@ impl Hub {
             .filter(|(_, state)| *state != Presence::Offline)
             .collect();
         present.sort_unstable();
-        let change = (before != after).then_some(PresenceChange {
-            room,
-            user_id: user,
-            before,
-            state: after,
-        });
+        let change = PresenceChange::between(room, user, before, after);
         (present, change)
     }
 
@@ -627,12 +627,7 @@ impl Hub {
             rooms.remove(&room);
         }
         let after = state.presence_of(room, user);
-        (before != after).then_some(PresenceChange {
-            room,
-            user_id: user,
-            before,
-            state: after,
-        })
+        PresenceChange::between(room, user, before, after)
     }
 
     /// Sets the connection's presence; answers the rooms where the person's presence changed.
@@ -650,12 +645,7 @@ impl Hub {
             .zip(before)
             .filter_map(|(room, before)| {
                 let after = state.presence_of(room, user);
-                (before != after).then_some(PresenceChange {
-                    room,
-                    user_id: user,
-                    before,
-                    state: after,
-                })
+                PresenceChange::between(room, user, before, after)
             })
             .collect()
     }

@@ -102,8 +102,7 @@ impl Wire {
     }
 }
 
-fn notify(conn: &mut PgConnection, wire: &Wire) -> QueryResult<()> {
-    let mut wire = wire.clone();
+fn notify(conn: &mut PgConnection, mut wire: Wire) -> QueryResult<()> {
     if let Wire::Typing { name, .. } | Wire::Presence { name, .. } = &mut wire {
         let mut end = name.len().min(MAX_NAME_BYTES);
         while !name.is_char_boundary(end) {
@@ -142,7 +141,7 @@ pub fn change_hook(node: u64) -> ChangeHook {
                 i: id,
             },
         };
-        notify(pg, &wire)
+        notify(pg, wire)
     })
 }
 
@@ -253,7 +252,7 @@ fn listen(
         }
         connected_before = true;
         // A node that was away may have missed presence: ask everyone again...
-        if let Err(e) = notify(&mut conn, &Wire::Hello { n: node }) {
+        if let Err(e) = notify(&mut conn, Wire::Hello { n: node }) {
             tracing::warn!(error = %e, "cluster relay lost the database");
             continue;
         }
@@ -300,15 +299,15 @@ fn relay(
     loop {
         if stopping.load(Ordering::SeqCst) {
             while let Ok(wire) = outbox.try_recv() {
-                notify(conn, &wire)?;
+                notify(conn, wire)?;
             }
-            return notify(conn, &Wire::Bye { n: node });
+            return notify(conn, Wire::Bye { n: node });
         }
         while let Ok(wire) = outbox.try_recv() {
-            notify(conn, &wire)?;
+            notify(conn, wire)?;
         }
         if last_heartbeat.elapsed() >= HEARTBEAT {
-            notify(conn, &Wire::Alive { n: node })?;
+            notify(conn, Wire::Alive { n: node })?;
             *last_heartbeat = Instant::now();
         }
         for notification in conn.notifications_iter() {

@@ -1169,11 +1169,38 @@ impl ChatService {
         limit: usize,
     ) -> Result<Vec<MessageView>, AppError> {
         let access = self.access(user_id, room_id).await?;
+        self.history_of(&access, user_id, cursor, limit).await
+    }
+
+    /// A page of history of a room whose access the caller has already checked (a subscription
+    /// replaying several pages checks once).
+    pub async fn history_of(
+        &self,
+        access: &RoomAccess,
+        user_id: i64,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<MessageView>, AppError> {
         let page = self
             .store(&access.room, user_id)?
-            .page(room_id, cursor, limit.clamp(1, MAX_PAGE))
+            .page(access.room.id, cursor, limit.clamp(1, MAX_PAGE))
             .await?;
         self.views(page).await
+    }
+
+    /// The id of the newest message of a room whose access was checked, without rendering it
+    /// (refused while a private room is locked).
+    pub async fn newest_of(
+        &self,
+        access: &RoomAccess,
+        user_id: i64,
+    ) -> Result<Option<i64>, AppError> {
+        Ok(self
+            .store(&access.room, user_id)?
+            .page(access.room.id, Cursor::Latest, 1)
+            .await?
+            .last()
+            .map(|m| m.id))
     }
 
     /// The caller's access to a room and one of its messages (404 for either missing).
@@ -1190,18 +1217,6 @@ impl ChatService {
             .await?
             .ok_or_else(|| AppError::NotFound("No such message in this room.".to_owned()))?;
         Ok((access, message))
-    }
-
-    /// The id of the newest message of a room the caller may read (checking that a private
-    /// room is unlocked), without rendering it.
-    pub async fn newest_id(&self, user_id: i64, room_id: i64) -> Result<Option<i64>, AppError> {
-        let access = self.access(user_id, room_id).await?;
-        Ok(self
-            .store(&access.room, user_id)?
-            .page(room_id, Cursor::Latest, 1)
-            .await?
-            .last()
-            .map(|m| m.id))
     }
 
     /// One message of a room the caller may read (deleted ones included, as tombstones).

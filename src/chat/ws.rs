@@ -607,8 +607,10 @@ impl Live {
         reference: Option<&str>,
     ) -> Result<(), Failure> {
         let user = self.connection.principal.user_id;
-        // Checks access (and that a private room is unlocked) before anything is sent.
-        let newest = self.chat.newest_id(user, room).await?;
+        // Access (and, for a private room, that it is unlocked) is checked once, before
+        // anything is sent.
+        let access = self.chat.access(user, room).await?;
+        let newest = self.chat.newest_of(&access, user).await?;
         let mut replayed = 0;
         let mut cursor = match since {
             Some(since) if since < 0 => {
@@ -618,7 +620,7 @@ impl Live {
                 // A client cannot have messages the room does not have yet (a restored
                 // database, a confused client): what comes after the newest one is new to it.
                 let since = since.min(newest.unwrap_or(0));
-                let (count, last) = self.replay(room, since).await?;
+                let (count, last) = self.replay(&access, since).await?;
                 replayed += count;
                 last
             }
@@ -628,10 +630,10 @@ impl Live {
         // Registered before this read: a message stored from now on is either read here or
         // queued for the loop (or both, and `deliver` skips it).
         if since.is_some() {
-            let (count, last) = self.replay(room, cursor).await?;
+            let (count, last) = self.replay(&access, cursor).await?;
             replayed += count;
             cursor = last;
-        } else if let Some(last) = self.chat.newest_id(user, room).await? {
+        } else if let Some(last) = self.chat.newest_of(&access, user).await? {
             // Without `since` the client loads history itself; live events start after what
             // was stored when it subscribed.
             cursor = cursor.max(last);
@@ -657,16 +659,20 @@ impl Live {
             .await?)
     }
 
-    /// Sends every message of `room` after `after`; answers how many and the last id sent
+    /// Sends every message of the room after `after`; answers how many and the last id sent
     /// (or `after`).
-    async fn replay(&mut self, room: i64, after: i64) -> Result<(usize, i64), Failure> {
+    async fn replay(
+        &mut self,
+        access: &super::RoomAccess,
+        after: i64,
+    ) -> Result<(usize, i64), Failure> {
         let user = self.connection.principal.user_id;
         let mut cursor = after;
         let mut sent = 0;
         loop {
             let page = self
                 .chat
-                .history(user, room, Cursor::After(cursor), REPLAY_PAGE)
+                .history_of(access, user, Cursor::After(cursor), REPLAY_PAGE)
                 .await?;
             let full = page.len() == REPLAY_PAGE;
             for message in page {
