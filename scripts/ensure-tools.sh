@@ -33,3 +33,10 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "ensure-tools: installing playwright-core"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Real peers of the assistant tests: the official OpenAI SDK as a client of /v1, and mockllm as
+# a third-party provider.
+if ! python3 -c 'import openai, mockllm' >/dev/null 2>&1; then
+  echo "ensure-tools: installing the openai and mockllm Python packages"
+  python3 -m pip install --quiet --disable-pip-version-check openai mockllm
+fi

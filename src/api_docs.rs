@@ -48,6 +48,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::tenancy::defaults::ApiDoc::openapi(),
         crate::chat::api::ApiDoc::openapi(),
         crate::chat::ws::ApiDoc::openapi(),
+        crate::assistant::gateway::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {
         doc.merge(part);

@@ -4,6 +4,7 @@
 //! build the same `startup::Application` the binary runs.
 
 pub mod api_docs;
+pub mod assistant;
 pub mod audit;
 pub mod auth;
 pub mod chat;

@@ -231,6 +231,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    assistant_usage (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        user_id -> Nullable<BigInt>,
+        day -> Text,
+        model -> Text,
+        variant -> Text,
+        source -> Text,
+        prompt_tokens -> BigInt,
+        completion_tokens -> BigInt,
+        estimated -> Bool,
+        outcome -> Text,
+        first_token_ms -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     read_markers (room_id, user_id) {
         room_id -> BigInt,
         user_id -> BigInt,
@@ -286,6 +304,7 @@ diesel::joinable!(room_members -> rooms (room_id));
 diesel::joinable!(conversation_keys -> rooms (room_id));
 diesel::joinable!(personal_keys -> users (user_id));
 diesel::joinable!(read_markers -> rooms (room_id));
+diesel::joinable!(assistant_usage -> tenants (tenant_id));
 diesel::joinable!(messages -> rooms (room_id));
 diesel::joinable!(message_terms -> messages (message_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -297,6 +316,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     message_terms,
     personal_keys,
     read_markers,
+    assistant_usage,
     tenants,
     users,
     sessions,

@@ -40,6 +40,11 @@ pub struct Settings {
     pub keys: KeySettings,
     pub chat: ChatSettings,
     pub realtime: RealtimeSettings,
+    pub assistant: AssistantSettings,
+    /// The config file these settings were read from, so a reload (SIGHUP, admin) reads the
+    /// same one. Not a setting.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -315,6 +320,257 @@ impl Default for CaptchaSettings {
     }
 }
 
+/// The assistant: LLM providers, the models people pick from, and how they are routed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssistantSettings {
+    /// The model used when a request names none; empty means the first configured one.
+    pub default_model: String,
+    /// Seconds between health checks of each provider.
+    pub health_interval_secs: u64,
+    /// Failed calls in a row that open a provider's circuit (calls skip it, or go to the
+    /// model's fallback), and how long it stays open before one probe call is let through.
+    pub breaker_failures: u32,
+    pub breaker_cooldown_secs: u64,
+    /// Longest a whole answer may take, in seconds.
+    pub max_generation_secs: u64,
+    /// Providers by short name (letters, digits, '-', '_', '.', ':').
+    pub providers: std::collections::BTreeMap<String, LlmProviderSettings>,
+    /// Models by the name people and API clients use (the alias).
+    pub models: std::collections::BTreeMap<String, LlmModelSettings>,
+}
+
+impl Default for AssistantSettings {
+    fn default() -> Self {
+        Self {
+            default_model: String::new(),
+            health_interval_secs: 30,
+            breaker_failures: 3,
+            breaker_cooldown_secs: 30,
+            max_generation_secs: 300,
+            providers: std::collections::BTreeMap::new(),
+            models: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmProviderKind {
+    /// OpenAI chat completions at any base URL (OpenAI, vLLM, llama.cpp, LiteLLM, Ollama's /v1).
+    Openai,
+    /// Ollama's native API (`/api/chat`).
+    Ollama,
+    /// Anthropic Messages (`/v1/messages`).
+    Anthropic,
+}
+
+impl LlmProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Ollama => "ollama",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmProviderSettings {
+    pub kind: LlmProviderKind,
+    /// e.g. `https://api.openai.com/v1`, `http://127.0.0.1:11434` (Ollama),
+    /// `https://api.anthropic.com`.
+    pub base_url: String,
+    #[serde(serialize_with = "redact_opt")]
+    pub api_key: Option<SecretString>,
+    /// Seconds to connect and receive the answer's headers.
+    pub connect_timeout_secs: u64,
+    /// Seconds the stream may stay silent before the call fails.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for LlmProviderSettings {
+    fn default() -> Self {
+        Self {
+            kind: LlmProviderKind::Openai,
+            base_url: String::new(),
+            api_key: None,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmModelSettings {
+    /// What the model picker shows.
+    pub label: String,
+    /// A free-form tier shown beside it (billing uses it later), e.g. "free", "pro".
+    pub tier: String,
+    /// The provider models this alias routes to, each with a weight (an A/B test when more
+    /// than one): `[{ provider = "local", model = "llama3.2", weight = 1 }]`.
+    pub routes: Vec<LlmRouteSettings>,
+    /// The model (alias) to use when every route of this one is down.
+    pub fallback: Option<String>,
+    /// The model's context window in tokens; older turns are dropped to fit.
+    pub context_tokens: u32,
+    /// Most tokens an answer may have.
+    pub max_output_tokens: u32,
+}
+
+impl Default for LlmModelSettings {
+    fn default() -> Self {
+        Self {
+            label: String::new(),
+            tier: "standard".to_owned(),
+            routes: Vec::new(),
+            fallback: None,
+            context_tokens: 8_192,
+            max_output_tokens: 1_024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmRouteSettings {
+    pub provider: String,
+    pub model: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl AssistantSettings {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let short_name = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 40
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        };
+        for (name, provider) in &self.providers {
+            let key = format!("assistant.providers.{name}");
+            if !short_name(name) {
+                problems.push(format!(
+                    "{key}: the name must be 1 to 40 letters, digits, '-', '_', '.' or ':'"
+                ));
+            }
+            match url::Url::parse(&provider.base_url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                Ok(_) => problems.push(format!("{key}.base_url: must be an http(s) URL")),
+                Err(e) => problems.push(format!("{key}.base_url: not a valid URL ({e})")),
+            }
+            if provider.kind == LlmProviderKind::Anthropic && provider.api_key.is_none() {
+                problems.push(format!(
+                    "{key}.api_key: Anthropic needs a key (or {ENV_PREFIX}ASSISTANT__PROVIDERS__{}__API_KEY_FILE)",
+                    name.to_ascii_uppercase()
+                ));
+            }
+            for (field, value) in [
+                ("connect_timeout_secs", provider.connect_timeout_secs),
+                ("idle_timeout_secs", provider.idle_timeout_secs),
+            ] {
+                if !(1..=3_600).contains(&value) {
+                    problems.push(format!(
+                        "{key}.{field}: must be between 1 and 3600, got {value}"
+                    ));
+                }
+            }
+        }
+        for (alias, model) in &self.models {
+            let key = format!("assistant.models.{alias}");
+            if !short_name(alias) {
+                problems.push(format!(
+                    "{key}: the name must be 1 to 40 letters, digits, '-', '_', '.' or ':'"
+                ));
+            }
+            if model.routes.is_empty() {
+                problems.push(format!("{key}.routes: name at least one provider model"));
+            }
+            for route in &model.routes {
+                if !self.providers.contains_key(&route.provider) {
+                    problems.push(format!(
+                        "{key}.routes: provider {:?} is not configured under assistant.providers",
+                        route.provider
+                    ));
+                }
+                if route.model.trim().is_empty() {
+                    problems.push(format!("{key}.routes: a route's model is empty"));
+                }
+            }
+            if !model.routes.is_empty() && model.routes.iter().all(|r| r.weight == 0) {
+                problems.push(format!("{key}.routes: at least one weight must be above 0"));
+            }
+            if let Some(fallback) = &model.fallback
+                && (fallback == alias || !self.models.contains_key(fallback))
+            {
+                problems.push(format!(
+                    "{key}.fallback: {fallback:?} must be another configured model"
+                ));
+            }
+            if !(256..=10_000_000).contains(&model.context_tokens) {
+                problems.push(format!(
+                    "{key}.context_tokens: must be between 256 and 10000000, got {}",
+                    model.context_tokens
+                ));
+            }
+            if model.max_output_tokens == 0 || model.max_output_tokens >= model.context_tokens {
+                problems.push(format!(
+                    "{key}.max_output_tokens: must be above 0 and below context_tokens, got {}",
+                    model.max_output_tokens
+                ));
+            }
+        }
+        if !self.default_model.is_empty() && !self.models.contains_key(&self.default_model) {
+            problems.push(format!(
+                "assistant.default_model: {:?} is not a configured model",
+                self.default_model
+            ));
+        }
+        for (key, value, min, max) in [
+            (
+                "assistant.health_interval_secs",
+                self.health_interval_secs,
+                1,
+                86_400,
+            ),
+            (
+                "assistant.breaker_failures",
+                u64::from(self.breaker_failures),
+                1,
+                1_000,
+            ),
+            (
+                "assistant.breaker_cooldown_secs",
+                self.breaker_cooldown_secs,
+                1,
+                86_400,
+            ),
+            (
+                "assistant.max_generation_secs",
+                self.max_generation_secs,
+                1,
+                86_400,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                problems.push(format!(
+                    "{key}: must be between {min} and {max}, got {value}"
+                ));
+            }
+        }
+        problems
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OidcSettings {
@@ -471,6 +727,8 @@ impl Default for Settings {
             keys: KeySettings::default(),
             chat: ChatSettings::default(),
             realtime: RealtimeSettings::default(),
+            assistant: AssistantSettings::default(),
+            source: None,
         }
     }
 }
@@ -767,13 +1025,14 @@ impl Settings {
             env_sources.push((path.clone(), name.clone()));
             figment = figment.merge(Serialized::default(&path, value));
         }
-        let settings: Settings = figment.extract_lossy().map_err(|e| ConfigError {
+        let mut settings: Settings = figment.extract_lossy().map_err(|e| ConfigError {
             problems: e
                 .into_iter()
                 .map(|e| describe_figment_error(e, &env_sources))
                 .collect(),
         })?;
         settings.validate()?;
+        settings.source = config_file.map(Path::to_path_buf);
         Ok(settings)
     }
 
@@ -1039,6 +1298,7 @@ impl Settings {
         for (name, provider) in &self.oidc.providers {
             problems.extend(provider.problems(name));
         }
+        problems.extend(self.assistant.problems());
         if self.database.pool_max_size == 0 {
             problems.push("database.pool_max_size: must be at least 1".to_owned());
         } else if self.database.pool_min_idle > self.database.pool_max_size {

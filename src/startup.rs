@@ -173,6 +173,7 @@ impl Application {
             settings.chat.clone(),
             hub.clone(),
         );
+        let assistant = crate::assistant::Assistant::new(&settings, db.clone());
         let (db_for_captcha, master_key_for_captcha) = (db.clone(), master_key.clone());
         let state = web::Data::new(AppState {
             public_url,
@@ -199,6 +200,7 @@ impl Application {
                 &master_key_for_captcha,
             ),
             chat,
+            assistant,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {
@@ -226,6 +228,7 @@ impl Application {
                 state.sessions.clone(),
             )
         });
+        state.assistant.spawn_health_checks();
         let runner = settings
             .jobs
             .enabled
@@ -254,7 +257,9 @@ impl Application {
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see [`Self::run_until`]).
+    /// SIGHUP reloads the assistant's providers and models from the configuration.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        reload_on_hangup(self.state.assistant.clone());
         self.run_until(stop_signal()).await
     }
 
@@ -268,6 +273,7 @@ impl Application {
             result = &mut server => Some(result),
             () = stop => None,
         };
+        self.state.assistant.stop();
         if stopped_by_itself.is_none() {
             // New upgrades are refused from here on; open sockets hear 1012 (reconnect, to
             // another node) and end, so they do not hold the drain until its timeout.
@@ -305,6 +311,34 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// On SIGHUP (`systemctl reload conclave`), re-reads the configuration and swaps in the
+/// assistant's providers and models; a configuration with errors is logged and changes nothing.
+fn reload_on_hangup(assistant: crate::assistant::Assistant) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload from the admin API instead");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let assistant = assistant.clone();
+            match tokio::task::spawn_blocking(move || assistant.reload()).await {
+                Ok(Ok(models)) => {
+                    tracing::info!(models, "SIGHUP: assistant configuration reloaded")
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(error = %error, "SIGHUP: configuration has errors; nothing changed");
+                }
+                Err(error) => tracing::error!(error = %error, "SIGHUP: reload task failed"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(assistant);
 }
 
 /// Completes on SIGTERM (systemd, Kubernetes, docker stop) or SIGINT (Ctrl-C).

@@ -43,6 +43,7 @@ pub struct AppState {
     pub federation: crate::auth::oidc::Federation,
     pub captcha: crate::auth::captcha::Captcha,
     pub chat: crate::chat::rooms::ChatService,
+    pub assistant: crate::assistant::Assistant,
     /// Wraps room data keys; `/readyz` reports whether it answers.
     pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }
@@ -105,7 +106,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::tenancy::defaults::configure)
         .configure(crate::chat::api::configure)
         .configure(crate::chat::ws::configure)
-        .configure(crate::chat::pages::configure);
+        .configure(crate::chat::pages::configure)
+        .configure(crate::assistant::gateway::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

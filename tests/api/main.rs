@@ -8,11 +8,13 @@
 )]
 
 mod accounts_cli;
+mod assistant;
 mod captcha;
 mod cli;
 mod client_errors;
 mod cluster;
 mod database;
+mod fake_llm;
 mod helpers;
 mod jobs;
 mod login;

@@ -53,6 +53,16 @@ fn struct_keys() -> BTreeSet<String> {
         &serde_json::to_value(conclave::settings::OidcProviderSettings::default()).unwrap(),
         &mut keys,
     );
+    walk(
+        "assistant.providers.*",
+        &serde_json::to_value(conclave::settings::LlmProviderSettings::default()).unwrap(),
+        &mut keys,
+    );
+    walk(
+        "assistant.models.*",
+        &serde_json::to_value(conclave::settings::LlmModelSettings::default()).unwrap(),
+        &mut keys,
+    );
     keys
 }
 
@@ -65,10 +75,11 @@ fn documented_keys(text: &str) -> BTreeSet<String> {
         let line = line.strip_prefix('#').map(str::trim_start).unwrap_or(line);
         // Sections may be commented out too (examples of map entries such as providers).
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = match name.trim().strip_prefix("oidc.providers.") {
-                Some(_) => "oidc.providers.*".to_owned(),
-                None => name.trim().to_owned(),
-            };
+            let name = name.trim();
+            section = ["oidc.providers", "assistant.providers", "assistant.models"]
+                .into_iter()
+                .find(|map| name.starts_with(&format!("{map}.")))
+                .map_or_else(|| name.to_owned(), |map| format!("{map}.*"));
             continue;
         }
         let Some((key, _)) = line.split_once('=') else {
@@ -453,4 +464,57 @@ fn sign_in_providers_come_from_the_environment_and_bad_ones_are_explained() {
         error.contains("the name must be 1 to 32 lowercase letters"),
         "{error}"
     );
+}
+
+#[test]
+fn assistant_providers_take_keys_from_files_and_bad_routes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(dir.path(), "anthropic.key", "sk-ant-from-file\n");
+    let config = write(
+        dir.path(),
+        "conclave.toml",
+        "[assistant.providers.claude]\nkind = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\n\n\
+         [assistant.models.smart]\nroutes = [{ provider = \"claude\", model = \"claude-sonnet\", weight = 2 }]\n",
+    );
+    let settings = Settings::load_from(
+        Some(&config),
+        env(&[(
+            "CONCLAVE__ASSISTANT__PROVIDERS__CLAUDE__API_KEY_FILE",
+            key.to_str().unwrap(),
+        )]),
+    )
+    .expect("a key from a file completes the provider");
+    let provider = &settings.assistant.providers["claude"];
+    assert_eq!(
+        provider.api_key.as_ref().unwrap().expose_secret().trim(),
+        "sk-ant-from-file"
+    );
+    assert_eq!(settings.assistant.models["smart"].routes[0].weight, 2);
+    assert_eq!(settings.source.as_deref(), Some(config.as_path()));
+    let printed = serde_json::to_string(&settings).unwrap();
+    assert!(!printed.contains("sk-ant-from-file"), "keys are redacted");
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[assistant.providers.claude]\nkind = \"anthropic\"\nbase_url = \"ftp://x\"\n\n\
+         [assistant.models.smart]\nroutes = [{ provider = \"gpt\", model = \"x\" }]\nfallback = \"smart\"\n\
+         max_output_tokens = 100000\n",
+    );
+    let problems = Settings::load_from(Some(&bad), env(&[]))
+        .unwrap_err()
+        .problems
+        .join("\n");
+    for expected in [
+        "assistant.providers.claude.base_url",
+        "assistant.providers.claude.api_key",
+        "assistant.models.smart.routes: provider \"gpt\"",
+        "assistant.models.smart.fallback",
+        "assistant.models.smart.max_output_tokens",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "{expected} not in:\n{problems}"
+        );
+    }
 }
