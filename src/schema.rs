@@ -249,6 +249,45 @@ diesel::table! {
 }
 
 diesel::table! {
+    assistant_rooms (room_id) {
+        room_id -> BigInt,
+        mode -> Text,
+        enabled -> Bool,
+        model -> Text,
+        system_prompt -> Text,
+        untitled -> Bool,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    assistant_replies (id) {
+        id -> BigInt,
+        room_id -> BigInt,
+        user_id -> Nullable<BigInt>,
+        prompt_message_id -> BigInt,
+        message_id -> Nullable<BigInt>,
+        model -> Text,
+        variant -> Nullable<Text>,
+        state -> Text,
+        error -> Nullable<Text>,
+        stop_requested -> Bool,
+        lease_until -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    assistant_preferences (user_id) {
+        user_id -> BigInt,
+        system_prompt -> Text,
+        model -> Text,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     read_markers (room_id, user_id) {
         room_id -> BigInt,
         user_id -> BigInt,
@@ -305,6 +344,8 @@ diesel::joinable!(conversation_keys -> rooms (room_id));
 diesel::joinable!(personal_keys -> users (user_id));
 diesel::joinable!(read_markers -> rooms (room_id));
 diesel::joinable!(assistant_usage -> tenants (tenant_id));
+diesel::joinable!(assistant_rooms -> rooms (room_id));
+diesel::joinable!(assistant_replies -> rooms (room_id));
 diesel::joinable!(messages -> rooms (room_id));
 diesel::joinable!(message_terms -> messages (message_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -317,6 +358,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     personal_keys,
     read_markers,
     assistant_usage,
+    assistant_rooms,
+    assistant_replies,
+    assistant_preferences,
     tenants,
     users,
     sessions,

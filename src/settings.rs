@@ -334,6 +334,14 @@ pub struct AssistantSettings {
     pub breaker_cooldown_secs: u64,
     /// Longest a whole answer may take, in seconds.
     pub max_generation_secs: u64,
+    /// The name people mention to call the assistant into a room (`@assistant`).
+    pub bot_name: String,
+    /// The instructions every conversation starts with, before a person's or chat's own.
+    pub system_prompt: String,
+    /// How many recent room messages the assistant reads when mentioned in a room.
+    pub room_context_messages: usize,
+    /// Streamed text is sent to open tabs in batches this many milliseconds apart.
+    pub stream_batch_ms: u64,
     /// Providers by short name (letters, digits, '-', '_', '.', ':').
     pub providers: std::collections::BTreeMap<String, LlmProviderSettings>,
     /// Models by the name people and API clients use (the alias).
@@ -348,6 +356,12 @@ impl Default for AssistantSettings {
             breaker_failures: 3,
             breaker_cooldown_secs: 30,
             max_generation_secs: 300,
+            bot_name: "assistant".to_owned(),
+            system_prompt: "You are a helpful assistant in Conclave, a chat workspace. Answer \
+                clearly and concisely. Use Markdown; put code in fenced blocks with a language."
+                .to_owned(),
+            room_context_messages: 30,
+            stream_batch_ms: 40,
             providers: std::collections::BTreeMap::new(),
             models: std::collections::BTreeMap::new(),
         }
@@ -529,6 +543,17 @@ impl AssistantSettings {
                 ));
             }
         }
+        let bot = &self.bot_name;
+        if bot.is_empty()
+            || bot.len() > 32
+            || !bot
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
+            problems.push(format!(
+                "assistant.bot_name: 1 to 32 letters, digits, '-' or '_' (people type @{bot}), got {bot:?}"
+            ));
+        }
         if !self.default_model.is_empty() && !self.models.contains_key(&self.default_model) {
             problems.push(format!(
                 "assistant.default_model: {:?} is not a configured model",
@@ -560,6 +585,13 @@ impl AssistantSettings {
                 1,
                 86_400,
             ),
+            (
+                "assistant.room_context_messages",
+                self.room_context_messages as u64,
+                1,
+                500,
+            ),
+            ("assistant.stream_batch_ms", self.stream_batch_ms, 5, 1_000),
         ] {
             if !(min..=max).contains(&value) {
                 problems.push(format!(

@@ -174,6 +174,15 @@ impl Application {
             hub.clone(),
         );
         let assistant = crate::assistant::Assistant::new(&settings, db.clone());
+        let replies = crate::assistant::replies::Replies::new(
+            db.clone(),
+            chat.clone(),
+            assistant.clone(),
+            queue.clone(),
+            settings.assistant.clone(),
+        );
+        chat.set_post_listener(Arc::new(replies.clone()));
+        replies.register_jobs(&mut registry);
         let (db_for_captcha, master_key_for_captcha) = (db.clone(), master_key.clone());
         let state = web::Data::new(AppState {
             public_url,
@@ -201,6 +210,7 @@ impl Application {
             ),
             chat,
             assistant,
+            replies,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {
@@ -229,6 +239,7 @@ impl Application {
             )
         });
         state.assistant.spawn_health_checks();
+        state.replies.spawn_sweeper();
         let runner = settings
             .jobs
             .enabled
@@ -274,6 +285,7 @@ impl Application {
             () = stop => None,
         };
         self.state.assistant.stop();
+        self.state.replies.stop();
         if stopped_by_itself.is_none() {
             // New upgrades are refused from here on; open sockets hear 1012 (reconnect, to
             // another node) and end, so they do not hold the drain until its timeout.

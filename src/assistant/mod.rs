@@ -13,12 +13,16 @@
 //!   however it ends.
 
 pub mod anthropic;
+pub mod artifacts;
 pub mod catalog;
+pub mod chat_api;
+pub mod chats;
 pub mod gateway;
 pub mod health;
 pub mod ollama;
 pub mod openai;
 pub mod prompt;
+pub mod replies;
 pub mod service;
 pub mod sse;
 pub mod usage;

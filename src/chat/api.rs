@@ -699,6 +699,7 @@ pub fn search_params(
         to,
         before,
         limit,
+        within: None,
     })
 }
 

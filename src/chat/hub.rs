@@ -445,6 +445,21 @@ impl Hub {
             .collect()
     }
 
+    /// Publishes a frame to `room`'s followers here and on the other nodes. Frames over
+    /// [`super::relay::MAX_FRAME_BYTES`] stay on this node (callers split what they stream).
+    pub fn publish_everywhere(&self, room: i64, json: String) {
+        if json.len() <= super::relay::MAX_FRAME_BYTES {
+            self.forward(Wire::Frame {
+                n: self.inner.node,
+                r: room,
+                f: json.clone(),
+            });
+        } else {
+            tracing::warn!(room, bytes = json.len(), "frame too large to relay");
+        }
+        self.publish_frame(room, json.into());
+    }
+
     /// Someone is typing in `room` (published here and on the other nodes).
     pub fn typing(&self, room: i64, user: i64, name: &str) {
         self.publish_frame(room, super::protocol::typing(room, user, name).into());

@@ -82,7 +82,15 @@ pub enum Wire {
     Hello { n: u64 },
     #[serde(rename = "by")]
     Bye { n: u64 },
+    /// A ready frame for room `r`'s followers (the assistant's streamed pieces, which exist
+    /// nowhere else to be read back). Its sender keeps it under [`MAX_FRAME_BYTES`].
+    #[serde(rename = "f")]
+    Frame { n: u64, r: i64, f: String },
 }
+
+/// Largest frame a [`Wire::Frame`] carries: PostgreSQL refuses NOTIFY payloads of 8000 bytes
+/// or more, and JSON-in-JSON escaping can nearly double a frame.
+pub const MAX_FRAME_BYTES: usize = 3_500;
 
 impl Wire {
     fn node(&self) -> u64 {
@@ -97,7 +105,8 @@ impl Wire {
             | Self::Revoked { n, .. }
             | Self::Alive { n }
             | Self::Hello { n }
-            | Self::Bye { n } => *n,
+            | Self::Bye { n }
+            | Self::Frame { n, .. } => *n,
         }
     }
 }
@@ -378,6 +387,9 @@ async fn dispatch(
             }
             Wire::Read { r, u, i, .. } => {
                 hub.publish_frame(r, super::protocol::read(r, u, i, None).into());
+            }
+            Wire::Frame { r, f, .. } => {
+                hub.publish_frame(r, f.into());
             }
             Wire::Presence { n, r, u, name, s } => hub.remote_presence(n, r, u, &name, s),
             Wire::Recheck { r, u: Some(u), .. } => hub.recheck_here(r, u),

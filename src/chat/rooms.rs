@@ -37,6 +37,15 @@ pub struct ChatService {
     settings: ChatSettings,
     /// This node's realtime connections: every stored change is published here.
     hub: Hub,
+    /// Told of every new message posted by a person (the assistant listens), set once at
+    /// start-up: the assistant is built after the chat it answers in.
+    listener: Arc<std::sync::OnceLock<Arc<dyn PostListener>>>,
+}
+
+/// Hears about messages people post, after they are stored and published. Must not block:
+/// whatever it does with them happens in its own task.
+pub trait PostListener: Send + Sync {
+    fn posted(&self, room: &Room, author: i64, message: &MessageView);
 }
 
 /// A room as listed for someone: their role in it (if a member) and, for a direct room, who
@@ -131,6 +140,8 @@ pub struct SearchParams {
     pub to: Option<NaiveDateTime>,
     pub before: Option<i64>,
     pub limit: usize,
+    /// Only these rooms (e.g. one's assistant chats); `None`: every readable room.
+    pub within: Option<Vec<i64>>,
 }
 
 pub const MAX_PAGE: usize = 200;
@@ -416,7 +427,13 @@ impl ChatService {
             personal,
             settings,
             hub,
+            listener: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Sets who hears about new messages (once; later calls are ignored).
+    pub fn set_post_listener(&self, listener: Arc<dyn PostListener>) {
+        let _ = self.listener.set(listener);
     }
 
     /// This node's realtime connections.
@@ -520,9 +537,14 @@ impl ChatService {
                     .into_iter()
                     .map(|(id, _)| id)
                     .collect();
+                // Personal assistant chats have their own list (the assistant's page).
+                let chats = crate::schema::assistant_rooms::table
+                    .filter(crate::schema::assistant_rooms::mode.eq("chat"))
+                    .select(crate::schema::assistant_rooms::room_id);
                 let query = rooms::table
                     .inner_join(tenants::table)
                     .filter(rooms::id.eq_any(readable))
+                    .filter(diesel::dsl::not(rooms::id.eq_any(chats)))
                     .select((room_columns!(), tenants::name))
                     .order((rooms::archived_at.is_not_null(), rooms::name, rooms::id));
                 let rows: Vec<(RoomRow, String)> = query.load(conn)?;
@@ -1268,8 +1290,116 @@ impl ChatService {
         let view = self.view(appended.message).await?;
         if appended.created {
             self.publish_new(&view);
+            if let Some(listener) = self.listener.get() {
+                listener.posted(&access.room, user_id, &view);
+            }
         }
         Ok((view, appended.created))
+    }
+
+    /// Stores a message of the assistant in `room_id` and publishes it. No permission check:
+    /// the assistant answers where it was asked; `reader` is the person whose key opens a
+    /// private room (the one who asked). A retry with the same `idempotency_key` returns the
+    /// message stored the first time.
+    pub async fn post_as_assistant(
+        &self,
+        room_id: i64,
+        reader: i64,
+        body: String,
+        idempotency_key: String,
+    ) -> Result<MessageView, AppError> {
+        let room = self
+            .db
+            .run(move |conn| {
+                rooms::table
+                    .find(room_id)
+                    .select(room_columns!())
+                    .first::<RoomRow>(conn)
+                    .optional()
+                    .map_err(AppError::from)
+            })
+            .await?
+            .map(room_of)
+            .ok_or_else(not_found)?;
+        let store = self.store(&room, reader)?;
+        let _order = self.hub.order(room_id).await;
+        let appended = store
+            .append(
+                room_id,
+                NewMessage {
+                    sender: Sender {
+                        kind: MemberKind::Assistant,
+                        id: 0,
+                    },
+                    body,
+                    reply_to: None,
+                    idempotency_key: Some(idempotency_key),
+                },
+            )
+            .await?;
+        let view = self.view(appended.message).await?;
+        if appended.created {
+            self.publish_new(&view);
+        }
+        Ok(view)
+    }
+
+    /// Deletes a message of the assistant (an answer being regenerated), as a tombstone.
+    pub async fn delete_assistant_message(
+        &self,
+        access: &RoomAccess,
+        reader: i64,
+        message_id: i64,
+    ) -> Result<(), AppError> {
+        let store = self.store(&access.room, reader)?;
+        let Some(message) = store.get(access.room.id, message_id).await? else {
+            return Ok(());
+        };
+        if message.sender_kind != MemberKind::Assistant || message.deleted_at.is_some() {
+            return Ok(());
+        }
+        let _order = self.hub.order(access.room.id).await;
+        store.delete(access.room.id, message_id).await?;
+        self.hub.publish_frame(
+            access.room.id,
+            protocol::message_deleted(access.room.id, message_id).into(),
+        );
+        Ok(())
+    }
+
+    /// A personal room of `user_id` with the assistant as its other member: the home of a
+    /// personal assistant chat. Private visibility (nobody else sees it), the chosen tier.
+    pub async fn create_personal_room(
+        &self,
+        user_id: i64,
+        tenant_id: i64,
+        name: String,
+        privacy: Privacy,
+    ) -> Result<Room, AppError> {
+        let name = check_name(&self.settings, &name)?;
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let now = Utc::now().naive_utc();
+                    let id: i64 = diesel::insert_into(rooms::table)
+                        .values((
+                            rooms::tenant_id.eq(tenant_id),
+                            rooms::kind.eq("room"),
+                            rooms::name.eq(&name),
+                            rooms::visibility.eq(Visibility::Private.as_str()),
+                            rooms::privacy.eq(privacy.as_str()),
+                            rooms::created_by.eq(user_id),
+                            rooms::created_at.eq(now),
+                            rooms::updated_at.eq(now),
+                        ))
+                        .returning(rooms::id)
+                        .get_result(tx)?;
+                    add_member_row(tx, id, MemberKind::User, user_id, RoomRole::Owner, now)?;
+                    add_member_row(tx, id, MemberKind::Assistant, 0, RoomRole::Member, now)?;
+                    Ok(access_in(tx, id, user_id)?.room)
+                })
+            })
+            .await
     }
 
     /// Edits one's own message.
@@ -1467,6 +1597,7 @@ impl ChatService {
                 self.history.as_ref(),
                 readable
                     .iter()
+                    .filter(|(id, _)| params.within.as_ref().is_none_or(|w| w.contains(id)))
                     .filter(|(_, privacy)| *privacy != Privacy::Ephemeral)
                     .map(|(id, _)| *id)
                     .collect(),
@@ -1689,8 +1820,16 @@ pub struct Erasure {
 pub fn erase_member(conn: &mut DbConnection, user_id: i64) -> QueryResult<Erasure> {
     use crate::schema::messages;
     let mut erasure = Erasure::default();
+    // Private rooms and personal assistant chats are the person's own: they go with them.
+    let personal_chats = crate::schema::assistant_rooms::table
+        .filter(crate::schema::assistant_rooms::mode.eq("chat"))
+        .select(crate::schema::assistant_rooms::room_id);
     let private: Vec<i64> = rooms::table
-        .filter(rooms::privacy.eq(Privacy::Private.as_str()))
+        .filter(
+            rooms::privacy
+                .eq(Privacy::Private.as_str())
+                .or(rooms::id.eq_any(personal_chats)),
+        )
         .filter(rooms::created_by.eq(user_id))
         .select(rooms::id)
         .load(conn)?;

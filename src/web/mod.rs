@@ -44,6 +44,7 @@ pub struct AppState {
     pub captcha: crate::auth::captcha::Captcha,
     pub chat: crate::chat::rooms::ChatService,
     pub assistant: crate::assistant::Assistant,
+    pub replies: crate::assistant::replies::Replies,
     /// Wraps room data keys; `/readyz` reports whether it answers.
     pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }
@@ -107,7 +108,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::chat::api::configure)
         .configure(crate::chat::ws::configure)
         .configure(crate::chat::pages::configure)
-        .configure(crate::assistant::gateway::configure);
+        .configure(crate::assistant::gateway::configure)
+        .configure(crate::assistant::chat_api::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

@@ -18,7 +18,7 @@ use crate::helpers::{Team, TestApp, eventually, team_with};
 use crate::realtime::token_for;
 use crate::rooms::post;
 
-fn route(provider: &str, model: &str, weight: u32) -> LlmRouteSettings {
+pub(crate) fn route(provider: &str, model: &str, weight: u32) -> LlmRouteSettings {
     LlmRouteSettings {
         provider: provider.to_owned(),
         model: model.to_owned(),
@@ -26,7 +26,7 @@ fn route(provider: &str, model: &str, weight: u32) -> LlmRouteSettings {
     }
 }
 
-fn model(label: &str, routes: Vec<LlmRouteSettings>) -> LlmModelSettings {
+pub(crate) fn model(label: &str, routes: Vec<LlmRouteSettings>) -> LlmModelSettings {
     LlmModelSettings {
         label: label.to_owned(),
         routes,
@@ -88,7 +88,7 @@ fn with_fake(settings: &mut Settings, fake: &str) {
     assistant.default_model = "echo".to_owned();
 }
 
-async fn team_with_fake(
+pub(crate) async fn team_with_fake(
     customize: impl FnOnce(&mut Settings) + Send + 'static,
 ) -> (Team, FakeLlm, String) {
     let fake = FakeLlm::start().await;
@@ -167,7 +167,9 @@ fn ask(model: &str, text: &str) -> Value {
 
 /// Usage rows of the app, oldest first: (model, variant, source, prompt, completion,
 /// estimated, outcome).
-async fn usage_rows(app: &TestApp) -> Vec<(String, String, String, i64, i64, bool, String)> {
+pub(crate) async fn usage_rows(
+    app: &TestApp,
+) -> Vec<(String, String, String, i64, i64, bool, String)> {
     use conclave::schema::assistant_usage as u;
     app.state
         .db
@@ -191,7 +193,7 @@ async fn usage_rows(app: &TestApp) -> Vec<(String, String, String, i64, i64, boo
 }
 
 /// Waits until `count` usage rows exist (they are written just after the answer ends).
-async fn settled_usage(
+pub(crate) async fn settled_usage(
     app: &TestApp,
     count: usize,
 ) -> Vec<(String, String, String, i64, i64, bool, String)> {

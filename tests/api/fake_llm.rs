@@ -22,6 +22,8 @@ pub struct Seen {
     pub calls: Mutex<HashMap<String, usize>>,
     /// The last request body per model name.
     pub bodies: Mutex<HashMap<String, Value>>,
+    /// Every request body, in order.
+    pub all: Mutex<Vec<Value>>,
     /// Streams whose client went away before the end.
     pub abandoned: AtomicUsize,
     /// Answer everything with 500/503 (a provider that is down).
@@ -31,6 +33,16 @@ pub struct Seen {
 impl Seen {
     pub fn calls(&self, model: &str) -> usize {
         self.calls.lock().unwrap().get(model).copied().unwrap_or(0)
+    }
+
+    /// The `n`th request of all (0 is the first).
+    pub fn nth(&self, n: usize) -> Value {
+        self.all
+            .lock()
+            .unwrap()
+            .get(n)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 
     pub fn body(&self, model: &str) -> Value {
@@ -93,6 +105,7 @@ fn note(seen: &Seen, body: &Value) -> String {
         .lock()
         .unwrap()
         .insert(model.clone(), body.clone());
+    seen.all.lock().unwrap().push(body.clone());
     model
 }
 

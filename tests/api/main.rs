@@ -9,6 +9,7 @@
 
 mod accounts_cli;
 mod assistant;
+mod assistant_chats;
 mod captcha;
 mod cli;
 mod client_errors;

@@ -66,10 +66,11 @@ fn collect(columns: Vec<Column>) -> Schema {
 /// select of all columns. Add each new table here.
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
-        api_tokens, assistant_usage, audit_events, captcha_spent, conversation_keys, email_tokens,
-        invitations, jobs, memberships, message_terms, messages, mfa_challenges, oidc_flows,
-        personal_keys, read_markers, recovery_codes, remembered_devices, room_members, rooms,
-        sessions, tenants, totp_secrets, user_identities, users,
+        api_tokens, assistant_preferences, assistant_replies, assistant_rooms, assistant_usage,
+        audit_events, captcha_spent, conversation_keys, email_tokens, invitations, jobs,
+        memberships, message_terms, messages, mfa_challenges, oidc_flows, personal_keys,
+        read_markers, recovery_codes, remembered_devices, room_members, rooms, sessions, tenants,
+        totp_secrets, user_identities, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -97,6 +98,9 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         personal_keys,
         read_markers,
         assistant_usage,
+        assistant_rooms,
+        assistant_replies,
+        assistant_preferences,
         messages,
         message_terms,
         tenants,
