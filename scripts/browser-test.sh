@@ -38,6 +38,11 @@ for who in "hedy@example.com:Hedy Lamarr" "alan@example.com:Alan Turing"; do
     --password "$CONCLAVE_TEST_PASSWORD" --name "${who#*:}" --role operator >/dev/null)
 done
 
+# Mary is the assistant test's own.
+export CONCLAVE_ASSISTANT_EMAIL="mary@example.com"
+(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ASSISTANT_EMAIL" \
+  --password "$CONCLAVE_TEST_PASSWORD" --name "Mary Somerville" --role operator >/dev/null)
+
 # A real OpenID provider (and a fake GitHub) to sign in with; it runs until its stdin closes.
 coproc IDP { exec node tests/browser/oidc-provider.mjs --port 0 2>"$data/idp.log"; }
 read -r idp_line <&"${IDP[0]}"
@@ -48,11 +53,34 @@ export CONCLAVE__OIDC__PROVIDERS__SSO__ISSUER_URL="$issuer"
 export CONCLAVE__OIDC__PROVIDERS__SSO__CLIENT_ID=conclave
 export CONCLAVE__OIDC__PROVIDERS__SSO__CLIENT_SECRET=conclave-secret
 
+# A fake LLM provider behind the assistant's two models.
+node tests/browser/fake-llm.mjs >"$data/llm.json" 2>"$data/llm.log" &
+llm=$!
+for _ in $(seq 1 100); do [ -s "$data/llm.json" ] && break; sleep 0.05; done
+llm_url=$(sed -E 's/.*"url":"([^"]+)".*/\1/' "$data/llm.json")
+cat >"$data/conclave.toml" <<TOML
+[assistant.providers.fake]
+kind = "openai"
+base_url = "$llm_url"
+
+[assistant.models.quick]
+label = "Quick"
+tier = "free"
+routes = [{ provider = "fake", model = "fake-quick" }]
+
+[assistant.models.smart]
+label = "Smart"
+tier = "pro"
+routes = [{ provider = "fake", model = "fake-smart" }]
+TOML
+export CONCLAVE_CONFIG="$data/conclave.toml"
+
 target/debug/conclave serve >"$data/server.log" 2>&1 &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true
   kill "$IDP_PID" 2>/dev/null || true
+  kill "$llm" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   if [ "$backend" = postgres ]; then
     psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true

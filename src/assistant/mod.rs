@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod health;
 pub mod ollama;
 pub mod openai;
+pub mod pages;
 pub mod prompt;
 pub mod replies;
 pub mod service;

@@ -37,10 +37,23 @@ static CLEANER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
             "td",
         ]))
         .generic_attributes(HashSet::new())
-        .tag_attributes(std::collections::HashMap::from([(
-            "a",
-            HashSet::from(["href"]),
-        )]))
+        .tag_attributes(std::collections::HashMap::from([
+            ("a", HashSet::from(["href"])),
+            // `language-…` only (see the filter): what code highlighting keys on.
+            ("code", HashSet::from(["class"])),
+        ]))
+        .attribute_filter(|element, attribute, value| match (element, attribute) {
+            ("code", "class") => {
+                let language = value.strip_prefix("language-")?;
+                let plain = !language.is_empty()
+                    && language.len() <= 30
+                    && language
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '#' | '-' | '_'));
+                plain.then_some(value.into())
+            }
+            _ => Some(value.into()),
+        })
         .url_schemes(HashSet::from(["http", "https", "mailto"]))
         .link_rel(Some("noopener noreferrer nofollow"));
     builder
@@ -82,5 +95,9 @@ mod tests {
         assert!(html.contains("noopener"), "{html}");
         let html = render("![pixel](https://tracker.example/p.gif)");
         assert!(!html.contains("<img"), "{html}");
+        let html = render("```rust\nfn main() {}\n```");
+        assert!(html.contains(r#"<code class="language-rust">"#), "{html}");
+        let html = render("```x\" onclick=\"y\nz\n```");
+        assert!(!html.contains("onclick"), "{html}");
     }
 }

@@ -109,7 +109,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::chat::ws::configure)
         .configure(crate::chat::pages::configure)
         .configure(crate::assistant::gateway::configure)
-        .configure(crate::assistant::chat_api::configure);
+        .configure(crate::assistant::chat_api::configure)
+        .configure(crate::assistant::pages::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

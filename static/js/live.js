@@ -12,6 +12,9 @@ if (section) start(section);
 
 function start(section) {
   const room = Number(section.dataset.room);
+  // An assistant chat page: no reply links (replies are a room's), answers styled apart;
+  // assistant.js follows the `conclave:frame` events for the streamed answers.
+  const assistantChat = 'assistant' in section.dataset;
   const me = Number(section.dataset.me);
   const canPost = section.dataset.canPost === 'true';
   const list = section.querySelector('ol.messages');
@@ -37,7 +40,8 @@ function start(section) {
 
   function render(message) {
     const li = document.createElement('li');
-    li.className = 'message' + (message.deleted ? ' deleted' : '');
+    li.className = 'message' + (message.deleted ? ' deleted' : '')
+      + (message.sender?.kind === 'assistant' ? ' from-assistant' : '');
     li.id = `m${message.id}`;
     li.dataset.id = message.id;
     const meta = document.createElement('div');
@@ -69,14 +73,14 @@ function start(section) {
     li.append(body);
     const actions = document.createElement('div');
     actions.className = 'row-actions message-actions';
-    if (canPost) {
+    if (canPost && !assistantChat) {
       const reply = document.createElement('a');
       reply.className = 'link-button';
       reply.href = `/rooms/${room}?reply=${message.id}#compose`;
       reply.textContent = 'Reply';
       actions.append(reply);
     }
-    if (message.sender?.kind === 'user' && message.sender?.id === me) {
+    if (message.sender?.kind === 'user' && message.sender?.id === me && !assistantChat) {
       const edit = document.createElement('a');
       edit.className = 'link-button';
       edit.href = `/rooms/${room}/messages/${message.id}/edit`;
@@ -110,10 +114,11 @@ function start(section) {
       existing.replaceWith(fresh);
     } else {
       const later = [...list.querySelectorAll('li[data-id]')].find((li) => Number(li.dataset.id) > message.id);
-      const firstPending = list.querySelector('li.pending');
+      const firstPending = list.querySelector('li.pending, li.answer-open');
       list.insertBefore(fresh, later ?? firstPending ?? null);
     }
     if (message.id > lastId) lastId = message.id;
+    section.dispatchEvent(new CustomEvent('conclave:shown', { detail: fresh }));
     markRead();
   }
 
@@ -175,6 +180,7 @@ function start(section) {
   }
 
   async function handle(frame) {
+    section.dispatchEvent(new CustomEvent('conclave:frame', { detail: frame }));
     switch (frame.type) {
       case 'hello':
         send({ type: 'subscribe', room, since: lastId, ref: 'subscribe' });
@@ -197,7 +203,7 @@ function start(section) {
       case 'message_deleted': {
         const li = item(frame.message_id);
         if (li) {
-          li.className = 'message deleted';
+          li.classList.add('deleted');
           li.replaceChildren(li.querySelector('.message-meta') ?? '', Object.assign(document.createElement('p'), {
             className: 'muted', innerHTML: '<em>This message was deleted.</em>',
           }));

@@ -3,11 +3,15 @@
 // the copy from the last visit; static files are served from the cache and refreshed behind.
 // Nothing but GET requests of our own origin is touched; the API and the WebSocket never are.
 
-const SHELL = 'conclave-shell-v1';
+const SHELL = 'conclave-shell-v2';
 const PAGES = 'conclave-pages-v1';
 const SHELL_FILES = [
   '/static/css/conclave.css',
   '/static/js/live.js',
+  '/static/js/assistant.js',
+  '/static/vendor/highlight/highlight.min.js',
+  '/static/vendor/highlight/github.min.css',
+  '/static/vendor/highlight/github-dark.min.css',
   '/static/js/store.js',
   '/static/js/offline.js',
   '/static/js/report-errors.js',
@@ -27,9 +31,10 @@ self.addEventListener('activate', (event) => {
   })());
 });
 
-/// Pages worth keeping for offline reading: the room list and rooms.
+/// Pages worth keeping for offline reading: the room list, rooms, and assistant chats.
 function keepable(url) {
-  return url.pathname === '/rooms' || /^\/rooms\/\d+$/.test(url.pathname);
+  return url.pathname === '/rooms' || /^\/rooms\/\d+$/.test(url.pathname)
+    || url.pathname === '/assistant' || /^\/assistant\/\d+$/.test(url.pathname);
 }
 
 self.addEventListener('fetch', (event) => {
