@@ -49,6 +49,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::chat::api::ApiDoc::openapi(),
         crate::chat::ws::ApiDoc::openapi(),
         crate::assistant::gateway::ApiDoc::openapi(),
+        crate::assistant::chat_api::ApiDoc::openapi(),
+        crate::assistant::guests::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {
         doc.merge(part);

@@ -342,6 +342,16 @@ pub struct AssistantSettings {
     pub room_context_messages: usize,
     /// Streamed text is sent to open tabs in batches this many milliseconds apart.
     pub stream_batch_ms: u64,
+    /// Guest mode: visitors without an account may talk to the assistant at `/guest`.
+    pub guests_enabled: bool,
+    /// Messages one guest may send per day, and all guests together per minute.
+    pub guest_messages_per_day: u32,
+    pub guest_messages_per_minute: u32,
+    /// Longest guest message in bytes, and longest answer to a guest in tokens.
+    pub guest_max_message_bytes: usize,
+    pub guest_max_output_tokens: u32,
+    /// The model guests talk to; empty: the default model.
+    pub guest_model: String,
     /// Providers by short name (letters, digits, '-', '_', '.', ':').
     pub providers: std::collections::BTreeMap<String, LlmProviderSettings>,
     /// Models by the name people and API clients use (the alias).
@@ -362,6 +372,12 @@ impl Default for AssistantSettings {
                 .to_owned(),
             room_context_messages: 30,
             stream_batch_ms: 40,
+            guests_enabled: false,
+            guest_messages_per_day: 20,
+            guest_messages_per_minute: 30,
+            guest_max_message_bytes: 4_000,
+            guest_max_output_tokens: 512,
+            guest_model: String::new(),
             providers: std::collections::BTreeMap::new(),
             models: std::collections::BTreeMap::new(),
         }
@@ -554,6 +570,12 @@ impl AssistantSettings {
                 "assistant.bot_name: 1 to 32 letters, digits, '-' or '_' (people type @{bot}), got {bot:?}"
             ));
         }
+        if !self.guest_model.is_empty() && !self.models.contains_key(&self.guest_model) {
+            problems.push(format!(
+                "assistant.guest_model: {:?} is not a configured model",
+                self.guest_model
+            ));
+        }
         if !self.default_model.is_empty() && !self.models.contains_key(&self.default_model) {
             problems.push(format!(
                 "assistant.default_model: {:?} is not a configured model",
@@ -592,6 +614,30 @@ impl AssistantSettings {
                 500,
             ),
             ("assistant.stream_batch_ms", self.stream_batch_ms, 5, 1_000),
+            (
+                "assistant.guest_messages_per_day",
+                u64::from(self.guest_messages_per_day),
+                1,
+                100_000,
+            ),
+            (
+                "assistant.guest_messages_per_minute",
+                u64::from(self.guest_messages_per_minute),
+                1,
+                1_000_000,
+            ),
+            (
+                "assistant.guest_max_message_bytes",
+                self.guest_max_message_bytes as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "assistant.guest_max_output_tokens",
+                u64::from(self.guest_max_output_tokens),
+                1,
+                1_000_000,
+            ),
         ] {
             if !(min..=max).contains(&value) {
                 problems.push(format!(

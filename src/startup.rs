@@ -211,6 +211,7 @@ impl Application {
             chat,
             assistant,
             replies,
+            guests: crate::assistant::guests::Guests::new(&settings.assistant),
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

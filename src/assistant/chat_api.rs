@@ -35,14 +35,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/api/v1/assistant/chats/{id}/messages").route(web::post().to(send)))
     .service(resource("/api/v1/assistant/chats/{id}/regenerate").route(web::post().to(regenerate)))
-    .service(get(
-        "/api/v1/assistant/chats/{id}/artifacts",
-        list_artifacts,
-    ))
-    .service(get(
-        "/api/v1/assistant/chats/{id}/artifacts/{message}/{index}",
-        download_artifact,
-    ))
+    .service(
+        resource("/api/v1/assistant/chats/{id}/artifacts").route(web::get().to(list_artifacts)),
+    )
+    .service(
+        resource("/api/v1/assistant/chats/{id}/artifacts/{message}/{index}")
+            .route(web::get().to(download_artifact)),
+    )
     .service(resource("/api/v1/assistant/replies/{id}/stop").route(web::post().to(stop)))
     .service(
         resource("/api/v1/me/assistant")
@@ -111,6 +110,16 @@ fn chat_json(access: &RoomAccess, setting: &AssistantRoom) -> serde_json::Value 
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/assistant/chats",
+    tag = "assistant",
+    summary = "Your assistant chats, newest activity first",
+    responses(
+        (status = 200, description = "Your chats"),
+        (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_chats(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AppError> {
     let user = caller.user_id;
     let rows = state
@@ -141,6 +150,18 @@ pub struct NewChat {
     message: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/assistant/chats",
+    tag = "assistant",
+    summary = "Start a chat (titled New chat until the first exchange names it)",
+    request_body = NewChat,
+    responses(
+        (status = 201, description = "The chat, and the first message if one was given"),
+        (status = 400, description = "Bad privacy, model or instructions", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 423, description = "A private chat needs your private conversations unlocked", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn create_chat(
     state: web::Data<AppState>,
     caller: Caller,
@@ -195,6 +216,17 @@ async fn create_chat(
 }
 
 /// The chat, its messages (oldest first) and the state of each answer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/assistant/chats/{id}",
+    tag = "assistant",
+    summary = "A chat: its messages and the state of each answer",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "The chat"),
+        (status = 404, description = "No such chat of yours", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_chat(
     state: web::Data<AppState>,
     caller: Caller,
@@ -221,6 +253,18 @@ pub struct ChatPatch {
     system_prompt: Option<String>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/assistant/chats/{id}",
+    tag = "assistant",
+    summary = "Rename a chat, pick its model, set its instructions",
+    params(("id" = i64, Path)), request_body = ChatPatch,
+    responses(
+        (status = 200, description = "The chat"),
+        (status = 400, description = "Bad title, model or instructions", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such chat of yours", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn update_chat(
     state: web::Data<AppState>,
     caller: Caller,
@@ -267,6 +311,17 @@ async fn update_chat(
     Ok(HttpResponse::Ok().json(json!({ "chat": chat_json(&access, &setting) })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/assistant/chats/{id}",
+    tag = "assistant",
+    summary = "Delete a chat with all its messages",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such chat of yours", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn delete_chat(
     state: web::Data<AppState>,
     caller: Caller,
@@ -290,6 +345,20 @@ pub struct SendMessage {
 
 /// Posts a message to the chat; the answer follows on the realtime connection (and in
 /// `GET /api/v1/assistant/chats/{id}`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/assistant/chats/{id}/messages",
+    tag = "assistant",
+    summary = "Ask in a chat; the answer streams over the realtime connection",
+    params(("id" = i64, Path)), request_body = SendMessage,
+    responses(
+        (status = 201, description = "The stored question"),
+        (status = 200, description = "Already posted with this idempotency key"),
+        (status = 400, description = "Empty message", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such chat of yours", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Message too long", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn send(
     state: web::Data<AppState>,
     caller: Caller,
@@ -317,6 +386,18 @@ async fn send(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/assistant/chats/{id}/regenerate",
+    tag = "assistant",
+    summary = "Answer the last question again (the previous answer is deleted)",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 202, description = "The new answer, queued"),
+        (status = 404, description = "Nothing to regenerate", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An answer is still coming", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn regenerate(
     state: web::Data<AppState>,
     caller: Caller,
@@ -327,6 +408,17 @@ async fn regenerate(
 }
 
 /// Stops an answer; what was generated is kept, marked stopped.
+#[utoipa::path(
+    post,
+    path = "/api/v1/assistant/replies/{id}/stop",
+    tag = "assistant",
+    summary = "Stop an answer; what was written so far is kept, marked stopped",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "The answer"),
+        (status = 404, description = "No such answer you can see", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn stop(
     state: web::Data<AppState>,
     caller: Caller,
@@ -342,6 +434,17 @@ struct SearchQuery {
 }
 
 /// Searches the messages of one's own chats (private ones while unlocked).
+#[utoipa::path(
+    get,
+    path = "/api/v1/assistant/chats/search",
+    tag = "assistant",
+    summary = "Search the messages of your chats",
+    params(("q" = String, Query, description = "Words to find")),
+    responses(
+        (status = 200, description = "Matching messages"),
+        (status = 400, description = "No words to search for", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn search_chats(
     state: web::Data<AppState>,
     caller: Caller,
@@ -394,6 +497,17 @@ async fn chat_artifacts(state: &AppState, user: i64, id: i64) -> Result<Vec<Arti
     Ok(found)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/assistant/chats/{id}/artifacts",
+    tag = "assistant",
+    summary = "Code blocks and documents in the answers of a chat, with versions",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "The artifacts"),
+        (status = 404, description = "No such chat of yours", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_artifacts(
     state: web::Data<AppState>,
     caller: Caller,
@@ -403,6 +517,17 @@ async fn list_artifacts(
     Ok(HttpResponse::Ok().json(json!({ "artifacts": found })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/assistant/chats/{id}/artifacts/{message}/{index}",
+    tag = "assistant",
+    summary = "Download one artifact as a file",
+    params(("id" = i64, Path), ("message" = i64, Path), ("index" = usize, Path)),
+    responses(
+        (status = 200, description = "The artifact"),
+        (status = 404, description = "No such artifact", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn download_artifact(
     state: web::Data<AppState>,
     caller: Caller,
@@ -425,6 +550,15 @@ async fn download_artifact(
         .body(artifact.content))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/me/assistant",
+    tag = "assistant",
+    summary = "Your instructions for the assistant and your default model",
+    responses(
+        (status = 200, description = "Your preferences")
+    )
+)]
 async fn get_preferences(
     state: web::Data<AppState>,
     caller: Caller,
@@ -433,6 +567,17 @@ async fn get_preferences(
     Ok(HttpResponse::Ok().json(preferences))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/me/assistant",
+    tag = "assistant",
+    summary = "Set your instructions and default model",
+    request_body = Preferences,
+    responses(
+        (status = 200, description = "Saved"),
+        (status = 400, description = "Unknown model or instructions too long", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn put_preferences(
     state: web::Data<AppState>,
     caller: Caller,
@@ -450,6 +595,17 @@ async fn put_preferences(
     Ok(HttpResponse::Ok().json(preferences))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/rooms/{id}/assistant",
+    tag = "assistant",
+    summary = "Whether the assistant answers mentions in a room, and with which model",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "The setting"),
+        (status = 404, description = "No such room", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_room_assistant(
     state: web::Data<AppState>,
     caller: Caller,
@@ -472,6 +628,19 @@ pub struct RoomAssistant {
 }
 
 /// Switches the assistant on or off in a group room (room owners and moderators).
+#[utoipa::path(
+    put,
+    path = "/api/v1/rooms/{id}/assistant",
+    tag = "assistant",
+    summary = "Switch the assistant on or off in a room (owners and moderators)",
+    params(("id" = i64, Path)), request_body = RoomAssistant,
+    responses(
+        (status = 200, description = "The setting"),
+        (status = 400, description = "Unknown model", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an owner or moderator of the room", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A personal chat", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn put_room_assistant(
     state: web::Data<AppState>,
     caller: Caller,
@@ -526,3 +695,24 @@ async fn put_room_assistant(
         "bot_name": state.replies.bot_name(),
     })))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list_chats,
+    create_chat,
+    get_chat,
+    update_chat,
+    delete_chat,
+    send,
+    regenerate,
+    stop,
+    search_chats,
+    list_artifacts,
+    download_artifact,
+    get_preferences,
+    put_preferences,
+    get_room_assistant,
+    put_room_assistant
+))]
+pub struct ApiDoc;

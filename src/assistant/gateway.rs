@@ -23,10 +23,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(crate::web::get("/v1/models", list_models_openai))
         .service(crate::web::get("/api/v1/assistant/models", list_models))
         .service(crate::web::get("/api/v1/me/usage", my_usage))
-        .service(crate::web::get(
-            "/api/v1/admin/assistant/providers",
-            provider_status,
-        ))
+        .service(
+            resource("/api/v1/admin/assistant/providers").route(web::get().to(provider_status)),
+        )
         .service(resource("/api/v1/admin/assistant/reload").route(web::post().to(reload)));
 }
 
@@ -285,7 +284,7 @@ async fn chat_completions(
         max_tokens: body.max_tokens,
         temperature: body.temperature,
         payer: Payer {
-            user_id: token.user_id,
+            user_id: Some(token.user_id),
             tenant_id: None,
             source: Source::Api,
         },

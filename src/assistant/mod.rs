@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod chat_api;
 pub mod chats;
 pub mod gateway;
+pub mod guests;
 pub mod health;
 pub mod ollama;
 pub mod openai;

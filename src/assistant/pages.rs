@@ -28,7 +28,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/assistant/{id}/settings").route(web::post().to(settings_form)))
         .service(resource("/assistant/{id}/regenerate").route(web::post().to(regenerate_form)))
         .service(resource("/assistant/{id}/delete").route(web::post().to(delete_form)))
-        .service(resource("/assistant/replies/{id}/stop").route(web::post().to(stop_form)));
+        .service(resource("/assistant/replies/{id}/stop").route(web::post().to(stop_form)))
+        .service(resource("/rooms/{id}/assistant").route(web::post().to(room_form)));
 }
 
 #[derive(Deserialize)]
@@ -506,4 +507,84 @@ async fn preferences_form(
         .run(move |conn| chats::save_preferences(conn, user, &preferences).map_err(AppError::from))
         .await?;
     back("/assistant", Ok("preferences_saved"))
+}
+
+#[derive(Deserialize)]
+struct RoomForm {
+    #[serde(rename = "csrf_token")]
+    _csrf: Option<String>,
+    /// A checkbox: present when ticked.
+    enabled: Option<String>,
+    model: Option<String>,
+}
+
+/// The room page's switch for the assistant (owners and moderators).
+async fn room_form(
+    state: web::Data<AppState>,
+    identity: Identity,
+    id: web::Path<i64>,
+    form: web::Form<RoomForm>,
+) -> Result<HttpResponse, AppError> {
+    let user = identity.user_id();
+    let access = state.chat.access(user, *id).await?;
+    let to = format!("/rooms/{}", access.room.id);
+    let current = state.replies.room_setting(access.room.id).await?;
+    if current.as_ref().is_some_and(|s| s.mode == Mode::Chat) {
+        return Err(AppError::NotFound("No such room.".to_owned()));
+    }
+    if !matches!(
+        access.room_role,
+        Some(RoomRole::Owner | RoomRole::Moderator)
+    ) {
+        return back(
+            &to,
+            Err(AppError::Forbidden(
+                "Only the room's owners and moderators switch the assistant on or off.".to_owned(),
+            )),
+        );
+    }
+    let form = form.into_inner();
+    let model = form.model.unwrap_or_default();
+    if !model.is_empty() && state.assistant.catalog().model(&model).is_none() {
+        return back(
+            &to,
+            Err(AppError::BadRequest(format!(
+                "model: {model:?} is not a model here"
+            ))),
+        );
+    }
+    let setting = AssistantRoom {
+        room_id: access.room.id,
+        mode: Mode::Room,
+        enabled: form.enabled.is_some(),
+        model,
+        system_prompt: current.map(|s| s.system_prompt).unwrap_or_default(),
+        untitled: false,
+    };
+    let enabled = setting.enabled;
+    state
+        .db
+        .run(move |conn| chats::save_room(conn, &setting).map_err(AppError::from))
+        .await?;
+    state.replies.forget_room(access.room.id);
+    crate::audit::record_now(
+        &state.db,
+        crate::audit::AuditEvent {
+            event: "room.assistant_changed",
+            actor_user_id: Some(user),
+            tenant_id: Some(access.room.tenant_id),
+            subject: Some(format!("room:{}", access.room.id)),
+            details: json!({ "enabled": enabled }),
+            ..crate::audit::AuditEvent::default()
+        },
+    )
+    .await?;
+    back(
+        &to,
+        Ok(if enabled {
+            "assistant_on"
+        } else {
+            "assistant_off"
+        }),
+    )
 }

@@ -421,7 +421,7 @@ impl Replies {
             max_tokens: None,
             temperature: None,
             payer: Payer {
-                user_id: user,
+                user_id: Some(user),
                 tenant_id: Some(access.room.tenant_id),
                 source,
             },
@@ -471,7 +471,13 @@ impl Replies {
         let outcome = loop {
             tokio::select! {
                 next = generation.next() => match next {
-                    Ok(Some(piece)) => pending.push_str(&piece),
+                    Ok(Some(piece)) => {
+                        pending.push_str(&piece);
+                        // The first words go out at once; later ones in batches.
+                        if seq == 0 {
+                            self.send_pending(reply.room_id, reply.id, &mut pending, &mut text, &mut seq);
+                        }
+                    }
                     Ok(None) => break (ReplyState::Completed, None),
                     Err(error) => break (ReplyState::Failed, Some(format!("The answer broke off: {error}"))),
                 },
@@ -708,7 +714,7 @@ impl Replies {
             max_tokens: Some(24),
             temperature: Some(0.3),
             payer: Payer {
-                user_id: user,
+                user_id: Some(user),
                 tenant_id: Some(access.room.tenant_id),
                 source: Source::Chat,
             },
@@ -751,6 +757,17 @@ impl Replies {
         let reply = self.visible_reply(user, reply_id).await?;
         if reply.state.is_done() {
             return Ok(reply);
+        }
+        // In a group room, an answer is stopped by who asked for it or by a moderator.
+        let access = self.inner.chat.access(user, reply.room_id).await?;
+        let moderates = matches!(
+            access.room_role,
+            Some(RoomRole::Owner | RoomRole::Moderator)
+        );
+        if reply.user_id != Some(user) && !moderates {
+            return Err(AppError::Forbidden(
+                "Only who asked, or the room's moderators, can stop this answer.".to_owned(),
+            ));
         }
         let db = &self.inner.db;
         let queued_ended = db

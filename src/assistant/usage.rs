@@ -18,6 +18,8 @@ pub enum Source {
     Chat,
     /// `@assistant` in a room.
     Room,
+    /// A visitor in guest mode.
+    Guest,
 }
 
 impl Source {
@@ -26,6 +28,7 @@ impl Source {
             Self::Api => "api",
             Self::Chat => "chat",
             Self::Room => "room",
+            Self::Guest => "guest",
         }
     }
 }
@@ -57,7 +60,8 @@ impl Outcome {
 /// Who a call is billed to.
 #[derive(Debug, Clone, Copy)]
 pub struct Payer {
-    pub user_id: i64,
+    /// `None` for a guest.
+    pub user_id: Option<i64>,
     /// The workspace; `None`: the person's home workspace (their oldest membership).
     pub tenant_id: Option<i64>,
     pub source: Source,
@@ -76,9 +80,10 @@ pub struct Record {
 }
 
 pub fn insert(conn: &mut DbConnection, record: &Record) -> QueryResult<()> {
-    let tenant = match record.payer.tenant_id {
-        Some(tenant) => tenant,
-        None => home_tenant(conn, record.payer.user_id)?,
+    let tenant = match (record.payer.tenant_id, record.payer.user_id) {
+        (Some(tenant), _) => tenant,
+        (None, Some(user)) => home_tenant(conn, user)?,
+        (None, None) => crate::tenancy::default_tenant_id(conn)?,
     };
     let now = Utc::now();
     diesel::insert_into(assistant_usage::table)

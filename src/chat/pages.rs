@@ -359,6 +359,35 @@ async fn room_page(
     context.insert("me", &user_id);
     context.insert("notice", &query.notice);
     context.insert("error", &query.error);
+    // The assistant: on or off here, and who may switch it (a personal chat has its own page).
+    let assistant = state.replies.room_setting(room_id).await?;
+    if assistant
+        .as_ref()
+        .is_some_and(|s| s.mode == crate::assistant::chats::Mode::Chat)
+    {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, format!("/assistant/{room_id}")))
+            .finish());
+    }
+    let catalog = state.assistant.catalog();
+    context.insert(
+        "assistant_on",
+        &assistant.as_ref().is_some_and(|s| s.enabled),
+    );
+    context.insert(
+        "assistant_model",
+        &assistant.map(|s| s.model).unwrap_or_default(),
+    );
+    context.insert("assistant_available", &!catalog.is_empty());
+    context.insert("assistant_models", &catalog.models());
+    context.insert("bot_name", state.replies.bot_name());
+    context.insert(
+        "can_switch_assistant",
+        &matches!(
+            access.room_role,
+            Some(RoomRole::Owner | RoomRole::Moderator)
+        ),
+    );
     html(&state, "chat/room.html", &context, StatusCode::OK)
 }
 

@@ -45,6 +45,7 @@ pub struct AppState {
     pub chat: crate::chat::rooms::ChatService,
     pub assistant: crate::assistant::Assistant,
     pub replies: crate::assistant::replies::Replies,
+    pub guests: crate::assistant::guests::Guests,
     /// Wraps room data keys; `/readyz` reports whether it answers.
     pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }
@@ -110,7 +111,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::chat::pages::configure)
         .configure(crate::assistant::gateway::configure)
         .configure(crate::assistant::chat_api::configure)
-        .configure(crate::assistant::pages::configure);
+        .configure(crate::assistant::pages::configure)
+        .configure(crate::assistant::guests::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

@@ -11,6 +11,9 @@ if (section) start(section);
 
 function start(section) {
   const chat = Number(section.dataset.room);
+  // `chat`: a personal assistant chat (its page has the chat's controls); `room`: a group
+  // room where the assistant answers mentions.
+  const isChat = section.dataset.assistant === 'chat';
   const list = section.querySelector('ol.messages');
   const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
   const regenerate = section.querySelector('form.regenerate-form');
@@ -141,7 +144,7 @@ function start(section) {
 
   async function refreshArtifacts() {
     const panel = document.querySelector('ul.artifact-list');
-    if (!panel) return;
+    if (!panel || !isChat) return;
     const response = await fetch(`/api/v1/assistant/chats/${chat}/artifacts`, { headers: { Accept: 'application/json' } }).catch(() => undefined);
     if (!response?.ok) return;
     const { artifacts } = await response.json();
@@ -269,7 +272,7 @@ function start(section) {
   }
 
   // Enter sends, Shift+Enter is a new line (live.js sends the form over the socket).
-  textarea?.addEventListener('keydown', (event) => {
+  if (isChat) textarea?.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();

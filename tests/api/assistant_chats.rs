@@ -395,6 +395,34 @@ async fn the_assistant_answers_mentions_in_rooms_that_switched_it_on() {
     let rows = settled_usage(app, 1).await;
     assert_eq!(rows[0].2, "room");
 
+    // A long answer is stopped by who asked or a moderator, not by any reader.
+    assert_eq!(
+        put(&team.ada, json!({"enabled": true, "model": "slow"}))
+            .await
+            .0,
+        200
+    );
+    post(
+        &team.carl,
+        app,
+        &messages,
+        json!({"body": "@assistant tell a long one"}),
+    )
+    .await;
+    let reply = loop {
+        let frame = ada_tab.expect("assistant").await;
+        if frame["event"] == "delta" {
+            break frame["reply_id"].as_i64().unwrap();
+        }
+    };
+    let stop = format!("/api/v1/assistant/replies/{reply}/stop");
+    let (status, _) = post(&team.eve, app, &stop, json!({})).await;
+    assert_eq!(status, 403, "a reader who did not ask");
+    let (status, _) = post(&team.ada, app, &stop, json!({})).await;
+    assert_eq!(status, 200, "the room's owner");
+    let (_, reply, _) = answer(&mut ada_tab).await;
+    assert_eq!(reply["state"], "stopped");
+
     // Switched off, mentions are just text.
     assert_eq!(put(&team.ada, json!({"enabled": false})).await.0, 200);
     post(

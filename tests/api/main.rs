@@ -16,6 +16,7 @@ mod client_errors;
 mod cluster;
 mod database;
 mod fake_llm;
+mod guests;
 mod helpers;
 mod jobs;
 mod login;

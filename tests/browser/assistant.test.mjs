@@ -73,3 +73,34 @@ test('assistant chat: streaming, title, stop, code and artifacts, regenerate, mo
   assert.deepEqual(errors, []);
   await context.close();
 });
+
+test('the assistant in a group room: switched on from the room page, answers a mention live', async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (error) => errors.push(error));
+  await page.goto(base + '/login');
+  await page.getByLabel('Email').fill(process.env.CONCLAVE_ASSISTANT_EMAIL);
+  await page.getByLabel('Password').fill(process.env.CONCLAVE_TEST_PASSWORD);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.waitForURL(base + '/');
+  await page.goto(base + '/rooms');
+  await page.getByLabel('Name').fill(`assistant-room-${backend}`);
+  await page.getByRole('button', { name: 'Create room' }).click();
+  await page.waitForSelector(`h1:has-text("# assistant-room-${backend}")`);
+  await page.getByLabel(/Answer @assistant in this room/).check();
+  await page.locator('form[action$="/assistant"] button:has-text("Save")').click();
+  await page.waitForSelector('.form-notice:has-text("The assistant now answers @assistant")');
+  await page.waitForSelector('.live-status[data-state="live"]');
+  await page.getByLabel('Message (Markdown)').fill('@assistant what time is it');
+  await page.getByRole('button', { name: 'Send' }).click();
+  await page.waitForSelector('li.from-assistant .message-body:has-text("@assistant what time is it")');
+  await page.getByLabel('Message (Markdown)').fill('just chatting');
+  await page.getByRole('button', { name: 'Send' }).click();
+  await page.waitForSelector('li.message .message-body:has-text("just chatting")');
+  await page.waitForTimeout(500);
+  assert.equal(await page.locator('li.from-assistant').count(), 1, 'no mention, no answer');
+  await page.screenshot({ path: `${artifacts}assistant-room-${backend}.png`, fullPage: true });
+  assert.deepEqual(errors, []);
+  await context.close();
+});

@@ -3,6 +3,7 @@
 CREATE TABLE assistant_usage (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id BIGINT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    -- NULL for guests, and once the person's account is gone.
     user_id BIGINT REFERENCES users (id) ON DELETE SET NULL,
     -- UTC day of the call, `YYYY-MM-DD`.
     day TEXT NOT NULL,
@@ -10,7 +11,7 @@ CREATE TABLE assistant_usage (
     -- one per A/B variant).
     model TEXT NOT NULL,
     variant TEXT NOT NULL,
-    source TEXT NOT NULL CHECK (source IN ('api', 'chat', 'room')),
+    source TEXT NOT NULL CHECK (source IN ('api', 'chat', 'room', 'guest')),
     prompt_tokens BIGINT NOT NULL,
     completion_tokens BIGINT NOT NULL,
     -- The provider reported no usage; the counts are ours.
