@@ -59,6 +59,9 @@ llm=$!
 for _ in $(seq 1 100); do [ -s "$data/llm.json" ] && break; sleep 0.05; done
 llm_url=$(sed -E 's/.*"url":"([^"]+)".*/\1/' "$data/llm.json")
 cat >"$data/conclave.toml" <<TOML
+[assistant]
+guests_enabled = true
+
 [assistant.providers.fake]
 kind = "openai"
 base_url = "$llm_url"

@@ -348,3 +348,60 @@ fn sigterm_lets_an_in_flight_request_finish_before_exiting() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// The value of a Prometheus series on `/metrics` (0 when absent).
+fn metric(port: u16, series: &str) -> f64 {
+    let (_, page) = http_get(port, "/metrics");
+    page.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn sighup_reloads_the_assistant_and_a_broken_config_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let config = dir.path().join("conclave.toml");
+    let models = |name: &str| {
+        format!(
+            "[assistant.providers.local]\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:9\"\n\n\
+             [assistant.models.{name}]\nroutes = [{{ provider = \"local\", model = \"llama3.2\" }}]\n"
+        )
+    };
+    std::fs::write(&config, models("first")).unwrap();
+    let mut command = conclave(dir.path(), &db.url);
+    command.arg("--config").arg(&config);
+    let server = serve(command);
+    let pid = server.child.id().to_string();
+    let reloads = "assistant_reloads_total ";
+    assert_eq!(metric(server.port, reloads), 0.0);
+
+    std::fs::write(&config, models("second")).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(server.port, reloads) < 1.0 {
+        assert!(Instant::now() < deadline, "no reload within 10 s of SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A configuration with an error is refused; the server keeps its models and runs on.
+    std::fs::write(&config, "[assistant.models.bad]\nroutes = []\n").unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(server.port, reloads), 1.0);
+    let (status, _) = http_get(server.port, "/readyz");
+    assert_eq!(status, 200, "still serving");
+}

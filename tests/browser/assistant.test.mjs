@@ -104,3 +104,33 @@ test('the assistant in a group room: switched on from the room page, answers a m
   assert.deepEqual(errors, []);
   await context.close();
 });
+
+test('guest mode: a visitor without an account gets a streamed answer and can stop one', async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (error) => errors.push(error));
+  await page.goto(base + '/guest');
+  await page.waitForSelector('h1:has-text("Try the assistant")');
+  const cookies = await context.cookies();
+  const guest = cookies.find((c) => c.name === 'conclave_guest');
+  assert.ok(guest && guest.httpOnly && guest.value.length === 22, JSON.stringify(cookies));
+  const before = Number(await page.locator('.remaining').textContent());
+  await page.getByLabel('Message').fill('hello as a guest');
+  await page.getByLabel('Message').press('Enter');
+  await page.waitForSelector('li.from-assistant .message-body:has-text("You said: hello as a guest")');
+  await page.waitForFunction((n) => Number(document.querySelector('.remaining').textContent) === n - 1, before);
+  assert.equal(page.url(), base + '/guest', 'streamed in place, not a form post');
+
+  await page.getByLabel('Message').fill('a long story please');
+  await page.getByRole('button', { name: 'Send' }).click();
+  await page.waitForSelector('li.from-assistant .message-body:has-text("word3")');
+  await page.getByRole('button', { name: 'Stop' }).click();
+  await page.waitForSelector('li.from-assistant .answer-state[data-state="stopped"]');
+  // The conversation is kept for the visitor (in the server's memory) across a reload.
+  await page.reload();
+  await page.waitForSelector('.message-body:has-text("hello as a guest")');
+  await page.screenshot({ path: `${artifacts}guest-${backend}.png`, fullPage: true });
+  assert.deepEqual(errors, []);
+  await context.close();
+});

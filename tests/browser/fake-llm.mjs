@@ -8,7 +8,7 @@ import http from 'node:http';
 const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function answerFor(question) {
-  if (question.includes('long story')) {
+  if (question.includes('long story') || question.includes('long one')) {
     return Array.from({ length: 200 }, (_, i) => `word${i + 1}`).join(' ');
   }
   if (question.includes('code please')) {
