@@ -206,6 +206,7 @@ async fn many_streams(
 }
 
 fn main() {
+    conclave::crypto::install_tls_provider();
     refuse_if_busy();
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let (rounds, tokens) = if quick { (100, 50) } else { (500, 150) };

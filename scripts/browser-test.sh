@@ -38,6 +38,11 @@ for who in "hedy@example.com:Hedy Lamarr" "alan@example.com:Alan Turing"; do
     --password "$CONCLAVE_TEST_PASSWORD" --name "${who#*:}" --role operator >/dev/null)
 done
 
+# Bill, an owner, is the billing test's own (he upgrades the workspace with the fake provider).
+export CONCLAVE_BILLING_EMAIL="bill@example.com"
+(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_BILLING_EMAIL" \
+  --password "$CONCLAVE_TEST_PASSWORD" --name "Bill Gosper" --owner >/dev/null)
+
 # Mary is the assistant test's own.
 export CONCLAVE_ASSISTANT_EMAIL="mary@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ASSISTANT_EMAIL" \

@@ -51,6 +51,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::assistant::gateway::ApiDoc::openapi(),
         crate::assistant::chat_api::ApiDoc::openapi(),
         crate::assistant::guests::ApiDoc::openapi(),
+        crate::billing::handlers::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {
         doc.merge(part);

@@ -7,6 +7,7 @@ pub mod api_docs;
 pub mod assistant;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod chat;
 pub mod cli;
 pub mod crypto;

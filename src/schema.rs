@@ -29,6 +29,52 @@ diesel::table! {
         created_at -> Timestamp,
         default_privacy -> Text,
         retention_days -> Nullable<Integer>,
+        plan -> Text,
+        plan_renews_at -> Nullable<Timestamp>,
+        plan_changed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    billing_orders (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        user_id -> Nullable<BigInt>,
+        plan -> Text,
+        amount_minor -> BigInt,
+        currency -> Text,
+        provider -> Text,
+        provider_order_id -> Nullable<Text>,
+        reference -> Text,
+        state -> Text,
+        checkout_url -> Nullable<Text>,
+        activated -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        completed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    credit_entries (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        kind -> Text,
+        amount -> BigInt,
+        balance_after -> BigInt,
+        order_id -> Nullable<BigInt>,
+        user_id -> Nullable<BigInt>,
+        reason -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    usage_daily (tenant_id, day) {
+        tenant_id -> BigInt,
+        day -> Text,
+        requests -> BigInt,
+        tokens -> BigInt,
     }
 }
 
@@ -344,6 +390,9 @@ diesel::joinable!(conversation_keys -> rooms (room_id));
 diesel::joinable!(personal_keys -> users (user_id));
 diesel::joinable!(read_markers -> rooms (room_id));
 diesel::joinable!(assistant_usage -> tenants (tenant_id));
+diesel::joinable!(billing_orders -> tenants (tenant_id));
+diesel::joinable!(credit_entries -> tenants (tenant_id));
+diesel::joinable!(usage_daily -> tenants (tenant_id));
 diesel::joinable!(assistant_rooms -> rooms (room_id));
 diesel::joinable!(assistant_replies -> rooms (room_id));
 diesel::joinable!(messages -> rooms (room_id));
@@ -361,6 +410,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     assistant_rooms,
     assistant_replies,
     assistant_preferences,
+    billing_orders,
+    credit_entries,
+    usage_daily,
     tenants,
     users,
     sessions,

@@ -41,6 +41,7 @@ pub struct Settings {
     pub chat: ChatSettings,
     pub realtime: RealtimeSettings,
     pub assistant: AssistantSettings,
+    pub billing: BillingSettings,
     /// The config file these settings were read from, so a reload (SIGHUP, admin) reads the
     /// same one. Not a setting.
     #[serde(skip)]
@@ -317,6 +318,196 @@ impl Default for CaptchaSettings {
             max_number: 100_000,
             expires_minutes: 30,
         }
+    }
+}
+
+/// Plans, payments (Revolut Merchant) and usage quotas.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSettings {
+    /// The plan every workspace is on until it pays for another.
+    pub default_plan: String,
+    /// Plans by short name; empty: the built-in `free`, `pro` and `credits` (see the example).
+    pub plans: std::collections::BTreeMap<String, PlanSettings>,
+    /// How often the reconciliation job runs, in minutes.
+    pub reconcile_minutes: u64,
+    /// Orders still open at the provider this many seconds after their last change are asked
+    /// about again by the reconciliation (their webhook may have been lost).
+    pub reconcile_after_secs: u64,
+    pub revolut: RevolutSettings,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            default_plan: "free".to_owned(),
+            plans: std::collections::BTreeMap::new(),
+            reconcile_minutes: 5,
+            reconcile_after_secs: 120,
+            revolut: RevolutSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanPeriod {
+    /// A subscription: the plan's limits for a month.
+    Monthly,
+    /// A one-off pack of credits (tokens beyond the plan's monthly allowance).
+    CreditPack,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSettings {
+    pub label: String,
+    /// Price in minor units (cents); 0 is free.
+    pub price_minor: i64,
+    /// ISO 4217, e.g. "EUR".
+    pub currency: String,
+    pub period: PlanPeriod,
+    /// Limits of a workspace on this plan (`monthly` plans); absent: unlimited.
+    pub daily_requests: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub monthly_tokens: Option<u64>,
+    pub seats: Option<u64>,
+    pub devices: Option<u64>,
+    /// Tokens a credit pack adds to the workspace's credits.
+    pub credits: u64,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        Self {
+            label: String::new(),
+            price_minor: 0,
+            currency: "EUR".to_owned(),
+            period: PlanPeriod::Monthly,
+            daily_requests: None,
+            daily_tokens: None,
+            monthly_tokens: None,
+            seats: None,
+            devices: None,
+            credits: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevolutEnvironment {
+    Sandbox,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevolutSettings {
+    /// `sandbox` (https://sandbox-merchant.revolut.com) or `production`
+    /// (https://merchant.revolut.com).
+    pub environment: RevolutEnvironment,
+    /// Overrides the environment's base URL (a proxy, a test stub).
+    pub base_url: Option<String>,
+    /// The Merchant API secret key (`sk_…`). Without one, a clearly labelled fake provider
+    /// takes payments (development only; refused in production mode).
+    #[serde(serialize_with = "redact_opt")]
+    pub secret_key: Option<SecretString>,
+    /// The webhook signing secret (`wsk_…`), from `conclave billing register-webhook`.
+    #[serde(serialize_with = "redact_opt")]
+    pub webhook_secret: Option<SecretString>,
+    /// The `Revolut-Api-Version` header.
+    pub api_version: String,
+    pub timeout_secs: u64,
+}
+
+impl Default for RevolutSettings {
+    fn default() -> Self {
+        Self {
+            environment: RevolutEnvironment::Sandbox,
+            base_url: None,
+            secret_key: None,
+            webhook_secret: None,
+            api_version: "2024-09-01".to_owned(),
+            timeout_secs: 15,
+        }
+    }
+}
+
+impl BillingSettings {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let plans = crate::billing::plans::effective(self);
+        if !plans.contains_key(&self.default_plan) {
+            problems.push(format!(
+                "billing.default_plan: {:?} is not a plan",
+                self.default_plan
+            ));
+        } else if plans[&self.default_plan].price_minor != 0 {
+            problems.push("billing.default_plan: must be a free plan (price_minor = 0)".to_owned());
+        }
+        for (name, plan) in &self.plans {
+            let key = format!("billing.plans.{name}");
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                problems.push(format!(
+                    "{key}: the name must be 1 to 32 lowercase letters, digits, '-' or '_'"
+                ));
+            }
+            if plan.price_minor < 0 {
+                problems.push(format!("{key}.price_minor: must not be negative"));
+            }
+            if plan.currency.len() != 3 || !plan.currency.chars().all(|c| c.is_ascii_uppercase()) {
+                problems.push(format!(
+                    "{key}.currency: a three-letter ISO 4217 code such as \"EUR\", got {:?}",
+                    plan.currency
+                ));
+            }
+            if plan.period == PlanPeriod::CreditPack && (plan.credits == 0 || plan.price_minor == 0)
+            {
+                problems.push(format!(
+                    "{key}: a credit pack needs credits > 0 and a price"
+                ));
+            }
+        }
+        let revolut = &self.revolut;
+        if let Some(url) = &revolut.base_url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                _ => problems.push(format!(
+                    "billing.revolut.base_url: not an http(s) URL: {url:?}"
+                )),
+            }
+        }
+        if revolut.secret_key.is_some() && revolut.webhook_secret.is_none() {
+            problems.push(
+                "billing.revolut.webhook_secret: required with a secret_key (run `conclave billing register-webhook`)"
+                    .to_owned(),
+            );
+        }
+        if !(1..=1_440).contains(&self.reconcile_minutes) {
+            problems.push(format!(
+                "billing.reconcile_minutes: must be between 1 and 1440, got {}",
+                self.reconcile_minutes
+            ));
+        }
+        if self.reconcile_after_secs > 86_400 {
+            problems.push(format!(
+                "billing.reconcile_after_secs: must be at most 86400, got {}",
+                self.reconcile_after_secs
+            ));
+        }
+        if !(1..=120).contains(&revolut.timeout_secs) {
+            problems.push(format!(
+                "billing.revolut.timeout_secs: must be between 1 and 120, got {}",
+                revolut.timeout_secs
+            ));
+        }
+        problems
     }
 }
 
@@ -806,6 +997,7 @@ impl Default for Settings {
             chat: ChatSettings::default(),
             realtime: RealtimeSettings::default(),
             assistant: AssistantSettings::default(),
+            billing: BillingSettings::default(),
             source: None,
         }
     }
@@ -1377,6 +1569,7 @@ impl Settings {
             problems.extend(provider.problems(name));
         }
         problems.extend(self.assistant.problems());
+        problems.extend(self.billing.problems());
         if self.database.pool_max_size == 0 {
             problems.push("database.pool_max_size: must be at least 1".to_owned());
         } else if self.database.pool_min_idle > self.database.pool_max_size {

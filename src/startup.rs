@@ -32,6 +32,8 @@ pub struct Application {
 #[derive(Default)]
 pub struct Seams {
     pub mailer: Option<Arc<dyn Mailer>>,
+    /// Replaces the payment provider (Revolut, or the development fake).
+    pub payments: Option<Arc<dyn crate::billing::revolut::PaymentProvider>>,
 }
 
 impl Application {
@@ -173,7 +175,18 @@ impl Application {
             settings.chat.clone(),
             hub.clone(),
         );
-        let assistant = crate::assistant::Assistant::new(&settings, db.clone());
+        let billing = crate::billing::Billing::new(
+            &settings,
+            db.clone(),
+            queue.clone(),
+            templates.clone(),
+            &public_url,
+            seams.payments.clone(),
+        );
+        billing.register_jobs(&mut registry);
+        billing.schedule().await?;
+        let assistant =
+            crate::assistant::Assistant::new(&settings, db.clone(), Some(billing.gate()));
         let replies = crate::assistant::replies::Replies::new(
             db.clone(),
             chat.clone(),
@@ -212,6 +225,7 @@ impl Application {
             assistant,
             replies,
             guests: crate::assistant::guests::Guests::new(&settings.assistant),
+            billing,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {

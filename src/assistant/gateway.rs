@@ -247,6 +247,27 @@ fn start_error(error: &StartError) -> HttpResponse {
             &error.to_string(),
         ),
         StartError::Unavailable(provider) => provider_error(provider),
+        StartError::Quota(exceeded) => HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
+            .insert_header((header::RETRY_AFTER, exceeded.retry_after_secs().to_string()))
+            .json(json!({
+                "error": {
+                    "message": exceeded.message(),
+                    "type": "insufficient_quota",
+                    "param": Value::Null,
+                    "code": "quota_exceeded",
+                    "limit": exceeded.limit,
+                    "allowed": exceeded.allowed,
+                    "used": exceeded.used,
+                    "plan": exceeded.plan,
+                    "resets_at": exceeded.resets_at.to_rfc3339(),
+                }
+            })),
+        StartError::Internal => openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "unavailable",
+            "The server cannot count usage right now; try again shortly.",
+        ),
     }
 }
 

@@ -14,6 +14,7 @@ use super::{
     ChatMessage, CompletionRequest, Delta, DeltaStream, ProviderError, estimate_prompt_tokens,
     estimate_tokens,
 };
+use crate::billing::gate::{Admission, GateError, UsageGate};
 use crate::db::Db;
 use crate::settings::{AssistantSettings, Settings};
 
@@ -29,6 +30,12 @@ pub enum StartError {
     /// Every route (and fallback) is down or refused.
     #[error("{0}")]
     Unavailable(ProviderError),
+    /// The workspace is over a limit of its plan.
+    #[error("{}", .0.message())]
+    Quota(crate::billing::gate::Exceeded),
+    /// Our own database failed us.
+    #[error("the usage counters cannot be read right now")]
+    Internal,
 }
 
 /// What a generation asks for.
@@ -50,6 +57,8 @@ pub struct Assistant {
 
 struct Inner {
     catalog: RwLock<Arc<Catalog>>,
+    /// Quotas: asked before every call of a person (guests have their own).
+    gate: Option<Arc<dyn UsageGate>>,
     breakers: Breakers,
     client: reqwest::Client,
     db: Db,
@@ -68,12 +77,13 @@ pub struct ProviderStatus {
 }
 
 impl Assistant {
-    pub fn new(settings: &Settings, db: Db) -> Self {
+    pub fn new(settings: &Settings, db: Db, gate: Option<Arc<dyn UsageGate>>) -> Self {
         let client = super::http_client();
         let catalog = Catalog::from_settings(&settings.assistant, &client);
         Self {
             inner: Arc::new(Inner {
                 catalog: RwLock::new(Arc::new(catalog)),
+                gate,
                 breakers: Breakers::default(),
                 client,
                 db,
@@ -173,6 +183,7 @@ impl Assistant {
                 .ok_or_else(|| StartError::UnknownModel(alias.clone()))?,
             None => catalog.default_model().ok_or(StartError::NoModels)?,
         };
+        let admission = self.admit(&ask.payer).await?;
         let mut chain: Vec<&ModelEntry> = vec![requested];
         while let Some(next) = chain
             .last()
@@ -227,6 +238,7 @@ impl Assistant {
                             payer: ask.payer,
                             breaker: (catalog.breaker_failures, catalog.breaker_cooldown),
                             settled: false,
+                            admission,
                         });
                     }
                     Err(error) => {
@@ -284,6 +296,38 @@ impl Assistant {
         Err(StartError::Unavailable(error))
     }
 
+    /// Counts the call against its workspace's quotas (people only: guests have theirs).
+    async fn admit(
+        &self,
+        payer: &Payer,
+    ) -> Result<Option<(Arc<dyn UsageGate>, Admission)>, StartError> {
+        let (Some(gate), Some(user)) = (&self.inner.gate, payer.user_id) else {
+            return Ok(None);
+        };
+        let tenant = match payer.tenant_id {
+            Some(tenant) => tenant,
+            None => self
+                .inner
+                .db
+                .run(move |conn| {
+                    super::usage::home_tenant(conn, user).map_err(crate::db::DbError::from)
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot find the workspace to bill");
+                    StartError::Internal
+                })?,
+        };
+        match gate.admit(tenant, Some(user)).await {
+            Ok(admission) => Ok(Some((gate.clone(), admission))),
+            Err(GateError::Exceeded(exceeded)) => Err(StartError::Quota(exceeded)),
+            Err(GateError::Db(e)) => {
+                tracing::error!(error = %e, "cannot count usage");
+                Err(StartError::Internal)
+            }
+        }
+    }
+
     /// Writes a usage record without making the caller wait; a failure is logged (the
     /// answer was already given).
     fn record(&self, record: Record) {
@@ -326,6 +370,8 @@ pub struct Generation {
     payer: Payer,
     breaker: (u32, Duration),
     settled: bool,
+    /// The quota this call was counted against; its tokens are added when it settles.
+    admission: Option<(Arc<dyn UsageGate>, Admission)>,
 }
 
 impl Generation {
@@ -427,6 +473,12 @@ impl Generation {
             .increment(u64::from(usage.prompt_tokens));
         metrics::counter!("assistant_tokens_total", "model" => self.model.clone(), "kind" => "completion")
             .increment(u64::from(usage.completion_tokens));
+        if let Some((gate, admission)) = self.admission.take() {
+            let tokens = u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { gate.settle(admission, tokens).await });
+            }
+        }
         self.assistant.record(Record {
             payer: self.payer,
             model: self.model.clone(),

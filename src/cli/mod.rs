@@ -51,6 +51,18 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Payments.
+    Billing {
+        #[command(subcommand)]
+        action: BillingAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillingAction {
+    /// Register this server's webhook URL (`server.public_url` + /api/v1/billing/webhooks/revolut)
+    /// with Revolut; prints the signing secret to set as `billing.revolut.webhook_secret`.
+    RegisterWebhook,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +157,43 @@ pub fn run(cli: Cli) -> ExitCode {
                 "re-wrapped {} room key(s); {} already used the current key",
                 report.rewrapped, report.current
             );
+            Ok(())
+        }),
+        Command::Billing {
+            action: BillingAction::RegisterWebhook,
+        } => with_runtime(|| async move {
+            let Some(key) = settings.billing.revolut.secret_key.clone() else {
+                return Err((
+                    exit::CONFIG,
+                    anyhow::anyhow!(
+                        "billing.revolut.secret_key is not set: there is no Revolut account to register with"
+                    ),
+                ));
+            };
+            let Some(public_url) = settings.server.public_url.clone() else {
+                return Err((
+                    exit::CONFIG,
+                    anyhow::anyhow!(
+                        "server.public_url is not set: Revolut needs the address it can reach this server at"
+                    ),
+                ));
+            };
+            let provider =
+                crate::billing::revolut::RevolutProvider::new(&settings.billing.revolut, key);
+            let url = format!(
+                "{}/api/v1/billing/webhooks/revolut",
+                public_url.trim_end_matches('/')
+            );
+            use crate::billing::revolut::PaymentProvider as _;
+            let registered = provider
+                .register_webhook(&url)
+                .await
+                .map_err(|e| (exit::UNAVAILABLE, anyhow::Error::new(e)))?;
+            println!("registered {url} (webhook {})", registered.id);
+            println!(
+                "set billing.revolut.webhook_secret (or CONCLAVE__BILLING__REVOLUT__WEBHOOK_SECRET_FILE) to:"
+            );
+            println!("{}", registered.signing_secret);
             Ok(())
         }),
     }

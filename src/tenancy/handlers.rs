@@ -229,6 +229,23 @@ pub(crate) async fn create_invitation(
         )));
     }
     let email = Email::parse(email).map_err(AppError::BadRequest)?;
+    // The plan's seats: members and open invitations count.
+    let billing = state.billing.settings().clone();
+    let seats = state
+        .db
+        .run(move |conn| {
+            let (_, plan) = crate::billing::plans::plan_of(conn, &billing, tenant_id)?;
+            let used = crate::billing::plans::seats_used(conn, tenant_id)?;
+            Ok::<_, DbError>((plan.label, plan.seats, used))
+        })
+        .await?;
+    if let (label, Some(allowed), used) = seats
+        && used >= allowed
+    {
+        return Err(AppError::Conflict(format!(
+            "The workspace's plan ({label}) has {allowed} seats, and members and open invitations use them all. An owner or admin can upgrade on the Usage page."
+        )));
+    }
 
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);

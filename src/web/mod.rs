@@ -46,6 +46,7 @@ pub struct AppState {
     pub assistant: crate::assistant::Assistant,
     pub replies: crate::assistant::replies::Replies,
     pub guests: crate::assistant::guests::Guests,
+    pub billing: crate::billing::Billing,
     /// Wraps room data keys; `/readyz` reports whether it answers.
     pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }
@@ -112,7 +113,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::assistant::gateway::configure)
         .configure(crate::assistant::chat_api::configure)
         .configure(crate::assistant::pages::configure)
-        .configure(crate::assistant::guests::configure);
+        .configure(crate::assistant::guests::configure)
+        .configure(crate::billing::handlers::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

@@ -73,6 +73,7 @@ async fn a_failed_delivery_is_retried_until_it_succeeds() {
         |_| {},
         Seams {
             mailer: Some(mailer.clone()),
+            ..Seams::default()
         },
     )
     .await;

@@ -10,6 +10,7 @@
 mod accounts_cli;
 mod assistant;
 mod assistant_chats;
+mod billing;
 mod captcha;
 mod cli;
 mod client_errors;
@@ -28,6 +29,7 @@ mod packaging;
 mod passwords;
 mod privacy;
 mod realtime;
+mod revolut_stub;
 mod rooms;
 mod schema;
 mod sessions;

@@ -67,10 +67,10 @@ fn collect(columns: Vec<Column>) -> Schema {
 fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
         api_tokens, assistant_preferences, assistant_replies, assistant_rooms, assistant_usage,
-        audit_events, captcha_spent, conversation_keys, email_tokens, invitations, jobs,
-        memberships, message_terms, messages, mfa_challenges, oidc_flows, personal_keys,
-        read_markers, recovery_codes, remembered_devices, room_members, rooms, sessions, tenants,
-        totp_secrets, user_identities, users,
+        audit_events, billing_orders, captcha_spent, conversation_keys, credit_entries,
+        email_tokens, invitations, jobs, memberships, message_terms, messages, mfa_challenges,
+        oidc_flows, personal_keys, read_markers, recovery_codes, remembered_devices, room_members,
+        rooms, sessions, tenants, totp_secrets, usage_daily, user_identities, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -101,6 +101,9 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         assistant_rooms,
         assistant_replies,
         assistant_preferences,
+        billing_orders,
+        credit_entries,
+        usage_daily,
         messages,
         message_terms,
         tenants,

@@ -59,6 +59,11 @@ fn struct_keys() -> BTreeSet<String> {
         &mut keys,
     );
     walk(
+        "billing.plans.*",
+        &serde_json::to_value(conclave::settings::PlanSettings::default()).unwrap(),
+        &mut keys,
+    );
+    walk(
         "assistant.models.*",
         &serde_json::to_value(conclave::settings::LlmModelSettings::default()).unwrap(),
         &mut keys,
@@ -76,10 +81,15 @@ fn documented_keys(text: &str) -> BTreeSet<String> {
         // Sections may be commented out too (examples of map entries such as providers).
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             let name = name.trim();
-            section = ["oidc.providers", "assistant.providers", "assistant.models"]
-                .into_iter()
-                .find(|map| name.starts_with(&format!("{map}.")))
-                .map_or_else(|| name.to_owned(), |map| format!("{map}.*"));
+            section = [
+                "oidc.providers",
+                "assistant.providers",
+                "assistant.models",
+                "billing.plans",
+            ]
+            .into_iter()
+            .find(|map| name.starts_with(&format!("{map}.")))
+            .map_or_else(|| name.to_owned(), |map| format!("{map}.*"));
             continue;
         }
         let Some((key, _)) = line.split_once('=') else {
