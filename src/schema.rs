@@ -90,6 +90,7 @@ diesel::table! {
         updated_at -> Timestamp,
         failed_logins -> Integer,
         locked_until -> Nullable<Timestamp>,
+        signup_plan -> Nullable<Text>,
     }
 }
 

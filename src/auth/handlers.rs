@@ -58,6 +58,8 @@ pub struct SignupRequest {
     name: Option<String>,
     /// The solved proof-of-work challenge, when `captcha.enabled`.
     captcha: Option<String>,
+    /// A paid plan to pay for after confirming the address (`GET /api/v1/billing/plans`).
+    plan: Option<String>,
 }
 
 #[utoipa::path(
@@ -79,6 +81,10 @@ async fn api_signup(
     body: web::Json<SignupRequest>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
+    let plan = state
+        .billing
+        .signup_plan(body.plan.as_deref())
+        .map_err(AppError::BadRequest)?;
     state.captcha.check(body.captcha.as_deref()).await?;
     state
         .signup
@@ -86,6 +92,7 @@ async fn api_signup(
             &body.email,
             SecretString::from(body.password),
             body.name.as_deref(),
+            plan,
         )
         .await?;
     Ok(HttpResponse::Accepted()
@@ -158,6 +165,7 @@ fn render_signup(
     context.insert("error", &error);
     context.insert("min_length", &state.settings.accounts.password_min_length);
     context.insert("providers", &state.federation.buttons());
+    context.insert("plans", &state.billing.signup_plans());
     super::captcha::insert_challenge(state, &mut context);
     html(state, "auth/signup.html", &context, status)
 }
@@ -184,6 +192,7 @@ pub struct SignupForm {
     password: String,
     name: Option<String>,
     captcha: Option<String>,
+    plan: Option<String>,
 }
 
 /// `POST /signup`: "check your inbox", or the form again with the problem and what was typed.
@@ -206,12 +215,26 @@ async fn signup_form(
             Some(&message),
         );
     }
+    let plan = match state.billing.signup_plan(form.plan.as_deref()) {
+        Ok(plan) => plan,
+        Err(message) => {
+            return render_signup(
+                &state,
+                &page,
+                StatusCode::BAD_REQUEST,
+                name.trim(),
+                form.email.trim(),
+                Some(&message),
+            );
+        }
+    };
     let outcome = state
         .signup
         .sign_up(
             &form.email,
             SecretString::from(form.password),
             form.name.as_deref(),
+            plan,
         )
         .await;
     match outcome {

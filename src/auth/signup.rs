@@ -77,6 +77,7 @@ impl SignupService {
         email: &str,
         password: SecretString,
         name: Option<&str>,
+        plan: Option<String>,
     ) -> Result<(), SignupError> {
         if !self.settings.signup_enabled {
             return Err(SignupError::Closed);
@@ -128,6 +129,12 @@ impl SignupService {
                         Err(CreateUserError::EmailTaken) => return account_exists(tx),
                         Err(CreateUserError::Database(e)) => return Err(e.into()),
                     };
+                    if let Some(plan) = &plan {
+                        diesel::update(users_table::table.find(user.id))
+                            .set(users_table::signup_plan.eq(plan))
+                            .execute(tx)
+                            .map_err(DbError::from)?;
+                    }
                     let token = email_tokens::issue(tx, user.id, Purpose::Verify, valid_for, now)?;
                     let link = format!("{}/verify?token={token}", service.public_url);
                     let mail = service.mail(

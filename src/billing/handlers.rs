@@ -32,6 +32,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/billing/webhooks/revolut").route(web::post().to(webhook)))
         .service(get("/billing", billing_page))
         .service(resource("/billing/checkout").route(web::post().to(checkout_form)))
+        .service(
+            resource("/billing/welcome")
+                .route(web::get().to(welcome_page))
+                .route(web::post().to(welcome_form)),
+        )
         .service(get("/billing/orders/{id}", order_page))
         .service(get("/billing/orders/{id}/receipt", receipt_page))
         .service(
@@ -722,6 +727,140 @@ async fn fake_checkout_form(
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, next))
         .finish())
+}
+
+/// The paid plan someone chose at sign-up and has not decided about yet.
+async fn chosen_plan(state: &AppState, user: i64) -> Result<Option<String>, AppError> {
+    state
+        .db
+        .run(move |conn| {
+            crate::schema::users::table
+                .find(user)
+                .select(crate::schema::users::signup_plan)
+                .first(conn)
+                .map_err(AppError::from)
+        })
+        .await
+}
+
+async fn forget_chosen_plan(state: &AppState, user: i64) -> Result<(), AppError> {
+    state
+        .db
+        .run(move |conn| {
+            diesel::update(crate::schema::users::table.find(user))
+                .set(crate::schema::users::signup_plan.eq(None::<String>))
+                .execute(conn)
+                .map(drop)
+                .map_err(AppError::from)
+        })
+        .await
+}
+
+/// `GET /billing/welcome`: after the first sign-in, pay for the plan chosen at sign-up, or
+/// stay on the free plan.
+async fn welcome_page(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+) -> Result<HttpResponse, AppError> {
+    let Some(chosen) = chosen_plan(&state, identity.user_id()).await? else {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/billing"))
+            .finish());
+    };
+    let plans = plans::effective(state.billing.settings());
+    let Some(plan) = plans.get(&chosen) else {
+        forget_chosen_plan(&state, identity.user_id()).await?;
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/"))
+            .finish());
+    };
+    let mut context = page.context(&state);
+    context.insert("plan", &plans::view(&chosen, plan));
+    html(&state, "billing/welcome.html", &context, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct WelcomeForm {
+    #[serde(rename = "csrf_token")]
+    _csrf: Option<String>,
+    decision: String,
+}
+
+/// Pays for the chosen plan — for the person's own workspace: the one they administer, or a
+/// new one they own (someone who joined a shared workspace does not buy its plan) — or stays
+/// free.
+async fn welcome_form(
+    state: web::Data<AppState>,
+    identity: Identity,
+    form: web::Form<WelcomeForm>,
+) -> Result<HttpResponse, AppError> {
+    let user = identity.user_id();
+    let Some(chosen) = chosen_plan(&state, user).await? else {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/billing"))
+            .finish());
+    };
+    if form.decision != "pay" {
+        forget_chosen_plan(&state, user).await?;
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/"))
+            .finish());
+    }
+    let (home, role) = workspace(&state, user, None).await?;
+    let tenant = if role.at_least(Role::Admin) {
+        home
+    } else {
+        let name = format!("{}'s workspace", identity.session.display_name);
+        let name: String = name.chars().take(80).collect();
+        state
+            .db
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |tx| {
+                    let now = Utc::now().naive_utc();
+                    let slug = format!(
+                        "ws-{user}-{}",
+                        uuid::Uuid::new_v4()
+                            .simple()
+                            .to_string()
+                            .get(..6)
+                            .unwrap_or("x")
+                    );
+                    let id: i64 = diesel::insert_into(crate::schema::tenants::table)
+                        .values((
+                            crate::schema::tenants::slug.eq(&slug),
+                            crate::schema::tenants::name.eq(&name),
+                            crate::schema::tenants::created_at.eq(now),
+                        ))
+                        .returning(crate::schema::tenants::id)
+                        .get_result(tx)?;
+                    crate::tenancy::add_member(tx, id, user, Role::Owner, now)?;
+                    Ok::<_, AppError>(id)
+                })
+            })
+            .await?
+    };
+    let order = state
+        .billing
+        .checkout(user, &identity.session.email, tenant, &chosen)
+        .await;
+    match order {
+        Ok(order) => {
+            forget_chosen_plan(&state, user).await?;
+            Ok(HttpResponse::SeeOther()
+                .insert_header((
+                    header::LOCATION,
+                    order
+                        .checkout_url
+                        .unwrap_or_else(|| format!("/billing/orders/{}", order.id)),
+                ))
+                .finish())
+        }
+        Err(AppError::Unavailable(message)) => {
+            back("/billing/welcome", Err(AppError::Conflict(message)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// This module's part of the OpenAPI document.

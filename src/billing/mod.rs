@@ -120,6 +120,30 @@ impl Billing {
         Arc::new(self.inner.gate.clone())
     }
 
+    /// Paid monthly plans one may choose when signing up (none when nothing is sold).
+    pub fn signup_plans(&self) -> Vec<plans::PlanView> {
+        if !self.inner.sells {
+            return Vec::new();
+        }
+        plans::effective(&self.inner.settings)
+            .iter()
+            .filter(|(_, p)| p.price_minor > 0 && p.period == PlanPeriod::Monthly)
+            .map(|(name, p)| plans::view(name, p))
+            .collect()
+    }
+
+    /// The plan chosen on the sign-up form: `None` for free, or a paid monthly plan.
+    pub fn signup_plan(&self, chosen: Option<&str>) -> Result<Option<String>, String> {
+        match chosen.map(str::trim).filter(|p| !p.is_empty()) {
+            None => Ok(None),
+            Some(name) if name == self.inner.settings.default_plan => Ok(None),
+            Some(name) if self.signup_plans().iter().any(|p| p.name == name) => {
+                Ok(Some(name.to_owned()))
+            }
+            Some(name) => Err(format!("plan: {name:?} is not a plan you can sign up for")),
+        }
+    }
+
     /// Forgets the cached quota state of a workspace (its plan or credits changed).
     pub fn gate_forget(&self, tenant_id: i64) {
         self.inner.gate.forget(tenant_id);

@@ -119,6 +119,26 @@ pub struct TokenQuery {
 }
 
 pub async fn landing(state: web::Data<AppState>, page: Page) -> Result<HttpResponse, AppError> {
+    // Someone who chose a paid plan at sign-up is offered to pay for it on their first visit.
+    if let Some(identity) = &page.identity {
+        let user = identity.user_id();
+        let chosen: Option<String> = state
+            .db
+            .run(move |conn| {
+                use diesel::prelude::*;
+                crate::schema::users::table
+                    .find(user)
+                    .select(crate::schema::users::signup_plan)
+                    .first(conn)
+                    .map_err(AppError::from)
+            })
+            .await?;
+        if chosen.is_some() {
+            return Ok(HttpResponse::SeeOther()
+                .insert_header((actix_web::http::header::LOCATION, "/billing/welcome"))
+                .finish());
+        }
+    }
     html(
         &state,
         "index.html",

@@ -603,3 +603,145 @@ async fn a_plan_s_seats_limit_invitations() {
         "{body}"
     );
 }
+
+/// Signs up `email` through the API with `plan`, confirms the address from the mail, signs in.
+async fn sign_up_with_plan(app: &TestApp, email: &str, plan: &str) -> Device {
+    let response = app
+        .post_json(
+            "/api/v1/auth/signup",
+            &json!({"email": email, "password": crate::helpers::TEAM_PASSWORD, "name": "Newcomer", "plan": plan}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let link =
+        crate::helpers::link_in(&crate::helpers::wait_for_mail(app, email, "/verify?token=").await);
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let verified = app
+        .post_json("/api/v1/auth/verify", &json!({ "token": token }))
+        .await;
+    assert_eq!(verified.status(), 200);
+    Device::signed_in(app, email, crate::helpers::TEAM_PASSWORD).await
+}
+
+#[tokio::test]
+async fn a_paid_plan_chosen_at_sign_up_is_paid_after_the_first_sign_in_for_one_s_own_workspace() {
+    let (team, stub) = team_with_revolut().await;
+    let app = &team.app;
+    let bad = app
+        .post_json(
+            "/api/v1/auth/signup",
+            &json!({"email": "x@example.com", "password": crate::helpers::TEAM_PASSWORD, "plan": "credits"}),
+        )
+        .await;
+    assert_eq!(
+        bad.status(),
+        400,
+        "a credit pack is not a plan to sign up for"
+    );
+
+    let newcomer = sign_up_with_plan(app, "nora@example.com", "pro").await;
+    let home = newcomer.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), 303);
+    assert_eq!(home.headers()["location"], "/billing/welcome");
+    let page = newcomer.page(app, "/billing/welcome").await;
+    assert!(
+        page.contains("You chose Pro") && page.contains("€15.00"),
+        "{page}"
+    );
+    let (status, _) = post_form(&newcomer, app, "/billing/welcome", "pay").await;
+    assert_eq!(status, 303);
+    // Nora joined the shared workspace as a member: she pays for a workspace of her own.
+    let created = stub.stub.created();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["customer"]["email"], "nora@example.com");
+    let orders: Vec<(i64, String)> = app
+        .state
+        .db
+        .run(|conn| {
+            use conclave::schema::billing_orders as o;
+            use diesel::prelude::*;
+            o::table
+                .select((o::tenant_id, o::provider_order_id.assume_not_null()))
+                .load(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    let (workspace, provider_order) = orders[0].clone();
+    assert_ne!(workspace, team.tenant, "not the shared workspace");
+    stub.stub.set_state(&provider_order, "completed");
+    assert_eq!(
+        deliver(
+            app,
+            &[WEBHOOK_SECRET],
+            "ORDER_COMPLETED",
+            &provider_order,
+            0
+        )
+        .await,
+        204
+    );
+    let hers = newcomer
+        .get_json(app, &format!("/api/v1/usage?tenant={workspace}"))
+        .await;
+    assert_eq!(hers["plan"]["name"], "pro");
+    assert_eq!(
+        usage(&team.ada, app).await["plan"]["name"],
+        "free",
+        "the shared one is unchanged"
+    );
+    // The offer was answered: the home page is the home page again.
+    let home = newcomer.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+
+    // Someone who cancels stays free, and is told so.
+    let other = sign_up_with_plan(app, "otto@example.com", "pro").await;
+    post_form(&other, app, "/billing/welcome", "pay").await;
+    let last = stub.stub.created().len();
+    assert_eq!(last, 2);
+    let id: (i64, String) = app
+        .state
+        .db
+        .run(|conn| {
+            use conclave::schema::billing_orders as o;
+            use diesel::prelude::*;
+            o::table
+                .order(o::id.desc())
+                .select((o::id, o::provider_order_id.assume_not_null()))
+                .first(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    stub.stub.set_state(&id.1, "cancelled");
+    let page = other.page(app, &format!("/billing/orders/{}", id.0)).await;
+    assert!(page.contains("The payment was cancelled"), "{page}");
+
+    // Choosing free at sign-up, or "Continue on Free", asks nothing.
+    let free = sign_up_with_plan(app, "fred@example.com", "").await;
+    assert_eq!(
+        free.client.get(app.url("/")).send().await.unwrap().status(),
+        200
+    );
+}
+
+async fn post_form(person: &Device, app: &TestApp, path: &str, decision: &str) -> (u16, String) {
+    let response = person
+        .client
+        .post(app.url(path))
+        .header("origin", &app.address)
+        .form(&[
+            ("csrf_token", person.csrf(app)),
+            ("decision", decision.to_owned()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, location)
+}

@@ -4,6 +4,8 @@ ALTER TABLE tenants ADD COLUMN plan TEXT NOT NULL DEFAULT 'free';
 -- When a paid monthly plan runs out (NULL: the plan does not run out).
 ALTER TABLE tenants ADD COLUMN plan_renews_at TIMESTAMP;
 ALTER TABLE tenants ADD COLUMN plan_changed_at TIMESTAMP;
+-- A paid plan chosen at sign-up, offered for payment at the first visit after signing in.
+ALTER TABLE users ADD COLUMN signup_plan TEXT;
 
 CREATE TABLE billing_orders (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
