@@ -216,6 +216,7 @@ fn main() {
         config.path(),
         format!(
             "[assistant]\nhealth_interval_secs = 3600\n\n\
+             [billing.plans.free]\nlabel = \"Benchmark (no limits)\"\n\n\
              [assistant.providers.fake]\nkind = \"openai\"\nbase_url = \"{fake}\"\n\n\
              [assistant.models.t5g0]\nroutes = [{{ provider = \"fake\", model = \"t5g0\" }}]\n\n\
              [assistant.models.t{tokens}g{gap}]\nroutes = [{{ provider = \"fake\", model = \"t{tokens}g{gap}\" }}]\n",

@@ -12,6 +12,7 @@
 //!   fit the conversation into the model's window, stream, and record usage when it ends,
 //!   however it ends.
 
+pub mod admin;
 pub mod anthropic;
 pub mod artifacts;
 pub mod catalog;

@@ -114,7 +114,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::assistant::chat_api::configure)
         .configure(crate::assistant::pages::configure)
         .configure(crate::assistant::guests::configure)
-        .configure(crate::billing::handlers::configure);
+        .configure(crate::billing::handlers::configure)
+        .configure(crate::assistant::admin::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

@@ -639,6 +639,21 @@ async fn an_open_circuit_sends_calls_to_the_fallback_and_shows_in_admin_and_metr
         "{metrics}"
     );
     assert!(metrics.contains("assistant_provider_up{provider=\"flaky\"} 0"));
+    // The admin page shows the same.
+    let page = team.ada.page(app, "/admin/assistant").await;
+    assert!(
+        page.contains(r#"data-provider="flaky""#) && page.contains(r#"data-circuit="open""#),
+        "{page}"
+    );
+    assert!(page.contains("model exploded"));
+    let response = team
+        .eve
+        .client
+        .get(app.url("/admin/assistant"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
     // Providers are the deployment's business.
     let (status, _) = post(&team.eve, app, "/api/v1/admin/assistant/reload", json!({})).await;
     assert_eq!(status, 403);

@@ -41,6 +41,12 @@ test('billing: cancel, then upgrade with the fake provider, and read the receipt
   await page.screenshot({ path: `${artifacts}billing-receipt-${backend}.png`, fullPage: true });
   await page.goto(base + '/billing');
   await page.waitForSelector('h2:has-text("Plan: Pro")');
+
+  // Bill owns the deployment's workspace: he sees the assistant's providers and reloads them.
+  await page.goto(base + '/admin/assistant');
+  await page.waitForSelector('tr[data-provider="fake"] [data-circuit="closed"]');
+  await page.getByRole('button', { name: 'Reload from the configuration' }).click();
+  await page.waitForSelector('text=Providers and models reloaded');
   assert.deepEqual(errors, []);
   await context.close();
 });

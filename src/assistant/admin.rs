@@ -1,0 +1,121 @@
+//! The assistant's admin page (`/admin/assistant`, deployment admins): each provider's circuit
+//! and health, the configured models, and a button that reloads them from the configuration
+//! (as SIGHUP does).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use crate::auth::identity::Identity;
+use crate::error::AppError;
+use crate::tenancy::Role;
+use crate::web::pages::{Page, back_to as back, html};
+use crate::web::{AppState, get, resource};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(get("/admin/assistant", page))
+        .service(resource("/admin/assistant/reload").route(web::post().to(reload_form)));
+}
+
+async fn require_admin(state: &AppState, user: i64) -> Result<(), AppError> {
+    let role = state
+        .db
+        .run(move |conn| {
+            let tenant = crate::tenancy::default_tenant_id(conn)?;
+            crate::tenancy::role_of(conn, tenant, user).map_err(AppError::from)
+        })
+        .await?;
+    if role.is_some_and(|r| r.at_least(Role::Admin)) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(
+            "Only admins of the default workspace manage the assistant's providers.".to_owned(),
+        ))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Notice {
+    notice: Option<String>,
+    error: Option<String>,
+}
+
+async fn page(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+    query: web::Query<Notice>,
+) -> Result<HttpResponse, AppError> {
+    require_admin(&state, identity.user_id()).await?;
+    let catalog = state.assistant.catalog();
+    let providers: Vec<_> = state
+        .assistant
+        .providers()
+        .into_iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "kind": p.kind,
+                "circuit": p.health.circuit,
+                "failures": p.health.failures_in_a_row,
+                "last_error": p.health.last_error,
+                "last_check_ok": p.health.last_check_ok,
+                "last_check_at": p.health.last_check_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+            })
+        })
+        .collect();
+    let models: Vec<_> = catalog
+        .models()
+        .into_iter()
+        .filter_map(|m| catalog.model(&m.name).cloned())
+        .map(|m| {
+            json!({
+                "name": m.alias,
+                "label": m.label,
+                "tier": m.tier,
+                "routes": m.routes.iter().map(|r| format!("{} ×{}", r.variant(), r.weight)).collect::<Vec<_>>(),
+                "fallback": m.fallback,
+            })
+        })
+        .collect();
+    let mut context = page.context(&state);
+    context.insert("providers", &providers);
+    context.insert("models", &models);
+    context.insert("notice", &query.notice);
+    context.insert("error", &query.error);
+    html(&state, "admin/assistant.html", &context, StatusCode::OK)
+}
+
+async fn reload_form(
+    state: web::Data<AppState>,
+    identity: Identity,
+    request: HttpRequest,
+) -> Result<HttpResponse, AppError> {
+    require_admin(&state, identity.user_id()).await?;
+    let assistant = state.assistant.clone();
+    let outcome = web::block(move || assistant.reload())
+        .await
+        .map_err(|e| AppError::internal(anyhow::anyhow!("reload task failed: {e}")))?;
+    match outcome {
+        Ok(models) => {
+            crate::audit::record_now(
+                &state.db,
+                crate::audit::AuditEvent {
+                    event: "assistant.reloaded",
+                    actor_user_id: Some(identity.user_id()),
+                    ip: crate::web::client_ip(&request),
+                    details: json!({ "models": models }),
+                    ..crate::audit::AuditEvent::default()
+                },
+            )
+            .await?;
+            back("/admin/assistant", Ok("reloaded"))
+        }
+        Err(error) => back(
+            "/admin/assistant",
+            Err(AppError::Conflict(format!(
+                "The configuration has errors; nothing changed: {error}"
+            ))),
+        ),
+    }
+}
