@@ -233,6 +233,14 @@ impl Application {
             n => n,
         };
         let server = HttpServer::new(move || crate::web::app(app_state.clone()))
+            // Streams (SSE answers, WebSocket frames) are many small writes: without
+            // TCP_NODELAY, Nagle's algorithm holds each one until the previous is acknowledged,
+            // and the client's delayed ACK makes that ~40 ms (measured: docs/benchmarks.md).
+            .on_connect(|connection, _| {
+                if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    let _ = tcp.set_nodelay(true);
+                }
+            })
             .workers(workers)
             .shutdown_timeout(settings.server.shutdown_timeout_secs)
             .client_request_timeout(Duration::from_millis(

@@ -385,23 +385,24 @@ fn stream_answer(
         }))
     };
     tokio::spawn(async move {
-        if tx
-            .send(chunk(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-            ))
-            .await
-            .is_err()
-        {
-            return;
-        }
+        // The role chunk goes out with the first piece of content, in one write.
+        let mut opening = Some(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
         loop {
             let next = tokio::select! {
                 next = generation.next() => next,
                 () = tx.closed() => return, // dropping `generation` cancels and bills it
             };
             let bytes = match next {
-                Ok(Some(text)) => chunk(json!({"content": text}), Value::Null),
+                Ok(Some(text)) => {
+                    let piece = chunk(json!({"content": text}), Value::Null);
+                    match opening.take() {
+                        Some(first) => web::Bytes::from([first, piece].concat()),
+                        None => piece,
+                    }
+                }
                 Ok(None) => break,
                 Err(error) => {
                     let _ = tx
@@ -419,7 +420,8 @@ fn stream_answer(
             }
         }
         let finish = generation.finish_reason().unwrap_or("stop").to_owned();
-        let mut tail = vec![chunk(json!({}), json!(finish))];
+        let mut tail: Vec<web::Bytes> = opening.take().into_iter().collect();
+        tail.push(chunk(json!({}), json!(finish)));
         if include_usage {
             tail.push(sse(&json!({
                 "id": usage_id,
