@@ -374,15 +374,24 @@ fn stream_answer(
     let (tx, rx) = tokio::sync::mpsc::channel::<web::Bytes>(64);
     let model = generation.model.clone();
     let usage_id = id.clone();
+    // Every content chunk is the same JSON around the text: rendered once, so a token costs
+    // one string escape and one copy instead of building and serializing a `Value`.
+    let head = format!(
+        "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":{},\"system_fingerprint\":null,\"choices\":[{{\"index\":0,\"delta\":",
+        json!(id),
+        json!(model)
+    );
+    let content_head = head.clone();
+    let content = move |text: &str| {
+        let text = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+        web::Bytes::from(format!(
+            "{content_head}{{\"content\":{text}}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        ))
+    };
     let chunk = move |delta: Value, finish: Value| {
-        sse(&json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": Value::Null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish}],
-        }))
+        web::Bytes::from(format!(
+            "{head}{delta},\"logprobs\":null,\"finish_reason\":{finish}}}]}}\n\n"
+        ))
     };
     tokio::spawn(async move {
         // The role chunk goes out with the first piece of content, in one write.
@@ -397,7 +406,7 @@ fn stream_answer(
             };
             let bytes = match next {
                 Ok(Some(text)) => {
-                    let piece = chunk(json!({"content": text}), Value::Null);
+                    let piece = content(&text);
                     match opening.take() {
                         Some(first) => web::Bytes::from([first, piece].concat()),
                         None => piece,

@@ -146,7 +146,11 @@ pub trait LlmProvider: Send + Sync {
 /// About four characters a token for the languages and tokenizers people use most; used only
 /// when a provider reports no usage, and such usage is marked estimated.
 pub fn estimate_tokens(text: &str) -> u32 {
-    let chars = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
+    tokens_for_chars(u32::try_from(text.chars().count()).unwrap_or(u32::MAX))
+}
+
+/// [`estimate_tokens`] from a character count (a stream counts as it goes).
+pub fn tokens_for_chars(chars: u32) -> u32 {
     chars.div_ceil(4)
 }
 

@@ -12,7 +12,6 @@ use super::health::{Breakers, ProviderHealth};
 use super::usage::{Outcome, Payer, Record};
 use super::{
     ChatMessage, CompletionRequest, Delta, DeltaStream, ProviderError, estimate_prompt_tokens,
-    estimate_tokens,
 };
 use crate::billing::gate::{Admission, GateError, UsageGate};
 use crate::db::Db;
@@ -229,7 +228,7 @@ impl Assistant {
                             stream,
                             prompt_estimate: estimate_prompt_tokens(&messages),
                             reported: None,
-                            completion_chars: String::new(),
+                            completion_chars: 0,
                             finish: None,
                             error: None,
                             started,
@@ -360,8 +359,8 @@ pub struct Generation {
     stream: DeltaStream,
     prompt_estimate: u32,
     reported: Option<(u32, u32)>,
-    /// The answer so far (to estimate its tokens when the provider reports none).
-    completion_chars: String,
+    /// Characters of the answer so far (to estimate its tokens when the provider reports none).
+    completion_chars: u32,
     finish: Option<String>,
     error: Option<ProviderError>,
     started: Instant,
@@ -398,7 +397,8 @@ impl Generation {
                         metrics::histogram!("assistant_first_token_seconds")
                             .record(waited.as_secs_f64());
                     }
-                    self.completion_chars.push_str(&text);
+                    let chars = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
+                    self.completion_chars = self.completion_chars.saturating_add(chars);
                     return Ok(Some(text));
                 }
                 Some(Ok(Delta::Usage { prompt, completion })) => {
@@ -414,7 +414,7 @@ impl Generation {
                 }
                 Some(Err(error)) => {
                     self.error = Some(error.clone());
-                    let outcome = if self.completion_chars.is_empty() {
+                    let outcome = if self.completion_chars == 0 {
                         Outcome::Failed
                     } else {
                         Outcome::Incomplete
@@ -441,7 +441,7 @@ impl Generation {
             },
             None => super::Usage {
                 prompt_tokens: self.prompt_estimate,
-                completion_tokens: estimate_tokens(&self.completion_chars),
+                completion_tokens: super::tokens_for_chars(self.completion_chars),
                 estimated: true,
             },
         }
