@@ -8,30 +8,12 @@ use serde_json::json;
 
 use crate::auth::identity::Identity;
 use crate::error::AppError;
-use crate::tenancy::Role;
 use crate::web::pages::{Page, back_to as back, html};
 use crate::web::{AppState, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/admin/assistant", page))
         .service(resource("/admin/assistant/reload").route(web::post().to(reload_form)));
-}
-
-async fn require_admin(state: &AppState, user: i64) -> Result<(), AppError> {
-    let role = state
-        .db
-        .run(move |conn| {
-            let tenant = crate::tenancy::default_tenant_id(conn)?;
-            crate::tenancy::role_of(conn, tenant, user).map_err(AppError::from)
-        })
-        .await?;
-    if role.is_some_and(|r| r.at_least(Role::Admin)) {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden(
-            "Only admins of the default workspace manage the assistant's providers.".to_owned(),
-        ))
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -46,7 +28,12 @@ async fn page(
     identity: Identity,
     query: web::Query<Notice>,
 ) -> Result<HttpResponse, AppError> {
-    require_admin(&state, identity.user_id()).await?;
+    crate::tenancy::require_deployment_admin(
+        &state.db,
+        identity.user_id(),
+        "manage the assistant's providers",
+    )
+    .await?;
     let catalog = state.assistant.catalog();
     let providers: Vec<_> = state
         .assistant
@@ -91,7 +78,12 @@ async fn reload_form(
     identity: Identity,
     request: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
-    require_admin(&state, identity.user_id()).await?;
+    crate::tenancy::require_deployment_admin(
+        &state.db,
+        identity.user_id(),
+        "manage the assistant's providers",
+    )
+    .await?;
     let assistant = state.assistant.clone();
     let outcome = web::block(move || assistant.reload())
         .await

@@ -97,18 +97,12 @@ impl LlmProvider for AnthropicProvider {
         if let Some(temperature) = request.temperature {
             body["temperature"] = json!(temperature);
         }
-        let response = tokio::time::timeout(
-            self.connect_timeout,
+        let response = super::send(
             self.request(reqwest::Method::POST, "/v1/messages")
-                .json(&body)
-                .send(),
+                .json(&body),
+            self.connect_timeout,
         )
-        .await
-        .map_err(|_| ProviderError::Timeout("connect"))?
-        .map_err(|e| super::transport_error(&e))?;
-        if !response.status().is_success() {
-            return Err(refusal(response).await);
-        }
+        .await?;
         Ok(super::sse::drive(
             response,
             self.idle_timeout,

@@ -76,7 +76,7 @@ fn check_model(state: &AppState, field: &str, model: &str) -> Result<String, App
 }
 
 /// A chat of the caller's own, or 404 (someone else's chat does not exist for them).
-async fn own_chat(
+pub(crate) async fn own_chat(
     state: &AppState,
     user: i64,
     id: i64,
@@ -648,47 +648,11 @@ async fn put_room_assistant(
     body: web::Json<RoomAssistant>,
 ) -> Result<HttpResponse, AppError> {
     let access = state.chat.access(caller.user_id, *id).await?;
-    let current = state.replies.room_setting(access.room.id).await?;
-    if current.as_ref().is_some_and(|s| s.mode == Mode::Chat) {
-        return Err(AppError::Conflict(
-            "This is a personal assistant chat; change it on its own page.".to_owned(),
-        ));
-    }
-    if !matches!(
-        access.room_role,
-        Some(RoomRole::Owner | RoomRole::Moderator)
-    ) {
-        return Err(AppError::Forbidden(
-            "Only the room's owners and moderators switch the assistant on or off.".to_owned(),
-        ));
-    }
     let model = check_model(&state, "model", body.model.as_deref().unwrap_or(""))?;
-    let setting = AssistantRoom {
-        room_id: access.room.id,
-        mode: Mode::Room,
-        enabled: body.enabled,
-        model,
-        system_prompt: current.map(|s| s.system_prompt).unwrap_or_default(),
-        untitled: false,
-    };
-    let saved = setting.clone();
-    state
-        .db
-        .run(move |conn| chats::save_room(conn, &saved).map_err(AppError::from))
+    let setting = state
+        .replies
+        .switch_in_room(&access, caller.user_id, body.enabled, model)
         .await?;
-    state.replies.forget_room(access.room.id);
-    crate::audit::record_now(
-        &state.db,
-        crate::audit::AuditEvent {
-            event: "room.assistant_changed",
-            actor_user_id: Some(caller.user_id),
-            tenant_id: Some(access.room.tenant_id),
-            subject: Some(format!("room:{}", access.room.id)),
-            details: json!({ "enabled": setting.enabled, "model": setting.model }),
-            ..crate::audit::AuditEvent::default()
-        },
-    )
-    .await?;
     Ok(HttpResponse::Ok().json(json!({
         "enabled": setting.enabled,
         "model": setting.model,

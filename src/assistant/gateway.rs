@@ -15,7 +15,6 @@ use super::usage::{Payer, Source};
 use super::{ChatMessage, ProviderError, Role};
 use crate::auth::identity::Caller;
 use crate::error::AppError;
-use crate::tenancy::Role as TenantRole;
 use crate::web::{AppState, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -551,25 +550,6 @@ async fn my_usage(
     Ok(HttpResponse::Ok().json(UsageReport { days }))
 }
 
-/// Providers and reloads are the deployment's business: admins of the default workspace.
-async fn require_admin(state: &AppState, caller: &Caller) -> Result<(), AppError> {
-    let user = caller.user_id;
-    let role = state
-        .db
-        .run(move |conn| {
-            let tenant = crate::tenancy::default_tenant_id(conn)?;
-            crate::tenancy::role_of(conn, tenant, user).map_err(AppError::from)
-        })
-        .await?;
-    if role.is_some_and(|r| r.at_least(TenantRole::Admin)) {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden(
-            "Only admins of the default workspace manage the assistant's providers.".to_owned(),
-        ))
-    }
-}
-
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct ProviderReport {
     providers: Vec<super::service::ProviderStatus>,
@@ -589,7 +569,12 @@ async fn provider_status(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, AppError> {
-    require_admin(&state, &caller).await?;
+    crate::tenancy::require_deployment_admin(
+        &state.db,
+        caller.user_id,
+        "manage the assistant's providers",
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(ProviderReport {
         providers: state.assistant.providers(),
     }))
@@ -611,7 +596,12 @@ async fn reload(
     caller: Caller,
     request: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
-    require_admin(&state, &caller).await?;
+    crate::tenancy::require_deployment_admin(
+        &state.db,
+        caller.user_id,
+        "manage the assistant's providers",
+    )
+    .await?;
     let assistant = state.assistant.clone();
     let models = web::block(move || assistant.reload())
         .await

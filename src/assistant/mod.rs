@@ -172,6 +172,23 @@ pub(crate) fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// Sends a streamed completion request: at most `timeout` to connect and get the answer's
+/// headers; an error status is the provider's refusal, with its reason.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Response, ProviderError> {
+    let response = tokio::time::timeout(timeout, request.send())
+        .await
+        .map_err(|_| ProviderError::Timeout("connect"))?
+        .map_err(|e| transport_error(&e))?;
+    if response.status().is_success() {
+        Ok(response)
+    } else {
+        Err(refusal(response).await)
+    }
+}
+
 /// The body of a failed answer, shortened for error messages (providers may send pages).
 pub(crate) async fn refusal(response: reqwest::Response) -> ProviderError {
     let status = response.status().as_u16();

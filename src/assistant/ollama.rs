@@ -46,19 +46,13 @@ impl LlmProvider for OllamaProvider {
             "stream": true,
             "options": options,
         });
-        let response = tokio::time::timeout(
-            self.connect_timeout,
+        let response = super::send(
             self.client
                 .post(format!("{}/api/chat", self.base_url))
-                .json(&body)
-                .send(),
+                .json(&body),
+            self.connect_timeout,
         )
-        .await
-        .map_err(|_| ProviderError::Timeout("connect"))?
-        .map_err(|e| super::transport_error(&e))?;
-        if !response.status().is_success() {
-            return Err(refusal(response).await);
-        }
+        .await?;
         Ok(super::sse::drive(
             response,
             self.idle_timeout,

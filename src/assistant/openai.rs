@@ -61,19 +61,13 @@ impl LlmProvider for OpenAiProvider {
         if let Some(temperature) = request.temperature {
             body["temperature"] = json!(temperature);
         }
-        let response = tokio::time::timeout(
-            self.connect_timeout,
+        let response = super::send(
             self.post("/chat/completions")
                 .header(reqwest::header::ACCEPT, "text/event-stream")
-                .json(&body)
-                .send(),
+                .json(&body),
+            self.connect_timeout,
         )
-        .await
-        .map_err(|_| ProviderError::Timeout("connect"))?
-        .map_err(|e| super::transport_error(&e))?;
-        if !response.status().is_success() {
-            return Err(refusal(response).await);
-        }
+        .await?;
         Ok(super::sse::drive(
             response,
             self.idle_timeout,

@@ -9,11 +9,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::artifacts;
+use super::chat_api::own_chat;
 use super::chats::{self, AssistantRoom, Mode, Preferences, ReplyState};
 use super::replies::NEW_CHAT_TITLE;
 use crate::auth::identity::Identity;
+use crate::chat::Privacy;
 use crate::chat::rooms::{RoomPatch, SearchParams};
-use crate::chat::{Privacy, RoomAccess, RoomRole};
 use crate::error::AppError;
 use crate::history::{Cursor, MemberKind};
 use crate::web::pages::{Page, back_to as back, html};
@@ -141,29 +142,6 @@ async fn chats_page(
         &context,
         actix_web::http::StatusCode::OK,
     )
-}
-
-/// A chat of the caller's own, or 404.
-async fn own_chat(
-    state: &AppState,
-    user: i64,
-    id: i64,
-) -> Result<(RoomAccess, AssistantRoom), AppError> {
-    let missing = || AppError::NotFound("No such chat.".to_owned());
-    let access = state.chat.access(user, id).await.map_err(|e| match e {
-        AppError::NotFound(_) => missing(),
-        other => other,
-    })?;
-    let setting = state
-        .replies
-        .room_setting(id)
-        .await?
-        .filter(|s| s.mode == Mode::Chat)
-        .ok_or_else(missing)?;
-    if access.room_role != Some(RoomRole::Owner) {
-        return Err(missing());
-    }
-    Ok((access, setting))
 }
 
 #[derive(Deserialize)]
@@ -528,21 +506,6 @@ async fn room_form(
     let user = identity.user_id();
     let access = state.chat.access(user, *id).await?;
     let to = format!("/rooms/{}", access.room.id);
-    let current = state.replies.room_setting(access.room.id).await?;
-    if current.as_ref().is_some_and(|s| s.mode == Mode::Chat) {
-        return Err(AppError::NotFound("No such room.".to_owned()));
-    }
-    if !matches!(
-        access.room_role,
-        Some(RoomRole::Owner | RoomRole::Moderator)
-    ) {
-        return back(
-            &to,
-            Err(AppError::Forbidden(
-                "Only the room's owners and moderators switch the assistant on or off.".to_owned(),
-            )),
-        );
-    }
     let form = form.into_inner();
     let model = form.model.unwrap_or_default();
     if !model.is_empty() && state.assistant.catalog().model(&model).is_none() {
@@ -553,32 +516,14 @@ async fn room_form(
             ))),
         );
     }
-    let setting = AssistantRoom {
-        room_id: access.room.id,
-        mode: Mode::Room,
-        enabled: form.enabled.is_some(),
-        model,
-        system_prompt: current.map(|s| s.system_prompt).unwrap_or_default(),
-        untitled: false,
+    let enabled = match state
+        .replies
+        .switch_in_room(&access, user, form.enabled.is_some(), model)
+        .await
+    {
+        Ok(setting) => setting.enabled,
+        Err(e) => return back(&to, Err(e)),
     };
-    let enabled = setting.enabled;
-    state
-        .db
-        .run(move |conn| chats::save_room(conn, &setting).map_err(AppError::from))
-        .await?;
-    state.replies.forget_room(access.room.id);
-    crate::audit::record_now(
-        &state.db,
-        crate::audit::AuditEvent {
-            event: "room.assistant_changed",
-            actor_user_id: Some(user),
-            tenant_id: Some(access.room.tenant_id),
-            subject: Some(format!("room:{}", access.room.id)),
-            details: json!({ "enabled": enabled }),
-            ..crate::audit::AuditEvent::default()
-        },
-    )
-    .await?;
     back(
         &to,
         Ok(if enabled {

@@ -848,6 +848,58 @@ impl Replies {
             .await
     }
 
+    /// Switches the assistant on or off in a group room, with its model (already checked):
+    /// room owners and moderators only; a personal chat is not a group room. Audited.
+    pub async fn switch_in_room(
+        &self,
+        access: &RoomAccess,
+        actor: i64,
+        enabled: bool,
+        model: String,
+    ) -> Result<AssistantRoom, AppError> {
+        let current = self.room_setting(access.room.id).await?;
+        if current.as_ref().is_some_and(|s| s.mode == Mode::Chat) {
+            return Err(AppError::Conflict(
+                "This is a personal assistant chat; change it on its own page.".to_owned(),
+            ));
+        }
+        if !matches!(
+            access.room_role,
+            Some(RoomRole::Owner | RoomRole::Moderator)
+        ) {
+            return Err(AppError::Forbidden(
+                "Only the room's owners and moderators switch the assistant on or off.".to_owned(),
+            ));
+        }
+        let setting = AssistantRoom {
+            room_id: access.room.id,
+            mode: Mode::Room,
+            enabled,
+            model,
+            system_prompt: current.map(|s| s.system_prompt).unwrap_or_default(),
+            untitled: false,
+        };
+        let saved = setting.clone();
+        self.inner
+            .db
+            .run(move |conn| chats::save_room(conn, &saved).map_err(AppError::from))
+            .await?;
+        self.forget_room(access.room.id);
+        crate::audit::record_now(
+            &self.inner.db,
+            crate::audit::AuditEvent {
+                event: "room.assistant_changed",
+                actor_user_id: Some(actor),
+                tenant_id: Some(access.room.tenant_id),
+                subject: Some(format!("room:{}", access.room.id)),
+                details: json!({ "enabled": setting.enabled, "model": setting.model }),
+                ..crate::audit::AuditEvent::default()
+            },
+        )
+        .await?;
+        Ok(setting)
+    }
+
     /// What a room's followers need to draw its replies (states, errors) beside messages.
     pub async fn replies_in(&self, room_id: i64) -> Result<Vec<Reply>, AppError> {
         self.inner

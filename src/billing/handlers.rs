@@ -82,24 +82,6 @@ fn require_admin(role: Role) -> Result<(), AppError> {
     }
 }
 
-/// Deployment-wide actions (refunds, credit adjustments): admins of the default workspace.
-async fn require_operator(state: &AppState, user: i64) -> Result<(), AppError> {
-    let role = state
-        .db
-        .run(move |conn| {
-            let tenant = crate::tenancy::default_tenant_id(conn)?;
-            crate::tenancy::role_of(conn, tenant, user).map_err(AppError::from)
-        })
-        .await?;
-    if role.is_some_and(|r| r.at_least(Role::Admin)) {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden(
-            "Only admins of the default workspace refund orders or adjust credits.".to_owned(),
-        ))
-    }
-}
-
 /// Today's and this month's numbers of a workspace and of the person, with the plan's limits.
 async fn usage_report(state: &AppState, user: i64, tenant: i64) -> Result<Value, AppError> {
     let settings = state.billing.settings().clone();
@@ -328,7 +310,12 @@ async fn refund(
     caller: Caller,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
-    require_operator(&state, caller.user_id).await?;
+    crate::tenancy::require_deployment_admin(
+        &state.db,
+        caller.user_id,
+        "refund orders or adjust credits",
+    )
+    .await?;
     let id = *id;
     let order = state
         .db
@@ -399,7 +386,12 @@ async fn adjust(
     request: HttpRequest,
     body: web::Json<Adjustment>,
 ) -> Result<HttpResponse, AppError> {
-    require_operator(&state, caller.user_id).await?;
+    crate::tenancy::require_deployment_admin(
+        &state.db,
+        caller.user_id,
+        "refund orders or adjust credits",
+    )
+    .await?;
     let body = body.into_inner();
     let reason = body.reason.trim().to_owned();
     if reason.is_empty() || reason.chars().count() > 500 {

@@ -31,7 +31,7 @@ use super::rooms::ChatService;
 use crate::auth::identity::Caller;
 use crate::error::AppError;
 use crate::history::Cursor;
-use crate::tenancy::{Authorizer, Role};
+use crate::tenancy::Authorizer;
 use crate::web::{AppState, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -707,26 +707,6 @@ impl From<End> for Failure {
     }
 }
 
-/// Live connections are the deployment's business: admins (and owners) of the default
-/// workspace, the one the installation started with.
-async fn require_operator(state: &AppState, caller: &Caller) -> Result<(), AppError> {
-    let user = caller.user_id;
-    let role = state
-        .db
-        .run(move |conn| {
-            let tenant = crate::tenancy::default_tenant_id(conn)?;
-            crate::tenancy::role_of(conn, tenant, user).map_err(AppError::from)
-        })
-        .await?;
-    if role.is_some_and(|r| r.at_least(Role::Admin)) {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden(
-            "Only admins of the default workspace see live connections.".to_owned(),
-        ))
-    }
-}
-
 #[utoipa::path(
     get,
     path = "/api/v1/admin/connections",
@@ -741,7 +721,8 @@ async fn list_connections(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, AppError> {
-    require_operator(&state, &caller).await?;
+    crate::tenancy::require_deployment_admin(&state.db, caller.user_id, "see live connections")
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "connections": state.chat.hub().connections() })))
 }
 
@@ -763,7 +744,8 @@ async fn disconnect(
     caller: Caller,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, AppError> {
-    require_operator(&state, &caller).await?;
+    crate::tenancy::require_deployment_admin(&state.db, caller.user_id, "see live connections")
+        .await?;
     let id = id.into_inner();
     let target = state
         .chat

@@ -163,6 +163,29 @@ pub struct Membership {
     pub role: Role,
 }
 
+/// Deployment-wide powers (live connections, LLM providers, refunds, credit adjustments)
+/// belong to the admins and owners of the default workspace, the one the installation started
+/// with. `what` ends the refusal: "Only admins of the default workspace {what}."
+pub async fn require_deployment_admin(
+    db: &crate::db::Db,
+    user_id: i64,
+    what: &str,
+) -> Result<(), crate::error::AppError> {
+    let role = db
+        .run(move |conn| {
+            let tenant = default_tenant_id(conn)?;
+            role_of(conn, tenant, user_id).map_err(crate::error::AppError::from)
+        })
+        .await?;
+    if role.is_some_and(|r| r.at_least(Role::Admin)) {
+        Ok(())
+    } else {
+        Err(crate::error::AppError::Forbidden(format!(
+            "Only admins of the default workspace {what}."
+        )))
+    }
+}
+
 pub fn default_tenant_id(conn: &mut DbConnection) -> QueryResult<i64> {
     tenants::table
         .filter(tenants::slug.eq(DEFAULT_TENANT_SLUG))
