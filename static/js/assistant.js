@@ -21,6 +21,9 @@ function start(section) {
   const textarea = form?.querySelector('textarea[name="body"]');
   const picker = section.querySelector('form.model-picker');
   const bubbles = new Map(); // reply id → its <li>
+  // Finished replies whose stored message has not arrived yet (on another node, the two
+  // travel separately): message id → reply.
+  const awaiting = new Map();
 
   const api = (path, method = 'POST', body) => fetch(path, {
     method,
@@ -123,8 +126,14 @@ function start(section) {
 
   function finished(reply) {
     const li = bubbles.get(reply.id) ?? list.querySelector(`li[data-reply="${reply.id}"]`);
-    bubbles.delete(reply.id);
     const stored = reply.message_id && list.querySelector(`li[data-id="${reply.message_id}"]`);
+    if (reply.message_id && !stored) {
+      // The answer is stored; its message is on its way. Keep the bubble until it is here.
+      awaiting.set(reply.message_id, reply);
+      li?.querySelector('button.stop')?.remove();
+      return;
+    }
+    bubbles.delete(reply.id);
     if (stored) {
       li?.remove();
       mark(stored, reply.state, reply.state === 'failed' ? reply.error : null);
@@ -241,7 +250,14 @@ function start(section) {
         break;
     }
   });
-  section.addEventListener('conclave:shown', ({ detail: li }) => decorate(li));
+  section.addEventListener('conclave:shown', ({ detail: li }) => {
+    decorate(li);
+    const reply = awaiting.get(Number(li.dataset.id));
+    if (reply) {
+      awaiting.delete(reply.message_id);
+      finished(reply);
+    }
+  });
 
   for (const li of list.querySelectorAll('li.answer-open')) {
     bubbles.set(Number(li.dataset.reply), li);
