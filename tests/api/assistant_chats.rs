@@ -654,3 +654,40 @@ async fn preferences_and_chat_prompts_reach_the_model_and_ephemeral_and_private_
     let (text, _, _) = answer(&mut tab).await;
     assert_eq!(text, "You said: secret stuff");
 }
+
+#[tokio::test]
+async fn deleting_an_account_deletes_its_assistant_chats() {
+    let (team, _fake, _) = team_with_fake(|_| {}).await;
+    let app = &team.app;
+    let chat = new_chat(&team.carl, app, json!({"message": "my secret plan"})).await;
+    eventually(Duration::from_secs(5), || async {
+        let state = chat_state(&team.carl, app, chat).await;
+        (state["replies"][0]["state"] == "completed").then_some(())
+    })
+    .await
+    .expect("answered");
+    let (status, erasure) = crate::rooms::send(
+        &team.carl,
+        app,
+        reqwest::Method::DELETE,
+        "/api/v1/me",
+        Some(json!({ "password": TEAM_PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 200, "{erasure}");
+    assert_eq!(erasure["private_rooms_deleted"], 1, "the chat: {erasure}");
+    let left: i64 = app
+        .state
+        .db
+        .run(move |conn| {
+            use conclave::schema::messages as m;
+            m::table
+                .filter(m::room_id.eq(chat))
+                .count()
+                .get_result(conn)
+                .map_err(conclave::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "nothing of the chat is left");
+}
