@@ -97,11 +97,14 @@ mod tests {
             turn(Role::Assistant, 40),
             turn(Role::User, 40),
         ];
-        let fitted = fit(&conversation, 1_000, 500).unwrap();
+        let fitted = fit(&conversation, 1_000, 500).expect("the newest turns fit");
         assert_eq!(fitted.len(), 4);
         assert_eq!(fitted[0].role, Role::System);
         assert_eq!(fitted[1..], conversation[3..]);
-        assert_eq!(fit(&conversation, 100_000, 500).unwrap(), conversation);
+        assert_eq!(
+            fit(&conversation, 100_000, 500).expect("everything fits"),
+            conversation
+        );
     }
 
     #[test]
@@ -113,7 +116,7 @@ mod tests {
             1_000,
             10,
         )
-        .unwrap();
+        .expect("a short turn fits");
         assert_eq!(cleaned[0].content, "a[31mbc\nd\te");
     }
 }

@@ -183,6 +183,11 @@ impl Assistant {
             None => catalog.default_model().ok_or(StartError::NoModels)?,
         };
         let admission = self.admit(&ask.payer).await?;
+        // The workspace the gate billed is the one the usage record names (found once).
+        let mut payer = ask.payer;
+        if let Some((_, admitted)) = &admission {
+            payer.tenant_id = Some(admitted.tenant_id);
+        }
         let mut chain: Vec<&ModelEntry> = vec![requested];
         while let Some(next) = chain
             .last()
@@ -234,7 +239,7 @@ impl Assistant {
                             started,
                             first_token: None,
                             deadline: started + catalog.max_generation,
-                            payer: ask.payer,
+                            payer,
                             breaker: (catalog.breaker_failures, catalog.breaker_cooldown),
                             settled: false,
                             admission,
@@ -260,7 +265,7 @@ impl Assistant {
                             // and another route would refuse it the same way.
                             self.inner.breakers.succeeded(&route.provider);
                             self.record(Record {
-                                payer: ask.payer,
+                                payer,
                                 model: requested.alias.clone(),
                                 variant: route.variant(),
                                 prompt_tokens: 0,
@@ -283,7 +288,7 @@ impl Assistant {
             )
         });
         self.record(Record {
-            payer: ask.payer,
+            payer,
             model: requested.alias.clone(),
             variant,
             prompt_tokens: 0,

@@ -321,12 +321,12 @@ mod tests {
     #[test]
     fn resets_are_at_midnight_utc_and_the_first_of_the_month() {
         let now = DateTime::parse_from_rfc3339("2026-12-31T18:30:00Z")
-            .unwrap()
+            .expect("a valid time")
             .with_timezone(&Utc);
         assert_eq!(tomorrow(now).to_rfc3339(), "2027-01-01T00:00:00+00:00");
         assert_eq!(next_month(now).to_rfc3339(), "2027-01-01T00:00:00+00:00");
         let mid = DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
-            .unwrap()
+            .expect("a valid time")
             .with_timezone(&Utc);
         assert_eq!(next_month(mid).to_rfc3339(), "2026-12-01T00:00:00+00:00");
         assert_eq!(in_words(7_300), "2 h");
