@@ -43,6 +43,11 @@ export CONCLAVE_BILLING_EMAIL="bill@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_BILLING_EMAIL" \
   --password "$CONCLAVE_TEST_PASSWORD" --name "Bill Gosper" --owner >/dev/null)
 
+# Edsger, a staff owner, is the admin test's own.
+export CONCLAVE_ADMIN_EMAIL="edsger@example.com"
+(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ADMIN_EMAIL" \
+  --password "$CONCLAVE_TEST_PASSWORD" --name "Edsger Dijkstra" --owner >/dev/null)
+
 # Mary is the assistant test's own.
 export CONCLAVE_ASSISTANT_EMAIL="mary@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ASSISTANT_EMAIL" \

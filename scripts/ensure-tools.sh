@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs when it is missing, so a fresh machine needs no manual steps:
-# PostgreSQL server binaries, Chromium, Node.js + npm, the playwright-core package, and the
+# PostgreSQL server binaries, Chromium, Node.js + npm, nginx, Caddy, nftables, the playwright-core package, and the
 # rustfmt/clippy components. Uses Debian packages and the npm registry only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,12 @@ command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || apt_packages+=(python3-aiosmtpd)
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
+# The real front proxies and firewall the edge policy renders for (`nginx -t`,
+# `caddy validate`, `nft -c`), and openssl for the test certificate nginx needs.
+[ -x /usr/sbin/nginx ] || apt_packages+=(nginx)
+command -v caddy >/dev/null 2>&1 || apt_packages+=(caddy)
+[ -x /usr/sbin/nft ] || apt_packages+=(nftables)
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "ensure-tools: installing ${apt_packages[*]}"

@@ -52,6 +52,9 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::assistant::chat_api::ApiDoc::openapi(),
         crate::assistant::guests::ApiDoc::openapi(),
         crate::billing::handlers::ApiDoc::openapi(),
+        crate::edge::handlers::ApiDoc::openapi(),
+        crate::admin::ApiDoc::openapi(),
+        crate::auth::preferences::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {
         doc.merge(part);

@@ -3,6 +3,7 @@
 //! The library holds every module; `main.rs` only parses the command line. Integration tests
 //! build the same `startup::Application` the binary runs.
 
+pub mod admin;
 pub mod api_docs;
 pub mod assistant;
 pub mod audit;
@@ -12,6 +13,7 @@ pub mod chat;
 pub mod cli;
 pub mod crypto;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod history;
 pub mod jobs;

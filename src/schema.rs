@@ -91,6 +91,7 @@ diesel::table! {
         failed_logins -> Integer,
         locked_until -> Nullable<Timestamp>,
         signup_plan -> Nullable<Text>,
+        staff_role -> Nullable<Text>,
     }
 }
 
@@ -392,7 +393,40 @@ diesel::joinable!(personal_keys -> users (user_id));
 diesel::joinable!(read_markers -> rooms (room_id));
 diesel::joinable!(assistant_usage -> tenants (tenant_id));
 diesel::joinable!(billing_orders -> tenants (tenant_id));
+diesel::table! {
+    edge_policies (version) {
+        version -> BigInt,
+        document -> Text,
+        comment -> Text,
+        rolled_back_from -> Nullable<BigInt>,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    edge_agents (name) {
+        name -> Text,
+        format -> Text,
+        applied_version -> Nullable<BigInt>,
+        status -> Text,
+        error -> Nullable<Text>,
+        address -> Nullable<Text>,
+        reported_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_preferences (user_id) {
+        user_id -> BigInt,
+        version -> Integer,
+        document -> Text,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(credit_entries -> tenants (tenant_id));
+diesel::joinable!(user_preferences -> users (user_id));
 diesel::joinable!(usage_daily -> tenants (tenant_id));
 diesel::joinable!(assistant_rooms -> rooms (room_id));
 diesel::joinable!(assistant_replies -> rooms (room_id));
@@ -414,6 +448,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     billing_orders,
     credit_entries,
     usage_daily,
+    edge_policies,
+    edge_agents,
+    user_preferences,
     tenants,
     users,
     sessions,

@@ -42,10 +42,15 @@ pub struct Settings {
     pub realtime: RealtimeSettings,
     pub assistant: AssistantSettings,
     pub billing: BillingSettings,
+    pub edge: EdgeSettings,
     /// The config file these settings were read from, so a reload (SIGHUP, admin) reads the
     /// same one. Not a setting.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// Key paths (`server.listen`) set by environment variables, and the variable of each;
+    /// the admin settings page labels them. Not a setting.
+    #[serde(skip)]
+    pub from_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -72,6 +77,22 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Time a client gets to send its request head.
     pub client_request_timeout_ms: u64,
+    /// A second address for the admin area (e.g. on the VPN interface). When set, `/admin` and
+    /// `/api/v1/admin` answer only there, and 404 on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeSettings {
+    /// How often each node checks for a newer edge policy (saved on another node), in seconds.
+    pub reload_secs: u64,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self { reload_secs: 2 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -998,7 +1019,9 @@ impl Default for Settings {
             realtime: RealtimeSettings::default(),
             assistant: AssistantSettings::default(),
             billing: BillingSettings::default(),
+            edge: EdgeSettings::default(),
             source: None,
+            from_env: Vec::new(),
         }
     }
 }
@@ -1015,6 +1038,7 @@ impl Default for ServerSettings {
             payload_limit_bytes: 1024 * 1024,
             shutdown_timeout_secs: 30,
             client_request_timeout_ms: 5_000,
+            admin_listen: None,
         }
     }
 }
@@ -1303,6 +1327,7 @@ impl Settings {
         })?;
         settings.validate()?;
         settings.source = config_file.map(Path::to_path_buf);
+        settings.from_env = env_sources;
         Ok(settings)
     }
 

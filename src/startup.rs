@@ -123,6 +123,19 @@ impl Application {
             )
         })?;
         let bound = listener.local_addr()?;
+        let admin_listener = settings
+            .server
+            .admin_listen
+            .map(|address| {
+                TcpListener::bind(address)
+                    .with_context(|| format!("cannot listen on {address} (server.admin_listen)"))
+            })
+            .transpose()?;
+        let admin_bound = admin_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let edge = crate::edge::Edge::load(db.clone(), admin_bound).await?;
         let port = bound.port();
         let public_url = settings.public_url(bound);
         let passwords = crate::auth::passwords::PasswordService::new(
@@ -226,13 +239,14 @@ impl Application {
             replies,
             guests: crate::assistant::guests::Guests::new(&settings.assistant),
             billing,
+            edge,
         });
         let app_state = state.clone();
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
         };
-        let server = HttpServer::new(move || crate::web::app(app_state.clone()))
+        let mut server = HttpServer::new(move || crate::web::app(app_state.clone()))
             // Streams (SSE answers, WebSocket frames) are many small writes: without
             // TCP_NODELAY, Nagle's algorithm holds each one until the previous is acknowledged,
             // and the client's delayed ACK makes that ~40 ms (measured: docs/benchmarks.md).
@@ -246,11 +260,13 @@ impl Application {
             .client_request_timeout(Duration::from_millis(
                 settings.server.client_request_timeout_ms,
             ))
-            .listen(listener)?
-            // Signals are handled in `run_until_stopped`, so jobs stop being claimed at the
-            // same moment HTTP starts draining.
-            .disable_signals()
-            .run();
+            .listen(listener)?;
+        if let Some(admin) = admin_listener {
+            server = server.listen(admin)?;
+        }
+        // Signals are handled in `run_until_stopped`, so jobs stop being claimed at the same
+        // moment HTTP starts draining.
+        let server = server.disable_signals().run();
         // Last, once nothing else can fail: a runner started earlier would claim jobs (using
         // up attempts and leaving leases) in a process that is about to exit.
         let relay = cluster_url.map(|url| {
@@ -262,6 +278,9 @@ impl Application {
             )
         });
         state.assistant.spawn_health_checks();
+        state
+            .edge
+            .spawn_watcher(Duration::from_secs(settings.edge.reload_secs.max(1)));
         state.replies.spawn_sweeper();
         let runner = settings
             .jobs
@@ -280,6 +299,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where the admin area is served when `server.admin_listen` is set (port 0 resolved).
+    pub fn admin_address(&self) -> Option<std::net::SocketAddr> {
+        self.state.edge.admin_listen
     }
 
     pub fn public_url(&self) -> &str {

@@ -1,4 +1,4 @@
-//! The assistant's admin page (`/admin/assistant`, deployment admins): each provider's circuit
+//! The assistant's admin page (`/admin/assistant`; staff see it, operators reload): each provider's circuit
 //! and health, the configured models, and a button that reloads them from the configuration
 //! (as SIGHUP does).
 
@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::auth::identity::Identity;
+use crate::admin::{Action, Staff};
 use crate::error::AppError;
 use crate::web::pages::{Page, back_to as back, html};
 use crate::web::{AppState, get, resource};
@@ -25,15 +25,10 @@ struct Notice {
 async fn page(
     state: web::Data<AppState>,
     page: Page,
-    identity: Identity,
+    staff: Staff,
     query: web::Query<Notice>,
 ) -> Result<HttpResponse, AppError> {
-    crate::tenancy::require_deployment_admin(
-        &state.db,
-        identity.user_id(),
-        "manage the assistant's providers",
-    )
-    .await?;
+    staff.require(Action::View)?;
     let catalog = state.assistant.catalog();
     let providers: Vec<_> = state
         .assistant
@@ -66,6 +61,8 @@ async fn page(
         })
         .collect();
     let mut context = page.context(&state);
+    context.insert("may", &staff.powers());
+    context.insert("section", "assistant");
     context.insert("providers", &providers);
     context.insert("models", &models);
     context.insert("notice", &query.notice);
@@ -75,15 +72,10 @@ async fn page(
 
 async fn reload_form(
     state: web::Data<AppState>,
-    identity: Identity,
+    staff: Staff,
     request: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
-    crate::tenancy::require_deployment_admin(
-        &state.db,
-        identity.user_id(),
-        "manage the assistant's providers",
-    )
-    .await?;
+    staff.require(Action::Operate)?;
     let assistant = state.assistant.clone();
     let outcome = web::block(move || assistant.reload())
         .await
@@ -94,7 +86,7 @@ async fn reload_form(
                 &state.db,
                 crate::audit::AuditEvent {
                     event: "assistant.reloaded",
-                    actor_user_id: Some(identity.user_id()),
+                    actor_user_id: Some(staff.user_id()),
                     ip: crate::web::client_ip(&request),
                     details: json!({ "models": models }),
                     ..crate::audit::AuditEvent::default()

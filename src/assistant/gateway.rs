@@ -567,14 +567,9 @@ struct ProviderReport {
 )]
 async fn provider_status(
     state: web::Data<AppState>,
-    caller: Caller,
+    staff: crate::admin::Staff,
 ) -> Result<HttpResponse, AppError> {
-    crate::tenancy::require_deployment_admin(
-        &state.db,
-        caller.user_id,
-        "manage the assistant's providers",
-    )
-    .await?;
+    staff.require(crate::admin::Action::View)?;
     Ok(HttpResponse::Ok().json(ProviderReport {
         providers: state.assistant.providers(),
     }))
@@ -593,15 +588,10 @@ async fn provider_status(
 )]
 async fn reload(
     state: web::Data<AppState>,
-    caller: Caller,
+    staff: crate::admin::Staff,
     request: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
-    crate::tenancy::require_deployment_admin(
-        &state.db,
-        caller.user_id,
-        "manage the assistant's providers",
-    )
-    .await?;
+    staff.require(crate::admin::Action::Operate)?;
     let assistant = state.assistant.clone();
     let models = web::block(move || assistant.reload())
         .await
@@ -616,7 +606,7 @@ async fn reload(
         &state.db,
         crate::audit::AuditEvent {
             event: "assistant.reloaded",
-            actor_user_id: Some(caller.user_id),
+            actor_user_id: Some(staff.user_id()),
             ip: crate::web::client_ip(&request),
             details: json!({ "models": models }),
             ..crate::audit::AuditEvent::default()

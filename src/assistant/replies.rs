@@ -258,6 +258,15 @@ impl Replies {
         Ok(found)
     }
 
+    /// The cache of rooms' assistant settings (admin's caches page).
+    pub fn room_cache_entries(&self) -> u64 {
+        self.inner.rooms.entry_count()
+    }
+
+    pub fn clear_room_cache(&self) {
+        self.inner.rooms.invalidate_all();
+    }
+
     pub fn forget_room(&self, room_id: i64) {
         self.inner.rooms.invalidate(&room_id);
     }

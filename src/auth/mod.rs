@@ -18,6 +18,7 @@ pub mod password;
 pub mod password_handlers;
 pub mod passwords;
 pub mod personal_keys;
+pub mod preferences;
 pub mod private_handlers;
 pub mod session_handlers;
 pub mod sessions;

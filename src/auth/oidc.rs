@@ -137,6 +137,16 @@ pub struct Federation {
 }
 
 impl Federation {
+    /// Cached discovery documents of the OIDC providers (admin's caches page).
+    pub fn discovery_entries(&self) -> u64 {
+        self.discovered.entry_count()
+    }
+
+    /// Forgets the discovery documents: the next sign-in fetches them again.
+    pub fn clear_discovery(&self) {
+        self.discovered.invalidate_all();
+    }
+
     pub fn new(
         db: Db,
         providers: BTreeMap<String, OidcProviderSettings>,

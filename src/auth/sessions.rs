@@ -36,6 +36,9 @@ pub struct SessionInfo {
     pub created_at: NaiveDateTime,
     pub last_seen_at: NaiveDateTime,
     pub expires_at: NaiveDateTime,
+    /// Whether they have a staff role (the layout links to the admin area); the admin area
+    /// itself checks the role on every request.
+    pub staff: bool,
 }
 
 /// A session row, for the "my sessions" listing.
@@ -61,6 +64,7 @@ struct LiveSession {
     email: String,
     display_name: String,
     disabled_at: Option<NaiveDateTime>,
+    staff_role: Option<String>,
 }
 
 #[derive(Clone)]
@@ -132,9 +136,9 @@ impl SessionStarter {
                 sessions::user_agent.eq(user_agent),
             ))
             .execute(conn)?;
-        let (email, display_name): (String, String) = users::table
+        let (email, display_name, staff_role): (String, String, Option<String>) = users::table
             .find(user_id)
-            .select((users::email, users::display_name))
+            .select((users::email, users::display_name, users::staff_role))
             .first(conn)?;
         Ok(NewSession {
             token,
@@ -146,6 +150,7 @@ impl SessionStarter {
                 created_at: now,
                 last_seen_at: now,
                 expires_at,
+                staff: staff_role.is_some(),
             },
         })
     }
@@ -272,6 +277,7 @@ impl Sessions {
                         users::email,
                         users::display_name,
                         users::disabled_at,
+                        users::staff_role,
                     ))
                     .first(conn)
                     .optional()?;
@@ -283,6 +289,7 @@ impl Sessions {
                     email,
                     display_name,
                     disabled_at,
+                    staff_role,
                 }) = row
                 else {
                     return Ok::<_, DbError>(None);
@@ -308,6 +315,7 @@ impl Sessions {
                     created_at,
                     last_seen_at,
                     expires_at,
+                    staff: staff_role.is_some(),
                 }))
             })
             .await?;
@@ -409,5 +417,11 @@ impl Sessions {
 
     pub fn cached_entries(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Drops every cached session: the next request of each reads its session from the
+    /// database again (nobody is signed out).
+    pub fn clear_cache(&self) {
+        self.cache.invalidate_all();
     }
 }

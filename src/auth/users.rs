@@ -107,6 +107,18 @@ pub fn create(conn: &mut DbConnection, new: NewUser) -> Result<(User, Role), Cre
         .ok_or(CreateUserError::EmailTaken)?;
         let user: User = users::table.find(id).select(User::as_select()).first(tx)?;
         tenancy::add_member(tx, tenant_id, user.id, role, now)?;
+        // The installation's first person, and anyone created with a staff role (CLI
+        // `--role`), may use the admin area; people who sign up may not.
+        let staff = match new.role {
+            Some(role) if role != Role::Viewer => Some(role),
+            None if role == Role::Owner => Some(Role::Owner),
+            _ => None,
+        };
+        if let Some(staff) = staff {
+            diesel::update(users::table.find(user.id))
+                .set(users::staff_role.eq(staff.as_str()))
+                .execute(tx)?;
+        }
         audit::record(
             tx,
             &AuditEvent {

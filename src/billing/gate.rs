@@ -189,6 +189,14 @@ impl DbUsageGate {
     pub fn forget(&self, tenant_id: i64) {
         self.exhausted.invalidate(&tenant_id);
     }
+
+    pub fn cached_entries(&self) -> u64 {
+        self.exhausted.entry_count()
+    }
+
+    pub fn clear_cache(&self) {
+        self.exhausted.invalidate_all();
+    }
 }
 
 #[async_trait::async_trait]

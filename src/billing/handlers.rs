@@ -393,33 +393,56 @@ async fn adjust(
     )
     .await?;
     let body = body.into_inner();
-    let reason = body.reason.trim().to_owned();
+    let balance = adjust_credits(
+        &state,
+        caller.user_id,
+        client_ip(&request),
+        body.tenant_id,
+        body.amount,
+        &body.reason,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(json!({ "tenant_id": body.tenant_id, "balance": balance })))
+}
+
+/// Adds (or takes away) credits by hand, with a reason; audited with the balance before and
+/// after. The caller checks who may. Answers the new balance.
+pub(crate) async fn adjust_credits(
+    state: &AppState,
+    actor: i64,
+    ip: Option<String>,
+    tenant_id: i64,
+    amount: i64,
+    reason: &str,
+) -> Result<i64, AppError> {
+    let reason = reason.trim().to_owned();
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(AppError::BadRequest(
             "reason: say why, in at most 500 characters".to_owned(),
         ));
     }
-    if body.amount == 0 {
+    if amount == 0 {
         return Err(AppError::BadRequest("amount: must not be zero".to_owned()));
     }
-    let (actor, ip) = (caller.user_id, client_ip(&request));
     let result = state
         .db
         .run(move |conn| {
             crate::db::write_transaction(conn, |tx| {
                 let exists: bool = diesel::select(diesel::dsl::exists(
-                    crate::schema::tenants::table.find(body.tenant_id),
+                    crate::schema::tenants::table.find(tenant_id),
                 ))
                 .get_result(tx)?;
                 if !exists {
-                    return Ok(Err(AppError::NotFound("tenant_id: no such workspace".to_owned())));
+                    return Ok(Err(AppError::NotFound(
+                        "tenant_id: no such workspace".to_owned(),
+                    )));
                 }
                 let appended = ledger::append(
                     tx,
                     &NewEntry {
-                        tenant_id: body.tenant_id,
+                        tenant_id,
                         kind: EntryKind::Adjustment,
-                        amount: body.amount,
+                        amount,
                         order_id: None,
                         user_id: Some(actor),
                         reason: &reason,
@@ -433,29 +456,35 @@ async fn adjust(
                             &crate::audit::AuditEvent {
                                 event: "billing.credits_adjusted",
                                 actor_user_id: Some(actor),
-                                tenant_id: Some(body.tenant_id),
-                                subject: Some(format!("tenant:{}", body.tenant_id)),
+                                tenant_id: Some(tenant_id),
+                                subject: Some(format!("tenant:{tenant_id}")),
                                 ip,
-                                details: json!({ "amount": body.amount, "reason": reason, "balance": balance }),
+                                details: json!({
+                                    "amount": amount,
+                                    "reason": reason,
+                                    "balance": balance,
+                                    "before": { "balance": balance - amount },
+                                    "after": { "balance": balance },
+                                }),
                                 ..crate::audit::AuditEvent::default()
                             },
                             Utc::now().naive_utc(),
                         )?;
                         Ok(Ok(balance))
                     }
-                    Err(ledger::LedgerError::Insufficient { balance, wanted }) => Ok(Err(
-                        AppError::Conflict(format!(
+                    Err(ledger::LedgerError::Insufficient { balance, wanted }) => {
+                        Ok(Err(AppError::Conflict(format!(
                             "The balance is {balance}; {wanted} cannot be taken from it."
-                        )),
-                    )),
+                        ))))
+                    }
                     Err(ledger::LedgerError::Db(e)) => Err(DbError::from(e)),
                 }
             })
         })
         .await?;
     let balance = result?;
-    state.billing.gate_forget(body.tenant_id);
-    Ok(HttpResponse::Created().json(json!({ "tenant_id": body.tenant_id, "balance": balance })))
+    state.billing.gate_forget(tenant_id);
+    Ok(balance)
 }
 
 #[derive(Deserialize)]

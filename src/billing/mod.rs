@@ -149,6 +149,11 @@ impl Billing {
         self.inner.gate.forget(tenant_id);
     }
 
+    /// The quota gate's cache of workspaces over a limit (admin's caches page).
+    pub fn gate_cache(&self) -> &DbUsageGate {
+        &self.inner.gate
+    }
+
     pub fn fake(&self) -> Option<&Arc<fake::FakeProvider>> {
         self.inner.fake.as_ref()
     }

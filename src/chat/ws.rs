@@ -28,7 +28,6 @@ use super::hub::{
 };
 use super::protocol::{self, ClientFrame};
 use super::rooms::ChatService;
-use crate::auth::identity::Caller;
 use crate::error::AppError;
 use crate::history::Cursor;
 use crate::tenancy::Authorizer;
@@ -167,7 +166,7 @@ async fn connect(
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
     let hub = state.chat.hub().clone();
-    let ip = request.peer_addr().map(|a| a.ip());
+    let ip = crate::web::client_addr(&request);
     hub.check_handshake(ip).map_err(refused)?;
     let upgrade = request
         .headers()
@@ -719,10 +718,9 @@ impl From<End> for Failure {
 )]
 async fn list_connections(
     state: web::Data<AppState>,
-    caller: Caller,
+    staff: crate::admin::Staff,
 ) -> Result<HttpResponse, AppError> {
-    crate::tenancy::require_deployment_admin(&state.db, caller.user_id, "see live connections")
-        .await?;
+    staff.require(crate::admin::Action::View)?;
     Ok(HttpResponse::Ok().json(json!({ "connections": state.chat.hub().connections() })))
 }
 
@@ -741,11 +739,10 @@ async fn list_connections(
 async fn disconnect(
     state: web::Data<AppState>,
     request: HttpRequest,
-    caller: Caller,
+    staff: crate::admin::Staff,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, AppError> {
-    crate::tenancy::require_deployment_admin(&state.db, caller.user_id, "see live connections")
-        .await?;
+    staff.require(crate::admin::Action::Operate)?;
     let id = id.into_inner();
     let target = state
         .chat
@@ -759,7 +756,7 @@ async fn disconnect(
         &state.db,
         crate::audit::AuditEvent {
             event: "connection.disconnected",
-            actor_user_id: Some(caller.user_id),
+            actor_user_id: Some(staff.user_id()),
             subject: Some(format!("user:{}", target.user_id)),
             ip: crate::web::client_ip(&request),
             details: json!({ "connection_id": id, "kind": target.kind }),

@@ -56,6 +56,57 @@ pub enum Command {
         #[command(subcommand)]
         action: BillingAction,
     },
+    /// The edge policy: render it for a proxy or firewall, or keep a remote proxy in step.
+    Edge {
+        #[command(subcommand)]
+        action: EdgeAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EdgeAction {
+    /// Print the active (or a stored) policy as a Caddyfile, an nginx include or an nftables
+    /// ruleset: the same text the admin preview shows.
+    Render {
+        #[arg(long, value_parser = parse_format)]
+        format: crate::edge::render::Format,
+        /// A stored version; the active one when left out.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Poll a Conclave server for the rendered policy and apply it to a local proxy: write it
+    /// atomically, check it, roll back when the check fails, reload, and report the version.
+    Agent {
+        /// The Conclave server, e.g. https://chat.example.com (or its admin listener).
+        #[arg(long)]
+        server: String,
+        /// A file holding an API token of an operator (or above) of the default workspace.
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        #[arg(long, value_parser = parse_format)]
+        format: crate::edge::render::Format,
+        /// The config file to keep current, e.g. /etc/nginx/conf.d/conclave.conf.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Run after writing; a failure puts the previous file back (e.g. 'nginx -t').
+        #[arg(long)]
+        check: Option<String>,
+        /// Run after a passing check (e.g. 'nginx -s reload').
+        #[arg(long)]
+        reload: Option<String>,
+        /// How this agent is listed in admin; the host name by default.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 15)]
+        interval_secs: u64,
+        /// One round, then exit (non-zero when the check refused the new version).
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn parse_format(text: &str) -> Result<crate::edge::render::Format, String> {
+    text.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +210,7 @@ pub fn run(cli: Cli) -> ExitCode {
             );
             Ok(())
         }),
+        Command::Edge { action } => edge(settings, action),
         Command::Billing {
             action: BillingAction::RegisterWebhook,
         } => with_runtime(|| async move {
@@ -196,6 +248,78 @@ pub fn run(cli: Cli) -> ExitCode {
             println!("{}", registered.signing_secret);
             Ok(())
         }),
+    }
+}
+
+fn edge(settings: Settings, action: EdgeAction) -> ExitCode {
+    match action {
+        EdgeAction::Render { format, version } => with_runtime(|| async move {
+            let db = Db::connect(&settings)
+                .await
+                .map_err(|e| (exit::UNAVAILABLE, e))?;
+            db.migrate().await.map_err(|e| (exit::FAILURE, e))?;
+            let edge = crate::edge::Edge::load(db, None)
+                .await
+                .map_err(|e| (exit::FAILURE, e))?;
+            let (version, policy) = match version {
+                Some(version) => (
+                    version,
+                    edge.version(version)
+                        .await
+                        .map_err(|e| (exit::DATA, anyhow::Error::new(e)))?,
+                ),
+                None => {
+                    let active = edge.active();
+                    (active.version, active.policy.clone())
+                }
+            };
+            print!("{}", crate::edge::render::render(&policy, version, format));
+            Ok(())
+        }),
+        EdgeAction::Agent {
+            server,
+            token_file,
+            format,
+            out,
+            check,
+            reload,
+            name,
+            interval_secs,
+            once,
+        } => {
+            let _telemetry = crate::telemetry::init(&settings.telemetry).ok();
+            with_runtime(|| async move {
+                let token = std::fs::read_to_string(&token_file)
+                    .map_err(|e| {
+                        (
+                            exit::CONFIG,
+                            anyhow::anyhow!("cannot read {}: {e}", token_file.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_owned();
+                let name = name.unwrap_or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| "edge-agent".to_owned())
+                });
+                let agent = crate::edge::agent::Agent::new(crate::edge::agent::AgentOptions {
+                    server,
+                    token,
+                    format,
+                    out,
+                    check,
+                    reload,
+                    name,
+                    interval: std::time::Duration::from_secs(interval_secs.max(1)),
+                    once,
+                })
+                .map_err(|e| (exit::FAILURE, e))?;
+                agent.run().await.map_err(|e| (exit::FAILURE, e))
+            })
+        }
     }
 }
 

@@ -80,7 +80,7 @@ pub struct NewTenant {
     slug: String,
 }
 
-fn parse_slug(slug: &str) -> Result<String, AppError> {
+pub(crate) fn parse_slug(slug: &str) -> Result<String, AppError> {
     let slug = slug.trim().to_ascii_lowercase();
     let valid = (2..=40).contains(&slug.len())
         && slug

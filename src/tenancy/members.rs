@@ -162,14 +162,14 @@ fn owners(conn: &mut DbConnection, tenant_id: i64) -> QueryResult<i64> {
 const LAST_OWNER: &str = "A workspace needs an owner: make someone else owner first.";
 
 /// What a membership change is.
-enum Change {
+pub(crate) enum Change {
     Role(Role),
     Remove,
 }
 
 /// Changes or ends `target`'s membership on behalf of `actor`. Members may always leave
 /// themselves; anything else needs `ManageMembers` and a target not above the actor.
-async fn change(
+pub(crate) async fn change(
     state: &AppState,
     actor: i64,
     tenant_id: i64,

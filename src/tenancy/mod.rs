@@ -163,25 +163,32 @@ pub struct Membership {
     pub role: Role,
 }
 
+/// A person's staff role: their place in the admin area (`users.staff_role`), apart from
+/// their workspace roles. `None`: no admin access.
+pub fn staff_role_of(conn: &mut DbConnection, user_id: i64) -> QueryResult<Option<Role>> {
+    let role: Option<Option<String>> = crate::schema::users::table
+        .find(user_id)
+        .select(crate::schema::users::staff_role)
+        .first(conn)
+        .optional()?;
+    Ok(role.flatten().and_then(|r| r.parse().ok()))
+}
+
 /// Deployment-wide powers (live connections, LLM providers, refunds, credit adjustments)
-/// belong to the admins and owners of the default workspace, the one the installation started
-/// with. `what` ends the refusal: "Only admins of the default workspace {what}."
+/// belong to staff admins and owners. `what` ends the refusal: "Only Conclave admins {what}."
 pub async fn require_deployment_admin(
     db: &crate::db::Db,
     user_id: i64,
     what: &str,
 ) -> Result<(), crate::error::AppError> {
     let role = db
-        .run(move |conn| {
-            let tenant = default_tenant_id(conn)?;
-            role_of(conn, tenant, user_id).map_err(crate::error::AppError::from)
-        })
+        .run(move |conn| staff_role_of(conn, user_id).map_err(crate::error::AppError::from))
         .await?;
     if role.is_some_and(|r| r.at_least(Role::Admin)) {
         Ok(())
     } else {
         Err(crate::error::AppError::Forbidden(format!(
-            "Only admins of the default workspace {what}."
+            "Only Conclave admins {what}."
         )))
     }
 }

@@ -104,9 +104,7 @@ pub async fn report(
     request: HttpRequest,
     report: web::Json<ClientErrorReport>,
 ) -> Result<HttpResponse, AppError> {
-    let ip = request
-        .peer_addr()
-        .map(|addr| addr.ip())
+    let ip = super::client_addr(&request)
         .ok_or_else(|| AppError::BadRequest("The client address is unknown.".to_owned()))?;
     state.client_errors.check(ip)?;
     report.validate()?;

@@ -47,6 +47,7 @@ pub struct AppState {
     pub replies: crate::assistant::replies::Replies,
     pub guests: crate::assistant::guests::Guests,
     pub billing: crate::billing::Billing,
+    pub edge: crate::edge::Edge,
     /// Wraps room data keys; `/readyz` reports whether it answers.
     pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }
@@ -61,12 +62,23 @@ pub fn client_info(request: &actix_web::HttpRequest) -> (Option<std::net::IpAddr
         .get(actix_web::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-    (request.peer_addr().map(|addr| addr.ip()), user_agent)
+    (client_addr(request), user_agent)
+}
+
+/// The client's address: as the edge resolved it (through the policy's trusted proxies), or
+/// the TCP peer where the edge did not run.
+pub fn client_addr(request: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+    use actix_web::HttpMessage as _;
+    request
+        .extensions()
+        .get::<crate::edge::enforce::ClientAddr>()
+        .map(|addr| addr.0)
+        .or_else(|| request.peer_addr().map(|addr| addr.ip()))
 }
 
 /// The client's address as the audit log stores it.
 pub fn client_ip(request: &actix_web::HttpRequest) -> Option<String> {
-    request.peer_addr().map(|addr| addr.ip().to_string())
+    client_addr(request).map(|ip| ip.to_string())
 }
 
 /// A resource that answers 405 (as a problem document) for methods it does not route.
@@ -103,6 +115,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::auth::private_handlers::configure)
         .configure(crate::auth::deletion::configure)
         .configure(crate::auth::token_handlers::configure)
+        .configure(crate::auth::preferences::configure)
         .configure(crate::auth::oidc_handlers::configure)
         .configure(crate::tenancy::handlers::configure)
         .configure(crate::tenancy::members::configure)
@@ -115,12 +128,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::assistant::pages::configure)
         .configure(crate::assistant::guests::configure)
         .configure(crate::billing::handlers::configure)
-        .configure(crate::assistant::admin::configure);
+        .configure(crate::assistant::admin::configure)
+        .configure(crate::edge::handlers::configure)
+        .configure(crate::admin::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last
 /// `wrap` first, so a request passes tracing → metrics → security headers → compression →
-/// error rendering → CSRF guard → handler, and responses go back the same way.
+/// error rendering → edge policy (admin listener, WAF, allowlists, rate limits) → CSRF guard →
+/// handler, and responses go back the same way (edge refusals get the error page or problem
+/// document, and the security headers, like any other error).
 pub fn app(
     state: web::Data<AppState>,
 ) -> App<
@@ -152,6 +169,7 @@ pub fn app(
         .configure(configure)
         .default_service(web::to(errors::not_found))
         .wrap(from_fn(csrf::guard))
+        .wrap(from_fn(crate::edge::enforce::enforce))
         .wrap(from_fn(errors::render))
         .wrap(Compress::default())
         .wrap(from_fn(security::headers))

@@ -17,6 +17,8 @@ pub struct Page {
     pub nonce: String,
     pub csrf: String,
     pub identity: Option<Identity>,
+    /// `light`, `dark` or `system`, from the preferences' cookie.
+    pub theme: &'static str,
 }
 
 impl Page {
@@ -24,10 +26,12 @@ impl Page {
         let mut context = base_context(state, &self.nonce, &self.csrf);
         if let Some(identity) = &self.identity {
             context.insert("signed_in_as", &identity.session.display_name);
+            context.insert("is_staff", &identity.session.staff);
         }
         // Unlike error pages, these know whether someone is signed in (static/js/offline.js
         // wipes the offline copy on a page that says nobody is).
         context.insert("session_known", &true);
+        context.insert("theme", self.theme);
         context
     }
 }
@@ -54,10 +58,20 @@ impl FromRequest for Page {
             };
             let (nonce, csrf) = extensions_value(&request);
             let identity = identity::resolve(&request).await?;
+            let theme = match request
+                .cookie(crate::auth::preferences::THEME_COOKIE)
+                .as_ref()
+                .map(|c| c.value())
+            {
+                Some("light") => "light",
+                Some("dark") => "dark",
+                _ => "system",
+            };
             Ok(Page {
                 nonce,
                 csrf,
                 identity,
+                theme,
             })
         })
     }

@@ -44,10 +44,12 @@ pub async fn headers(
     req.extensions_mut().insert(CspNonce(nonce.clone()));
     // HSTS only makes sense over https: either this hop is TLS, or the public URL is https
     // (TLS terminated by a proxy in front).
+    let state = req.app_data::<web::Data<AppState>>().cloned();
     let https = req.connection_info().scheme() == "https"
-        || req
-            .app_data::<web::Data<AppState>>()
+        || state
+            .as_ref()
             .is_some_and(|state| state.public_url.starts_with("https://"));
+    let edge = state.map(|state| state.edge.active());
     let request_id = req
         .extensions()
         .get::<tracing_actix_web::RequestId>()
@@ -55,15 +57,10 @@ pub async fn headers(
     let mut response = next.call(req).await?;
     let headers = response.headers_mut();
 
-    let csp = format!(
-        "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'nonce-{nonce}'; \
-         img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; \
-         base-uri 'none'; form-action 'self'; frame-ancestors 'none'{}",
-        if https {
-            "; upgrade-insecure-requests"
-        } else {
-            ""
-        }
+    let csp = content_security_policy(
+        &nonce,
+        https,
+        edge.as_ref().map_or(&[], |edge| edge.policy.csp.as_slice()),
     );
     let mut set = |name: HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -95,5 +92,69 @@ pub async fn headers(
     if let Some(id) = request_id {
         set(HeaderName::from_static("x-request-id"), &id);
     }
+    // The edge policy's headers come last: they add to or replace the defaults above.
+    if let Some(edge) = &edge {
+        for (name, value) in &edge.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
     Ok(response)
+}
+
+/// Conclave's Content-Security-Policy, with the edge policy's sources added to their
+/// directives (a directive the base leaves to `default-src` starts from `'self'`; sources
+/// replace a base of `'none'`).
+fn content_security_policy(
+    nonce: &str,
+    https: bool,
+    additions: &[crate::edge::policy::CspAddition],
+) -> String {
+    let script = format!("'self' 'nonce-{nonce}'");
+    let mut directives: Vec<(&str, Vec<String>)> = [
+        ("default-src", "'self'"),
+        ("script-src", script.as_str()),
+        ("style-src", script.as_str()),
+        ("img-src", "'self' data:"),
+        ("font-src", "'self'"),
+        ("connect-src", "'self'"),
+        ("object-src", "'none'"),
+        ("base-uri", "'none'"),
+        ("form-action", "'self'"),
+        ("frame-ancestors", "'none'"),
+    ]
+    .into_iter()
+    .map(|(name, sources)| (name, sources.split(' ').map(str::to_owned).collect()))
+    .collect();
+    for addition in additions {
+        let index = match directives
+            .iter()
+            .position(|(name, _)| *name == addition.directive)
+        {
+            Some(index) => index,
+            None => {
+                let name = crate::edge::policy::CSP_DIRECTIVES
+                    .iter()
+                    .copied()
+                    .find(|d| *d == addition.directive)
+                    .unwrap_or("default-src");
+                directives.push((name, vec!["'self'".to_owned()]));
+                directives.len() - 1
+            }
+        };
+        let sources = &mut directives[index].1;
+        sources.retain(|s| s != "'none'");
+        for source in &addition.sources {
+            if !sources.contains(source) {
+                sources.push(source.clone());
+            }
+        }
+    }
+    let mut text: Vec<String> = directives
+        .into_iter()
+        .map(|(name, sources)| format!("{name} {}", sources.join(" ")))
+        .collect();
+    if https {
+        text.push("upgrade-insecure-requests".to_owned());
+    }
+    text.join("; ")
 }

@@ -217,7 +217,20 @@ async fn reconciliation_completes_orders_whose_webhook_was_lost_and_refunds_take
 
     let refund = format!("/api/v1/billing/orders/{}/refund", order["id"]);
     let (status, _) = post(&team.carl, app, &refund, json!({})).await;
-    assert_eq!(status, 200, "carl administers the default workspace");
+    assert_eq!(
+        status, 403,
+        "refunds are for staff admins, not workspace admins"
+    );
+    let (status, _) = post(
+        &team.ada,
+        app,
+        &format!("/api/v1/admin/users/{}/role", team.ids[1]),
+        json!({ "role": "admin" }),
+    )
+    .await;
+    assert_eq!(status, 200, "the owner makes Carl a staff admin");
+    let (status, _) = post(&team.carl, app, &refund, json!({})).await;
+    assert_eq!(status, 200, "carl is a staff admin now");
     let (status, refunded) = post(&team.ada, app, &refund, json!({})).await;
     assert_eq!(status, 409, "only once: {refunded}");
     assert_eq!(stub.stub.refunds.lock().unwrap().len(), 1);

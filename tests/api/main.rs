@@ -8,6 +8,7 @@
 )]
 
 mod accounts_cli;
+mod admin;
 mod assistant;
 mod assistant_chats;
 mod billing;
@@ -16,6 +17,7 @@ mod cli;
 mod client_errors;
 mod cluster;
 mod database;
+mod edge;
 mod fake_llm;
 mod guests;
 mod helpers;
@@ -27,6 +29,7 @@ mod oidc;
 mod openapi;
 mod packaging;
 mod passwords;
+mod preferences;
 mod privacy;
 mod realtime;
 mod revolut_stub;

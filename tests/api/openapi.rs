@@ -7,8 +7,9 @@ use serde_json::Value;
 
 use crate::helpers::spawn_app;
 
-/// `(method, path)` of every `/api/v1` route registered in `src/` (`get("/api/v1/…", …)` and
-/// `resource("/api/v1/…").route(web::post()…)` calls).
+/// `(method, path)` of every `/api/v1` route registered in `src/` (`get("/api/v1/…", …)`,
+/// `resource("/api/v1/…").route(web::post()…)` and the admin area's `action(cfg, "/api/v1/…",
+/// …)` (a POST) calls).
 fn registered_routes() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     let mut stack = vec![std::path::PathBuf::from(concat!(
@@ -26,7 +27,11 @@ fn registered_routes() -> BTreeSet<(String, String)> {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            for (kind, marker) in [("get", "get(\"/api/v1"), ("resource", "resource(\"/api/v1")] {
+            for (kind, marker) in [
+                ("get", "get(\"/api/v1"),
+                ("resource", "resource(\"/api/v1"),
+                ("action", "action(cfg, \"/api/v1"),
+            ] {
                 for (at, _) in text.match_indices(marker) {
                     let rest = &text[at + marker.len() - "/api/v1".len()..];
                     let route = rest.split('"').next().unwrap().to_owned();
@@ -39,6 +44,10 @@ fn registered_routes() -> BTreeSet<(String, String)> {
                     let chain = &rest[..chain_end];
                     if kind == "get" {
                         routes.insert(("get".to_owned(), route.clone()));
+                    }
+                    if kind == "action" {
+                        routes.insert(("post".to_owned(), route.clone()));
+                        continue;
                     }
                     for method in ["get", "post", "put", "patch", "delete"] {
                         if chain.contains(&format!("web::{method}()")) {

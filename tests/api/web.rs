@@ -282,7 +282,20 @@ async fn static_files_are_served_with_type_and_etag_and_revalidate() {
 
     let missing = app.get("/static/nope.js").await;
     assert_eq!(missing.status(), 404);
-    // HTTP clients normalise `..` away (even encoded), so send the raw request line.
+    // HTTP clients normalise `..` away (even encoded), so send the raw request line. The edge
+    // policy refuses traversal first (400); with that rule off, the asset route still does.
+    let (status, _) = app.raw_get("/static/%2e%2e/Cargo.toml").await;
+    assert_eq!(status, 400, "refused by the edge");
+    let mut lenient = conclave::edge::EdgePolicy::default();
+    lenient.waf.block_path_traversal = false;
+    let owner = app
+        .create_user("owner@example.com", "correct horse battery staple", true)
+        .await;
+    app.state
+        .edge
+        .save(lenient, "no traversal rule", owner, None, None)
+        .await
+        .unwrap();
     let (status, body) = app.raw_get("/static/%2e%2e/Cargo.toml").await;
     assert_eq!(status, 404);
     assert!(
