@@ -76,6 +76,13 @@ async fn reload_form(
     request: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
     staff.require(Action::Operate)?;
+    let before: Vec<String> = state
+        .assistant
+        .catalog()
+        .models()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
     let assistant = state.assistant.clone();
     let outcome = web::block(move || assistant.reload())
         .await
@@ -88,7 +95,13 @@ async fn reload_form(
                     event: "assistant.reloaded",
                     actor_user_id: Some(staff.user_id()),
                     ip: crate::web::client_ip(&request),
-                    details: json!({ "models": models }),
+                    details: json!({
+                        "models": models,
+                        "before": { "models": before },
+                        "after": {
+                            "models": state.assistant.catalog().models().into_iter().map(|m| m.name).collect::<Vec<_>>()
+                        },
+                    }),
                     ..crate::audit::AuditEvent::default()
                 },
             )

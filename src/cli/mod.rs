@@ -74,6 +74,13 @@ pub enum EdgeAction {
         #[arg(long)]
         version: Option<i64>,
     },
+    /// Put an older version (0: the built-in default) back in force as a new version — the
+    /// way back in when a policy locked everyone out of the admin area. Every node picks it
+    /// up within `edge.reload_secs`.
+    Rollback {
+        #[arg(long)]
+        to: i64,
+    },
     /// Poll a Conclave server for the rendered policy and apply it to a local proxy: write it
     /// atomically, check it, roll back when the check fails, reload, and report the version.
     Agent {
@@ -274,6 +281,24 @@ fn edge(settings: Settings, action: EdgeAction) -> ExitCode {
                 }
             };
             print!("{}", crate::edge::render::render(&policy, version, format));
+            Ok(())
+        }),
+        EdgeAction::Rollback { to } => with_runtime(|| async move {
+            let db = Db::connect(&settings)
+                .await
+                .map_err(|e| (exit::UNAVAILABLE, e))?;
+            db.migrate().await.map_err(|e| (exit::FAILURE, e))?;
+            let edge = crate::edge::Edge::load(db, None)
+                .await
+                .map_err(|e| (exit::FAILURE, e))?;
+            let version = edge.rollback(to, None, None).await.map_err(|e| {
+                let code = match e {
+                    crate::error::AppError::NotFound(_) => exit::DATA,
+                    _ => exit::FAILURE,
+                };
+                (code, anyhow::Error::new(e))
+            })?;
+            println!("version {to} is in force again as version {version}");
             Ok(())
         }),
         EdgeAction::Agent {

@@ -153,10 +153,26 @@ async fn judge(
         let key = match limiter.rule.key {
             LimitKey::Ip => ip_key.clone(),
             LimitKey::User => {
-                // Resolved once per request and kept in its extensions for the handler.
-                match crate::auth::identity::resolve(req.request()).await {
-                    Ok(Some(identity)) => format!("user:{}", identity.user_id()),
-                    _ => format!("ip:{ip_key}"),
+                // A session is resolved once per request and kept in its extensions for the
+                // handler. An API token is counted by itself (a digest of it, never the
+                // token): resolving it here would cost a database read per request.
+                let bearer = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                match bearer {
+                    Some(token) => {
+                        use sha2::Digest as _;
+                        let digest = sha2::Sha256::digest(token.trim().as_bytes());
+                        let short: String =
+                            digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+                        format!("token:{short}")
+                    }
+                    None => match crate::auth::identity::resolve(req.request()).await {
+                        Ok(Some(identity)) => format!("user:{}", identity.user_id()),
+                        _ => format!("ip:{ip_key}"),
+                    },
                 }
             }
         };

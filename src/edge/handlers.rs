@@ -107,7 +107,7 @@ async fn replace(
         .save(
             policy.clone(),
             &body.comment,
-            staff.user_id(),
+            Some(staff.user_id()),
             client_ip(&request),
             None,
         )
@@ -151,7 +151,7 @@ async fn rollback(
     staff.require(Action::Edge)?;
     let version = state
         .edge
-        .rollback(body.version, staff.user_id(), client_ip(&request))
+        .rollback(body.version, Some(staff.user_id()), client_ip(&request))
         .await?;
     let policy = state.edge.active().policy.clone();
     Ok(HttpResponse::Ok().json(ActivePolicy { version, policy }))
@@ -465,7 +465,7 @@ async fn save_form(
         .save(
             policy,
             &form.comment,
-            staff.user_id(),
+            Some(staff.user_id()),
             client_ip(&request),
             None,
         )
@@ -487,7 +487,7 @@ async fn rollback_form(
     staff.require(Action::Edge)?;
     let outcome = state
         .edge
-        .rollback(form.version, staff.user_id(), client_ip(&request))
+        .rollback(form.version, Some(staff.user_id()), client_ip(&request))
         .await;
     back_to("/admin/edge", outcome.map(|_| "rolled_back"))
 }

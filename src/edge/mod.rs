@@ -249,7 +249,7 @@ impl Edge {
         &self,
         policy: EdgePolicy,
         comment: &str,
-        actor: i64,
+        actor: Option<i64>,
         ip: Option<String>,
         rolled_back_from: Option<i64>,
     ) -> Result<i64, AppError> {
@@ -271,7 +271,7 @@ impl Edge {
                             edge_policies::document.eq(&document),
                             edge_policies::comment.eq(&comment),
                             edge_policies::rolled_back_from.eq(rolled_back_from),
-                            edge_policies::created_by.eq(Some(actor)),
+                            edge_policies::created_by.eq(actor),
                             edge_policies::created_at.eq(now),
                         ))
                         .returning(edge_policies::version)
@@ -284,7 +284,7 @@ impl Edge {
                             } else {
                                 "edge.policy_saved"
                             },
-                            actor_user_id: Some(actor),
+                            actor_user_id: actor,
                             subject: Some(format!("edge_policy:{version}")),
                             ip,
                             details: serde_json::json!({
@@ -307,8 +307,25 @@ impl Edge {
         Ok(version)
     }
 
-    /// Stores version `to` again as the newest version.
-    pub async fn rollback(&self, to: i64, actor: i64, ip: Option<String>) -> Result<i64, AppError> {
+    /// Stores version `to` (0: the built-in default) again as the newest version. `actor` is
+    /// `None` from the command line (the host's operator).
+    pub async fn rollback(
+        &self,
+        to: i64,
+        actor: Option<i64>,
+        ip: Option<String>,
+    ) -> Result<i64, AppError> {
+        if to == 0 {
+            return self
+                .save(
+                    EdgePolicy::default(),
+                    "Back to the built-in default",
+                    actor,
+                    ip,
+                    Some(0),
+                )
+                .await;
+        }
         let document: Option<String> = self
             .query(move |conn| {
                 edge_policies::table

@@ -94,7 +94,8 @@ pub enum LimitKey {
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub path_prefix: String,
-    /// `ip`, or `user` (signed-in users by account, anonymous requests by IP).
+    /// `ip`, or `user` (signed-in people by account, API tokens each by itself, anonymous
+    /// requests by IP).
     pub key: LimitKey,
     pub per_minute: u32,
     /// Requests allowed at once above the steady rate.

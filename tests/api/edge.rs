@@ -311,12 +311,29 @@ async fn rate_limits_answer_429_with_retry_after() {
         200,
         "other paths are not limited"
     );
-    // Per user: each signed-in person has their own allowance.
+    // Per user: each signed-in person has their own allowance, and each API token its own.
+    let created = s
+        .owner
+        .post(
+            app,
+            "/api/v1/me/tokens",
+            json!({"name": "script", "scopes": ["read"]}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let token = created.json::<Value>().await.expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
     for who in [&s.viewer, &s.operator] {
         assert_eq!(who.me_status(app).await, 200);
         assert_eq!(who.me_status(app).await, 200);
         assert_eq!(who.me_status(app).await, 429);
     }
+    let script = Device::new(None);
+    assert_eq!(script.me_status_with_token(app, &token).await, 200);
+    assert_eq!(script.me_status_with_token(app, &token).await, 200);
+    assert_eq!(script.me_status_with_token(app, &token).await, 429);
 }
 
 #[tokio::test]
@@ -742,4 +759,53 @@ async fn the_edge_agent_applies_checks_rolls_back_and_reports() {
     std::fs::write(&token_file, "cnv_not_a_token").expect("write");
     let denied = agent("true");
     assert!(!denied.status.success());
+}
+
+#[tokio::test]
+async fn a_policy_that_locks_everyone_out_is_undone_from_the_command_line() {
+    let s = staffed().await;
+    let app = &s.app;
+    let (status, _) = put_policy(
+        app,
+        &s.admin,
+        json!({"allowlists": [{"path_prefix": "/", "cidrs": ["192.0.2.0/24"]}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.get("/api/v1/admin/edge/policy").await.status(),
+        403,
+        "locked out"
+    );
+    let missing = app
+        .command()
+        .args(["edge", "rollback", "--to", "42"])
+        .output()
+        .expect("conclave runs");
+    assert_eq!(missing.status.code(), Some(65), "no such version");
+    let undone = app
+        .command()
+        .args(["edge", "rollback", "--to", "0"])
+        .output()
+        .expect("conclave runs");
+    assert!(
+        undone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&undone.stderr)
+    );
+    assert!(String::from_utf8_lossy(&undone.stdout).contains("as version 2"));
+    let back = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        (app.get("/healthz").await.status() == 200).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "the running server picked up the rollback");
+    let audit = s
+        .viewer
+        .get_json(app, "/api/v1/admin/audit?action=edge.policy_rolled_back")
+        .await;
+    assert_eq!(
+        audit["events"][0]["actor_user_id"],
+        Value::Null,
+        "done from the host"
+    );
 }

@@ -293,7 +293,7 @@ async fn static_files_are_served_with_type_and_etag_and_revalidate() {
         .await;
     app.state
         .edge
-        .save(lenient, "no traversal rule", owner, None, None)
+        .save(lenient, "no traversal rule", Some(owner), None, None)
         .await
         .unwrap();
     let (status, body) = app.raw_get("/static/%2e%2e/Cargo.toml").await;
