@@ -7,9 +7,12 @@ SHELL := /bin/bash
 
 CARGO_TEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
 
-.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser run bench
+.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser protocol run bench
 
-test: tools fmt-check clippy
+PROTOCOL_MANIFEST := --manifest-path firmware/protocol/Cargo.toml
+PROTOCOL := $(PROTOCOL_MANIFEST) --target-dir target
+
+test: tools fmt-check clippy protocol
 	scripts/with-postgres.sh $(MAKE) --no-print-directory suites
 
 tools:
@@ -23,6 +26,15 @@ clippy:
 
 build:
 	cargo build
+
+# The device wire protocol crate (firmware/protocol): its host tests with the server's JSON
+# (std) and the firmware's (no_std), clippy, and a build for the ESP32-C3's target.
+protocol:
+	cargo fmt $(PROTOCOL_MANIFEST) -- --check
+	cargo clippy $(PROTOCOL) --all-targets -- -D warnings
+	cargo test $(PROTOCOL)
+	cargo test $(PROTOCOL) --no-default-features
+	cargo build $(PROTOCOL) --no-default-features --target riscv32imc-unknown-none-elf
 
 suites: build test-sqlite test-postgres test-browser
 
