@@ -48,6 +48,11 @@ export CONCLAVE_ADMIN_EMAIL="edsger@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ADMIN_EMAIL" \
   --password "$CONCLAVE_TEST_PASSWORD" --name "Edsger Dijkstra" --owner >/dev/null)
 
+# Lise, an operator, is the devices test's own.
+export CONCLAVE_DEVICES_EMAIL="lise@example.com"
+(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_DEVICES_EMAIL" \
+  --password "$CONCLAVE_TEST_PASSWORD" --name "Lise Meitner" --role operator >/dev/null)
+
 # Mary is the assistant test's own.
 export CONCLAVE_ASSISTANT_EMAIL="mary@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ASSISTANT_EMAIL" \

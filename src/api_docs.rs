@@ -54,6 +54,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::billing::handlers::ApiDoc::openapi(),
         crate::edge::handlers::ApiDoc::openapi(),
         crate::admin::ApiDoc::openapi(),
+        crate::devices::handlers::ApiDoc::openapi(),
         crate::auth::preferences::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {

@@ -13,6 +13,7 @@ pub mod chat;
 pub mod cli;
 pub mod crypto;
 pub mod db;
+pub mod devices;
 pub mod edge;
 pub mod error;
 pub mod history;

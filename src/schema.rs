@@ -425,7 +425,50 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    devices (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        name -> Text,
+        kind -> Text,
+        tags -> Text,
+        firmware -> Nullable<Text>,
+        chip -> Nullable<Text>,
+        last_seen_at -> Nullable<Timestamp>,
+        last_seq -> BigInt,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    device_tokens (id) {
+        id -> Text,
+        device_id -> BigInt,
+        created_at -> Timestamp,
+        last_used_at -> Nullable<Timestamp>,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    device_claims (id) {
+        id -> Text,
+        tenant_id -> BigInt,
+        name -> Text,
+        kind -> Text,
+        tags -> Text,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        device_id -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(credit_entries -> tenants (tenant_id));
+diesel::joinable!(devices -> tenants (tenant_id));
+diesel::joinable!(device_tokens -> devices (device_id));
 diesel::joinable!(user_preferences -> users (user_id));
 diesel::joinable!(usage_daily -> tenants (tenant_id));
 diesel::joinable!(assistant_rooms -> rooms (room_id));
@@ -451,6 +494,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     edge_policies,
     edge_agents,
     user_preferences,
+    devices,
+    device_tokens,
+    device_claims,
     tenants,
     users,
     sessions,

@@ -43,6 +43,7 @@ pub struct Settings {
     pub assistant: AssistantSettings,
     pub billing: BillingSettings,
     pub edge: EdgeSettings,
+    pub devices: DeviceSettings,
     /// The config file these settings were read from, so a reload (SIGHUP, admin) reads the
     /// same one. Not a setting.
     #[serde(skip)]
@@ -80,6 +81,21 @@ pub struct ServerSettings {
     /// A second address for the admin area (e.g. on the VPN interface). When set, `/admin` and
     /// `/api/v1/admin` answer only there, and 404 on `listen`.
     pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceSettings {
+    /// How long a device claim code stays valid, in minutes.
+    pub claim_ttl_minutes: u64,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        Self {
+            claim_ttl_minutes: 24 * 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1020,6 +1036,7 @@ impl Default for Settings {
             assistant: AssistantSettings::default(),
             billing: BillingSettings::default(),
             edge: EdgeSettings::default(),
+            devices: DeviceSettings::default(),
             source: None,
             from_env: Vec::new(),
         }

@@ -210,6 +210,12 @@ impl Application {
         chat.set_post_listener(Arc::new(replies.clone()));
         replies.register_jobs(&mut registry);
         let (db_for_captcha, master_key_for_captcha) = (db.clone(), master_key.clone());
+        let devices = crate::devices::Registry::new(
+            db.clone(),
+            settings.devices.clone(),
+            settings.billing.clone(),
+            &public_url,
+        );
         let state = web::Data::new(AppState {
             public_url,
             master_key,
@@ -238,6 +244,8 @@ impl Application {
             assistant,
             replies,
             guests: crate::assistant::guests::Guests::new(&settings.assistant),
+            devices,
+            device_claims: crate::devices::handlers::ClaimLimiter::default(),
             billing,
             edge,
         });

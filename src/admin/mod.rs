@@ -195,18 +195,7 @@ fn context(state: &AppState, page: &Page, staff: &Staff, section: &str) -> tera:
     context
 }
 
-#[derive(serde::Deserialize, Default)]
-struct Notice {
-    notice: Option<String>,
-    error: Option<String>,
-}
-
-impl Notice {
-    fn insert(self, context: &mut tera::Context) {
-        context.insert("notice", &self.notice);
-        context.insert("error", &self.error);
-    }
-}
+use crate::web::pages::Notice;
 
 /// Who made an admin change, from where: what its audit entry records.
 #[derive(Debug, Clone)]

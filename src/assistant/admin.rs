@@ -8,18 +8,12 @@ use serde_json::json;
 
 use crate::admin::{Action, Staff};
 use crate::error::AppError;
-use crate::web::pages::{Page, back_to as back, html};
+use crate::web::pages::{Notice, Page, back_to as back, html};
 use crate::web::{AppState, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/admin/assistant", page))
         .service(resource("/admin/assistant/reload").route(web::post().to(reload_form)));
-}
-
-#[derive(serde::Deserialize)]
-struct Notice {
-    notice: Option<String>,
-    error: Option<String>,
 }
 
 async fn page(
@@ -65,8 +59,7 @@ async fn page(
     context.insert("section", "assistant");
     context.insert("providers", &providers);
     context.insert("models", &models);
-    context.insert("notice", &query.notice);
-    context.insert("error", &query.error);
+    query.into_inner().insert(&mut context);
     html(&state, "admin/assistant.html", &context, StatusCode::OK)
 }
 

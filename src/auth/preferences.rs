@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::auth::identity::{Caller, Identity};
 use crate::error::AppError;
 use crate::schema::user_preferences;
-use crate::web::pages::{Page, back_to, html};
+use crate::web::pages::{Notice, Page, back_to, html};
 use crate::web::{AppState, get, resource};
 
 /// The shape's version. 1 had `dark_mode` and `email_notifications` booleans.
@@ -399,12 +399,6 @@ async fn api_patch(
     }
 }
 
-#[derive(Deserialize)]
-struct Notice {
-    notice: Option<String>,
-    error: Option<String>,
-}
-
 async fn page(
     state: web::Data<AppState>,
     page: Page,
@@ -414,8 +408,7 @@ async fn page(
     let preferences = load(&state, identity.user_id()).await?;
     let mut context = page.context(&state);
     context.insert("p", &preferences);
-    context.insert("notice", &query.notice);
-    context.insert("error", &query.error);
+    query.into_inner().insert(&mut context);
     html(
         &state,
         "settings/preferences.html",

@@ -11,7 +11,7 @@ use super::render::{Format, render};
 use super::{AgentReport, Version};
 use crate::admin::{Action, Staff};
 use crate::error::AppError;
-use crate::web::pages::{Page, back_to, html};
+use crate::web::pages::{Notice, Page, back_to, html};
 use crate::web::{AppState, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -270,12 +270,6 @@ async fn report(
         })
         .await?;
     Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Deserialize)]
-struct Notice {
-    notice: Option<String>,
-    error: Option<String>,
 }
 
 #[derive(Deserialize)]

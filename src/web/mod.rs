@@ -48,6 +48,8 @@ pub struct AppState {
     pub guests: crate::assistant::guests::Guests,
     pub billing: crate::billing::Billing,
     pub edge: crate::edge::Edge,
+    pub devices: crate::devices::Registry,
+    pub device_claims: crate::devices::handlers::ClaimLimiter,
     /// Wraps room data keys; `/readyz` reports whether it answers.
     pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }
@@ -130,7 +132,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::billing::handlers::configure)
         .configure(crate::assistant::admin::configure)
         .configure(crate::edge::handlers::configure)
-        .configure(crate::admin::configure);
+        .configure(crate::admin::configure)
+        .configure(crate::devices::handlers::configure);
 }
 
 /// Builds the actix `App` with the middleware stack. Order matters: actix runs the last

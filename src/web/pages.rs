@@ -126,6 +126,21 @@ pub fn back_to(to: &str, outcome: Result<&str, AppError>) -> Result<HttpResponse
         .finish())
 }
 
+/// `?notice=…` and `?error=…` of a page a form sent back to ([`back_to`]).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Notice {
+    pub notice: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Notice {
+    /// Puts `notice` and `error` into a page's context.
+    pub fn insert(self, context: &mut tera::Context) {
+        context.insert("notice", &self.notice);
+        context.insert("error", &self.error);
+    }
+}
+
 /// `?token=…` of the links sent by mail.
 #[derive(serde::Deserialize)]
 pub struct TokenQuery {

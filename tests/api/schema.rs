@@ -68,10 +68,10 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
         api_tokens, assistant_preferences, assistant_replies, assistant_rooms, assistant_usage,
         audit_events, billing_orders, captcha_spent, conversation_keys, credit_entries,
-        edge_agents, edge_policies, email_tokens, invitations, jobs, memberships, message_terms,
-        messages, mfa_challenges, oidc_flows, personal_keys, read_markers, recovery_codes,
-        remembered_devices, room_members, rooms, sessions, tenants, totp_secrets, usage_daily,
-        user_identities, user_preferences, users,
+        device_claims, device_tokens, devices, edge_agents, edge_policies, email_tokens,
+        invitations, jobs, memberships, message_terms, messages, mfa_challenges, oidc_flows,
+        personal_keys, read_markers, recovery_codes, remembered_devices, room_members, rooms,
+        sessions, tenants, totp_secrets, usage_daily, user_identities, user_preferences, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -108,6 +108,9 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         edge_policies,
         edge_agents,
         user_preferences,
+        devices,
+        device_tokens,
+        device_claims,
         messages,
         message_terms,
         tenants,

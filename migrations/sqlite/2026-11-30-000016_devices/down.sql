@@ -1,0 +1,3 @@
+DROP TABLE device_claims;
+DROP TABLE device_tokens;
+DROP TABLE devices;

@@ -1,0 +1,419 @@
+//! The registry's API and pages: claim codes for a workspace, the claim exchange a device
+//! makes, listing, renaming and tagging, token rotation and revocation, deletion; and
+//! `GET /api/v1/device`, where a device (with its token) reads its own entry.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Claim, Device, NewDevice, Provisioned};
+use crate::auth::identity::{Caller, Identity};
+use crate::error::AppError;
+use crate::web::pages::{Notice, Page, back_to, html};
+use crate::web::{AppState, client_addr, client_ip, get, resource};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/api/v1/tenants/{tenant}/devices/claims").route(web::post().to(create_claim)),
+    )
+    .service(resource("/api/v1/devices/claim").route(web::post().to(claim)))
+    .service(get("/api/v1/devices", list))
+    .service(
+        get("/api/v1/devices/{id}", show)
+            .route(web::patch().to(update))
+            .route(web::delete().to(remove)),
+    )
+    .service(
+        resource("/api/v1/devices/{id}/token")
+            .route(web::post().to(rotate))
+            .route(web::delete().to(revoke)),
+    )
+    .service(get("/api/v1/device", me))
+    .service(get("/devices", page))
+    .service(resource("/devices/claims").route(web::post().to(claim_form)))
+    .service(get("/devices/{id}", device_page))
+    .service(resource("/devices/{id}/rotate").route(web::post().to(rotate_form)))
+    .service(resource("/devices/{id}/revoke").route(web::post().to(revoke_form)))
+    .service(resource("/devices/{id}/delete").route(web::post().to(delete_form)));
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct NewClaim {
+    name: String,
+    /// e.g. `sensor`, `esp32c3`.
+    kind: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/devices/claims", tag = "devices",
+    summary = "A one-time claim code for a new device (operators)", request_body = NewClaim,
+    params(("tenant" = i64, Path)),
+    responses((status = 201, body = Claim),
+        (status = 400, description = "Bad name, kind or tags", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 402, description = "The plan's device limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Below operator", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name is taken", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn create_claim(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    path: web::Path<i64>,
+    body: web::Json<NewClaim>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    let claim = state
+        .devices
+        .create_claim(
+            caller.user_id,
+            path.into_inner(),
+            NewDevice {
+                name: body.name,
+                kind: body.kind,
+                tags: body.tags,
+            },
+            client_ip(&request),
+        )
+        .await?;
+    Ok(HttpResponse::Created().json(claim))
+}
+
+/// Claim attempts per address: codes carry ~60 bits, this only keeps the log quiet.
+pub struct ClaimLimiter(DefaultKeyedRateLimiter<IpAddr>);
+
+impl Default for ClaimLimiter {
+    fn default() -> Self {
+        Self(RateLimiter::keyed(Quota::per_minute(
+            NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
+        )))
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct ClaimRequest {
+    code: String,
+    firmware: Option<String>,
+    chip: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/claim", tag = "devices",
+    summary = "A device exchanges its claim code for its token (shown once)", request_body = ClaimRequest,
+    responses((status = 201, body = Provisioned),
+        (status = 400, description = "Unknown, used or expired code (`invalid_claim`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn claim(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<ClaimRequest>,
+) -> Result<HttpResponse, AppError> {
+    if let Some(ip) = client_addr(&request)
+        && state.device_claims.0.check_key(&ip).is_err()
+    {
+        return Err(AppError::RateLimited {
+            retry_after_secs: Some(60),
+        });
+    }
+    let body = body.into_inner();
+    let provisioned = state
+        .devices
+        .redeem(&body.code, body.firmware, body.chip, client_ip(&request))
+        .await?;
+    Ok(HttpResponse::Created().json(provisioned))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only this workspace's devices.
+    tenant: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    summary = "Devices of my workspaces", params(ListQuery),
+    responses((status = 200, description = "`{devices: [...]}`")))]
+async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, AppError> {
+    let devices = state.devices.list(caller.user_id, query.tenant).await?;
+    Ok(HttpResponse::Ok().json(json!({ "devices": devices })))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = i64, Path)),
+    responses((status = 200, body = Device), (status = 404, description = "No such device here", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn show(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    Ok(HttpResponse::Ok().json(state.devices.get(caller.user_id, path.into_inner()).await?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    name: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = i64, Path)),
+    request_body = DevicePatch, responses((status = 200, body = Device),
+        (status = 403, description = "Below operator", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn update(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+    body: web::Json<DevicePatch>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    let device = state
+        .devices
+        .update(caller.user_id, path.into_inner(), body.name, body.tags)
+        .await?;
+    Ok(HttpResponse::Ok().json(device))
+}
+
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = i64, Path)),
+    responses((status = 204, description = "Deleted, with its token")))]
+async fn remove(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    state
+        .devices
+        .delete(caller.user_id, path.into_inner())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/token", tag = "devices", params(("id" = i64, Path)),
+    summary = "A new token for the device (shown once); the old one stops working",
+    responses((status = 200, description = "`{token}`")))]
+async fn rotate(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let token = state
+        .devices
+        .rotate_token(caller.user_id, path.into_inner())
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "token": token })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/devices/{id}/token", tag = "devices", params(("id" = i64, Path)),
+    summary = "Revoke the device's token", responses((status = 204, description = "Revoked")))]
+async fn revoke(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    state
+        .devices
+        .revoke_token(caller.user_id, path.into_inner())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The device token of a request (`Authorization: Bearer cnd_…`).
+fn device_token(request: &HttpRequest) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+#[utoipa::path(get, path = "/api/v1/device", tag = "devices",
+    summary = "The calling device's own entry (device token)",
+    responses((status = 200, description = "`{device_id, tenant_id, name}`"),
+        (status = 401, description = "No live device token", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn me(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, AppError> {
+    let presented = device_token(&request).ok_or_else(|| {
+        AppError::Unauthenticated("Send the device token: Authorization: Bearer cnd_…".to_owned())
+    })?;
+    let identity = state
+        .devices
+        .authenticate(presented)
+        .await?
+        .ok_or_else(|| {
+            AppError::Unauthenticated("This device token is unknown or revoked.".to_owned())
+        })?;
+    Ok(HttpResponse::Ok().json(json!({
+        "device_id": identity.device_id,
+        "tenant_id": identity.tenant_id,
+        "name": identity.name,
+    })))
+}
+
+async fn page(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+    query: web::Query<Notice>,
+) -> Result<HttpResponse, AppError> {
+    let user = identity.user_id();
+    let devices = state.devices.list(user, None).await?;
+    let workspaces: Vec<_> = state
+        .db
+        .run(move |conn| crate::tenancy::tenants_of(conn, user).map_err(AppError::from))
+        .await?
+        .into_iter()
+        .map(|(id, slug, name, role)| json!({ "id": id, "slug": slug, "name": name, "role": role }))
+        .collect();
+    let mut context = page.context(&state);
+    context.insert("devices", &devices);
+    context.insert("workspaces", &workspaces);
+    query.into_inner().insert(&mut context);
+    html(&state, "devices/list.html", &context, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct ClaimForm {
+    tenant_id: i64,
+    name: String,
+    kind: String,
+    #[serde(default)]
+    tags: String,
+}
+
+async fn claim_form(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+    request: HttpRequest,
+    form: web::Form<ClaimForm>,
+) -> Result<HttpResponse, AppError> {
+    let form = form.into_inner();
+    let tags: Vec<String> = form
+        .tags
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let created = state
+        .devices
+        .create_claim(
+            identity.user_id(),
+            form.tenant_id,
+            NewDevice {
+                name: form.name.clone(),
+                kind: form.kind,
+                tags,
+            },
+            client_ip(&request),
+        )
+        .await;
+    let claim = match created {
+        Ok(claim) => claim,
+        Err(error) => return back_to("/devices", Err(error)),
+    };
+    // Shown once, on this page: the code is not stored in clear.
+    let mut context = page.context(&state);
+    context.insert("claim", &claim);
+    context.insert("name", &form.name);
+    html(&state, "devices/claim.html", &context, StatusCode::CREATED)
+}
+
+async fn device_page(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+    path: web::Path<i64>,
+    query: web::Query<Notice>,
+) -> Result<HttpResponse, AppError> {
+    let device = state
+        .devices
+        .get(identity.user_id(), path.into_inner())
+        .await?;
+    let workspace = state.devices.tenant_name(device.row.tenant_id).await?;
+    let mut context = page.context(&state);
+    context.insert("device", &device);
+    context.insert("workspace", &workspace);
+    context.insert(
+        "may_operate",
+        &may_operate(&state, identity.user_id(), device.row.tenant_id).await?,
+    );
+    context.insert("notice", &query.notice);
+    context.insert("error", &query.error);
+    context.insert("new_token", &None::<String>);
+    html(&state, "devices/device.html", &context, StatusCode::OK)
+}
+
+async fn rotate_form(
+    state: web::Data<AppState>,
+    page: Page,
+    identity: Identity,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let id = path.into_inner();
+    let token = match state.devices.rotate_token(identity.user_id(), id).await {
+        Ok(token) => token,
+        Err(error) => return back_to(&format!("/devices/{id}"), Err(error)),
+    };
+    let device = state.devices.get(identity.user_id(), id).await?;
+    let workspace = state.devices.tenant_name(device.row.tenant_id).await?;
+    let mut context = page.context(&state);
+    context.insert("device", &device);
+    context.insert("workspace", &workspace);
+    context.insert("may_operate", &true);
+    Notice::default().insert(&mut context);
+    context.insert("new_token", &Some(token));
+    html(&state, "devices/device.html", &context, StatusCode::OK)
+}
+
+/// Whether `user` may operate devices in `tenant` (pages show the buttons only then).
+async fn may_operate(state: &AppState, user: i64, tenant: i64) -> Result<bool, AppError> {
+    let role = state
+        .db
+        .run(move |conn| crate::tenancy::role_of(conn, tenant, user).map_err(AppError::from))
+        .await?;
+    Ok(role
+        .is_some_and(|r| crate::tenancy::Authorizer::can(r, crate::tenancy::Permission::Operate)))
+}
+
+async fn revoke_form(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let id = path.into_inner();
+    let outcome = state.devices.revoke_token(identity.user_id(), id).await;
+    back_to(&format!("/devices/{id}"), outcome.map(|_| "revoked"))
+}
+
+async fn delete_form(
+    state: web::Data<AppState>,
+    identity: Identity,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let id = path.into_inner();
+    match state.devices.delete(identity.user_id(), id).await {
+        Ok(()) => back_to("/devices", Ok("deleted")),
+        Err(error) => back_to(&format!("/devices/{id}"), Err(error)),
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(create_claim, claim, list, show, update, remove, rotate, revoke, me),
+    components(schemas(
+        NewClaim,
+        ClaimRequest,
+        DevicePatch,
+        Claim,
+        Provisioned,
+        Device,
+        super::DeviceRow
+    ))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,740 @@
+//! The device registry and provisioning: devices belong to a workspace; an operator creates a
+//! one-time claim code (text and QR code, expiring); a device exchanges it for a long-lived
+//! token (`cnd_…`, stored as its SHA-256, rotatable, revocable).
+//!
+//! Permissions are workspace permissions: members see their workspace's devices, operators and
+//! above create claims, rename, tag, rotate or revoke tokens and delete devices. A workspace's
+//! plan caps its devices (`billing.plans.*.devices`, counting open claims).
+
+pub mod handlers;
+
+use std::sync::Arc;
+
+use chrono::{NaiveDateTime, TimeDelta, Utc};
+use diesel::prelude::*;
+use rand::RngCore as _;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::audit::{self, AuditEvent};
+use crate::auth::sessions::token_id;
+use crate::db::{Db, DbConnection, write_transaction};
+use crate::error::AppError;
+use crate::schema::{device_claims, device_tokens, devices, tenants};
+use crate::settings::{BillingSettings, DeviceSettings};
+use crate::tenancy::{Authorizer, Permission};
+
+/// Device tokens start with this, so a leaked one is recognisable (and told from API tokens).
+pub const TOKEN_PREFIX: &str = "cnd_";
+const MAX_TAGS: usize = 16;
+/// Claim codes: 12 characters of Crockford's base32 (no I, L, O, U), about 60 bits.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
+#[diesel(table_name = devices)]
+pub struct DeviceRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub name: String,
+    pub kind: String,
+    #[serde(skip)]
+    pub tags: String,
+    pub firmware: Option<String>,
+    pub chip: Option<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(serialize_with = "crate::time::serialize_opt")]
+    pub last_seen_at: Option<NaiveDateTime>,
+    pub last_seq: i64,
+    #[schema(value_type = String)]
+    #[serde(serialize_with = "crate::time::serialize")]
+    pub created_at: NaiveDateTime,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Device {
+    #[serde(flatten)]
+    pub row: DeviceRow,
+    pub tags: Vec<String>,
+    /// Whether a live token exists (revoked devices cannot connect until rotated).
+    pub has_token: bool,
+}
+
+/// What an operator says about a device to come.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub name: String,
+    pub kind: String,
+    pub tags: Vec<String>,
+}
+
+/// A claim code, shown once.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Claim {
+    /// `XXXX-XXXX-XXXX`; the device sends it to `POST /api/v1/devices/claim`.
+    pub code: String,
+    /// What the QR code holds: `conclave-claim:<server>#<code>`.
+    pub uri: String,
+    #[schema(value_type = String)]
+    #[serde(serialize_with = "crate::time::serialize")]
+    pub expires_at: NaiveDateTime,
+    /// The QR code, an SVG document.
+    pub qr_svg: String,
+}
+
+/// A provisioned device and its token (the only time the token exists in clear).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Provisioned {
+    pub device: Device,
+    pub token: String,
+}
+
+/// Who a device token belongs to.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    pub device_id: i64,
+    pub tenant_id: i64,
+    pub name: String,
+    pub token_id: String,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    settings: DeviceSettings,
+    billing: BillingSettings,
+    public_url: String,
+}
+
+pub fn parse_name(name: &str) -> Result<String, AppError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(AppError::BadRequest(
+            "name: 1 to 64 characters, no control characters".to_owned(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn slug_like(field: &str, value: &str) -> Result<String, AppError> {
+    let value = value.trim().to_ascii_lowercase();
+    let ok = (1..=32).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(value)
+    } else {
+        Err(AppError::BadRequest(format!(
+            "{field}: 1 to 32 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+pub fn parse_tags(tags: &[String]) -> Result<Vec<String>, AppError> {
+    if tags.len() > MAX_TAGS {
+        return Err(AppError::BadRequest(format!("tags: at most {MAX_TAGS}")));
+    }
+    let mut parsed: Vec<String> = tags
+        .iter()
+        .map(|t| slug_like("tags", t))
+        .collect::<Result<_, _>>()?;
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+    )
+}
+
+fn new_code() -> String {
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    let chars: Vec<char> = bytes
+        .iter()
+        .map(|b| char::from(CODE_ALPHABET[usize::from(b & 31)]))
+        .collect();
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// A typed code as stored: upper case, without dashes or spaces, look-alikes mapped
+/// (Crockford: O→0, I/L→1).
+fn normalise_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| match c.to_ascii_uppercase() {
+            'O' => '0',
+            'I' | 'L' => '1',
+            other => other,
+        })
+        .collect()
+}
+
+fn issue_token(conn: &mut DbConnection, device_id: i64, now: NaiveDateTime) -> QueryResult<String> {
+    diesel::update(
+        device_tokens::table
+            .filter(device_tokens::device_id.eq(device_id))
+            .filter(device_tokens::revoked_at.is_null()),
+    )
+    .set(device_tokens::revoked_at.eq(Some(now)))
+    .execute(conn)?;
+    let token = new_token();
+    diesel::insert_into(device_tokens::table)
+        .values((
+            device_tokens::id.eq(token_id(&token)),
+            device_tokens::device_id.eq(device_id),
+            device_tokens::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(token)
+}
+
+fn device_of(conn: &mut DbConnection, row: DeviceRow) -> QueryResult<Device> {
+    let has_token: bool = diesel::select(diesel::dsl::exists(
+        device_tokens::table
+            .filter(device_tokens::device_id.eq(row.id))
+            .filter(device_tokens::revoked_at.is_null()),
+    ))
+    .get_result(conn)?;
+    let tags = serde_json::from_str(&row.tags).unwrap_or_default();
+    Ok(Device {
+        row,
+        tags,
+        has_token,
+    })
+}
+
+fn event(
+    name: &'static str,
+    actor: Option<i64>,
+    tenant: i64,
+    device: i64,
+    details: serde_json::Value,
+) -> AuditEvent {
+    AuditEvent {
+        event: name,
+        actor_user_id: actor,
+        tenant_id: Some(tenant),
+        subject: Some(format!("device:{device}")),
+        details,
+        ..AuditEvent::default()
+    }
+}
+
+impl Registry {
+    pub fn new(
+        db: Db,
+        settings: DeviceSettings,
+        billing: BillingSettings,
+        public_url: &str,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                settings,
+                billing,
+                public_url: public_url.to_owned(),
+            }),
+        }
+    }
+
+    /// The caller's role in `tenant` must allow `permission`; 404 when not a member at all.
+    fn require(
+        conn: &mut DbConnection,
+        user: i64,
+        tenant: i64,
+        permission: Permission,
+    ) -> Result<(), AppError> {
+        let role = crate::tenancy::role_of(conn, tenant, user)?
+            .ok_or_else(|| AppError::NotFound("No such workspace.".to_owned()))?;
+        if Authorizer::can(role, permission) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(format!(
+                "Your role ({role}) cannot manage devices; operators and above can."
+            )))
+        }
+    }
+
+    /// A device the caller may see (404 otherwise, so ids do not leak across workspaces),
+    /// checked for `permission`.
+    fn visible(
+        conn: &mut DbConnection,
+        user: i64,
+        id: i64,
+        permission: Permission,
+    ) -> Result<DeviceRow, AppError> {
+        let row: Option<DeviceRow> = devices::table
+            .find(id)
+            .select(DeviceRow::as_select())
+            .first(conn)
+            .optional()?;
+        let row = row.ok_or_else(|| AppError::NotFound("No such device.".to_owned()))?;
+        match crate::tenancy::role_of(conn, row.tenant_id, user)? {
+            None => Err(AppError::NotFound("No such device.".to_owned())),
+            Some(role) if !Authorizer::can(role, permission) => Err(AppError::Forbidden(format!(
+                "Your role ({role}) cannot manage devices; operators and above can."
+            ))),
+            Some(_) => Ok(row),
+        }
+    }
+
+    /// A one-time claim code for a device to come.
+    pub async fn create_claim(
+        &self,
+        actor: i64,
+        tenant: i64,
+        new: NewDevice,
+        ip: Option<String>,
+    ) -> Result<Claim, AppError> {
+        let name = parse_name(&new.name)?;
+        let kind = slug_like("kind", &new.kind)?;
+        let tags = parse_tags(&new.tags)?;
+        let code = new_code();
+        let stored = token_id(&normalise_code(&code));
+        let now = Utc::now().naive_utc();
+        let ttl = i64::try_from(self.inner.settings.claim_ttl_minutes)
+            .ok()
+            .and_then(TimeDelta::try_minutes)
+            .unwrap_or(TimeDelta::days(7));
+        let expires_at = now.checked_add_signed(ttl).unwrap_or(NaiveDateTime::MAX);
+        let billing = self.inner.billing.clone();
+        self.inner
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| -> Result<(), AppError> {
+                    Self::require(tx, actor, tenant, Permission::Operate)?;
+                    crate::tenancy::lock_tenant(tx, tenant)?;
+                    let taken: bool = diesel::select(diesel::dsl::exists(
+                        devices::table
+                            .filter(devices::tenant_id.eq(tenant))
+                            .filter(devices::name.eq(&name)),
+                    ))
+                    .get_result(tx)?;
+                    if taken {
+                        return Err(AppError::Conflict(format!(
+                            "name: a device called {name:?} exists in this workspace"
+                        )));
+                    }
+                    let (plan_name, plan) = crate::billing::plans::plan_of(tx, &billing, tenant)?;
+                    if let Some(limit) = plan.devices {
+                        let existing: i64 = devices::table
+                            .filter(devices::tenant_id.eq(tenant))
+                            .count()
+                            .get_result(tx)?;
+                        let open: i64 = device_claims::table
+                            .filter(device_claims::tenant_id.eq(tenant))
+                            .filter(device_claims::used_at.is_null())
+                            .filter(device_claims::expires_at.gt(now))
+                            .count()
+                            .get_result(tx)?;
+                        if (existing + open).unsigned_abs() >= limit {
+                            return Err(AppError::Coded {
+                                status: actix_web::http::StatusCode::PAYMENT_REQUIRED,
+                                code: "device_limit",
+                                message: format!(
+                                    "The {plan_name} plan allows {limit} devices (open claim codes count); remove one or upgrade."
+                                ),
+                                retry_after_secs: None,
+                            });
+                        }
+                    }
+                    let tags_json = serde_json::to_string(&tags).map_err(AppError::internal)?;
+                    diesel::insert_into(device_claims::table)
+                        .values((
+                            device_claims::id.eq(&stored),
+                            device_claims::tenant_id.eq(tenant),
+                            device_claims::name.eq(&name),
+                            device_claims::kind.eq(&kind),
+                            device_claims::tags.eq(&tags_json),
+                            device_claims::created_by.eq(Some(actor)),
+                            device_claims::created_at.eq(now),
+                            device_claims::expires_at.eq(expires_at),
+                        ))
+                        .execute(tx)?;
+                    let mut entry = AuditEvent {
+                        event: "device.claim_created",
+                        actor_user_id: Some(actor),
+                        tenant_id: Some(tenant),
+                        subject: Some(format!("tenant:{tenant}")),
+                        details: json!({ "name": name, "kind": kind, "tags": tags, "expires_at": crate::time::rfc3339(expires_at) }),
+                        ..AuditEvent::default()
+                    };
+                    entry.ip = ip;
+                    audit::record(tx, &entry, now)?;
+                    Ok(())
+                })
+            })
+            .await?;
+        let uri = format!(
+            "conclave-claim:{}#{code}",
+            self.inner.public_url.trim_end_matches('/')
+        );
+        let svg = qrcode::QrCode::new(uri.as_bytes())
+            .map_err(AppError::internal)?
+            .render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(180, 180)
+            .quiet_zone(true)
+            .build();
+        let qr_svg = match svg.find("<svg") {
+            Some(start) => svg[start..].to_owned(),
+            None => svg,
+        };
+        Ok(Claim {
+            code,
+            uri,
+            expires_at,
+            qr_svg,
+        })
+    }
+
+    /// A device exchanges a claim code for its token. Unknown, used and expired codes get the
+    /// same answer.
+    pub async fn redeem(
+        &self,
+        code: &str,
+        firmware: Option<String>,
+        chip: Option<String>,
+        ip: Option<String>,
+    ) -> Result<Provisioned, AppError> {
+        let stored = token_id(&normalise_code(code));
+        let firmware = firmware.map(|f| f.chars().take(64).collect::<String>());
+        let chip = chip.map(|c| c.chars().take(64).collect::<String>());
+        self.inner
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| -> Result<Provisioned, AppError> {
+                    let now = Utc::now().naive_utc();
+                    let claim: Option<(i64, String, String, String, Option<i64>)> =
+                        device_claims::table
+                            .find(&stored)
+                            .filter(device_claims::used_at.is_null())
+                            .filter(device_claims::expires_at.gt(now))
+                            .select((
+                                device_claims::tenant_id,
+                                device_claims::name,
+                                device_claims::kind,
+                                device_claims::tags,
+                                device_claims::created_by,
+                            ))
+                            .first(tx)
+                            .optional()?;
+                    let Some((tenant, name, kind, tags, created_by)) = claim else {
+                        return Err(AppError::Coded {
+                            status: actix_web::http::StatusCode::BAD_REQUEST,
+                            code: "invalid_claim",
+                            message:
+                                "This claim code is unknown, used or expired; ask for a new one."
+                                    .to_owned(),
+                            retry_after_secs: None,
+                        });
+                    };
+                    let id = crate::db::unless_taken(
+                        diesel::insert_into(devices::table)
+                            .values((
+                                devices::tenant_id.eq(tenant),
+                                devices::name.eq(&name),
+                                devices::kind.eq(&kind),
+                                devices::tags.eq(&tags),
+                                devices::firmware.eq(&firmware),
+                                devices::chip.eq(&chip),
+                                devices::created_by.eq(created_by),
+                                devices::created_at.eq(now),
+                            ))
+                            .returning(devices::id)
+                            .get_result::<i64>(tx),
+                    )?
+                    .ok_or_else(|| {
+                        AppError::Conflict(format!(
+                            "A device called {name:?} was added meanwhile; ask for a new code."
+                        ))
+                    })?;
+                    diesel::update(device_claims::table.find(&stored))
+                        .set((
+                            device_claims::used_at.eq(Some(now)),
+                            device_claims::device_id.eq(Some(id)),
+                        ))
+                        .execute(tx)?;
+                    let token = issue_token(tx, id, now)?;
+                    let mut entry = event(
+                        "device.provisioned",
+                        None,
+                        tenant,
+                        id,
+                        json!({ "name": name, "kind": kind }),
+                    );
+                    entry.ip = ip;
+                    audit::record(tx, &entry, now)?;
+                    let row = devices::table
+                        .find(id)
+                        .select(DeviceRow::as_select())
+                        .first(tx)?;
+                    Ok(Provisioned {
+                        device: device_of(tx, row)?,
+                        token,
+                    })
+                })
+            })
+            .await
+    }
+
+    /// Devices of the workspaces the caller is in (or of one of them), newest first.
+    pub async fn list(&self, user: i64, tenant: Option<i64>) -> Result<Vec<Device>, AppError> {
+        self.inner
+            .db
+            .run(move |conn| -> Result<_, AppError> {
+                let mine: Vec<i64> = crate::tenancy::tenants_of(conn, user)?
+                    .into_iter()
+                    .map(|t| t.0)
+                    .filter(|id| tenant.is_none_or(|wanted| wanted == *id))
+                    .collect();
+                let rows: Vec<DeviceRow> = devices::table
+                    .filter(devices::tenant_id.eq_any(&mine))
+                    .order(devices::id.desc())
+                    .limit(500)
+                    .select(DeviceRow::as_select())
+                    .load(conn)?;
+                rows.into_iter()
+                    .map(|row| device_of(conn, row).map_err(AppError::from))
+                    .collect()
+            })
+            .await
+    }
+
+    pub async fn get(&self, user: i64, id: i64) -> Result<Device, AppError> {
+        self.inner
+            .db
+            .run(move |conn| -> Result<_, AppError> {
+                let row = Self::visible(conn, user, id, Permission::View)?;
+                Ok(device_of(conn, row)?)
+            })
+            .await
+    }
+
+    /// Renames or re-tags a device.
+    pub async fn update(
+        &self,
+        user: i64,
+        id: i64,
+        name: Option<String>,
+        tags: Option<Vec<String>>,
+    ) -> Result<Device, AppError> {
+        let name = name.as_deref().map(parse_name).transpose()?;
+        let tags = tags.as_deref().map(parse_tags).transpose()?;
+        self.inner
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| -> Result<_, AppError> {
+                    let before = Self::visible(tx, user, id, Permission::Operate)?;
+                    if let Some(name) = &name {
+                        let renamed = crate::db::unless_taken(
+                            diesel::update(devices::table.find(id))
+                                .set(devices::name.eq(name))
+                                .execute(tx),
+                        )?;
+                        if renamed.is_none() {
+                            return Err(AppError::Conflict(format!(
+                                "name: a device called {name:?} exists in this workspace"
+                            )));
+                        }
+                    }
+                    if let Some(tags) = &tags {
+                        let text = serde_json::to_string(tags).map_err(AppError::internal)?;
+                        diesel::update(devices::table.find(id))
+                            .set(devices::tags.eq(text))
+                            .execute(tx)?;
+                    }
+                    audit::record(
+                        tx,
+                        &event(
+                            "device.updated",
+                            Some(user),
+                            before.tenant_id,
+                            id,
+                            json!({
+                                "before": { "name": before.name, "tags": serde_json::from_str::<serde_json::Value>(&before.tags).unwrap_or_default() },
+                                "after": { "name": name, "tags": tags },
+                            }),
+                        ),
+                        Utc::now().naive_utc(),
+                    )?;
+                    let row = devices::table.find(id).select(DeviceRow::as_select()).first(tx)?;
+                    Ok(device_of(tx, row)?)
+                })
+            })
+            .await
+    }
+
+    pub async fn delete(&self, user: i64, id: i64) -> Result<(), AppError> {
+        self.inner
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| -> Result<_, AppError> {
+                    let row = Self::visible(tx, user, id, Permission::Operate)?;
+                    diesel::delete(devices::table.find(id)).execute(tx)?;
+                    audit::record(
+                        tx,
+                        &event(
+                            "device.deleted",
+                            Some(user),
+                            row.tenant_id,
+                            id,
+                            json!({ "name": row.name }),
+                        ),
+                        Utc::now().naive_utc(),
+                    )?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    /// A new token for the device; the old one stops working at once.
+    pub async fn rotate_token(&self, user: i64, id: i64) -> Result<String, AppError> {
+        self.inner
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| -> Result<_, AppError> {
+                    let row = Self::visible(tx, user, id, Permission::Operate)?;
+                    let now = Utc::now().naive_utc();
+                    let token = issue_token(tx, id, now)?;
+                    audit::record(
+                        tx,
+                        &event(
+                            "device.token_rotated",
+                            Some(user),
+                            row.tenant_id,
+                            id,
+                            json!({}),
+                        ),
+                        now,
+                    )?;
+                    Ok(token)
+                })
+            })
+            .await
+    }
+
+    /// Revokes the device's token: it can no longer connect until a new one is issued.
+    pub async fn revoke_token(&self, user: i64, id: i64) -> Result<usize, AppError> {
+        self.inner
+            .db
+            .run(move |conn| {
+                write_transaction(conn, |tx| -> Result<_, AppError> {
+                    let row = Self::visible(tx, user, id, Permission::Operate)?;
+                    let now = Utc::now().naive_utc();
+                    let revoked = diesel::update(
+                        device_tokens::table
+                            .filter(device_tokens::device_id.eq(id))
+                            .filter(device_tokens::revoked_at.is_null()),
+                    )
+                    .set(device_tokens::revoked_at.eq(Some(now)))
+                    .execute(tx)?;
+                    audit::record(
+                        tx,
+                        &event(
+                            "device.token_revoked",
+                            Some(user),
+                            row.tenant_id,
+                            id,
+                            json!({ "revoked": revoked }),
+                        ),
+                        now,
+                    )?;
+                    Ok(revoked)
+                })
+            })
+            .await
+    }
+
+    /// The device a presented token belongs to, if the token is live; notes its use.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<DeviceIdentity>, AppError> {
+        if !presented.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let id = token_id(presented);
+        self.inner
+            .db
+            .run(move |conn| -> Result<_, AppError> {
+                let found: Option<(i64, i64, String)> = device_tokens::table
+                    .inner_join(devices::table)
+                    .filter(device_tokens::id.eq(&id))
+                    .filter(device_tokens::revoked_at.is_null())
+                    .select((devices::id, devices::tenant_id, devices::name))
+                    .first(conn)
+                    .optional()?;
+                let Some((device_id, tenant_id, name)) = found else {
+                    return Ok(None);
+                };
+                let now = Utc::now().naive_utc();
+                diesel::update(device_tokens::table.find(&id))
+                    .set(device_tokens::last_used_at.eq(Some(now)))
+                    .execute(conn)?;
+                diesel::update(devices::table.find(device_id))
+                    .set(devices::last_seen_at.eq(Some(now)))
+                    .execute(conn)?;
+                Ok(Some(DeviceIdentity {
+                    device_id,
+                    tenant_id,
+                    name,
+                    token_id: id,
+                }))
+            })
+            .await
+    }
+
+    /// The workspace's name, for pages.
+    pub async fn tenant_name(&self, tenant: i64) -> Result<Option<String>, AppError> {
+        self.inner
+            .db
+            .run(move |conn| {
+                tenants::table
+                    .find(tenant)
+                    .select(tenants::name)
+                    .first(conn)
+                    .optional()
+                    .map_err(AppError::from)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_read_back_whatever_the_case_dashes_and_look_alikes() {
+        let code = new_code();
+        assert_eq!(code.len(), 14);
+        assert_eq!(
+            normalise_code(&code),
+            normalise_code(&code.to_lowercase().replace('-', " "))
+        );
+        assert_eq!(normalise_code("O1IL-abcd"), "0111ABCD");
+    }
+
+    #[test]
+    fn tags_are_normalised_and_checked() {
+        assert_eq!(
+            parse_tags(&["Lab".into(), "lab".into(), "floor-2".into()]).ok(),
+            Some(vec!["floor-2".to_owned(), "lab".to_owned()])
+        );
+        assert!(parse_tags(&["a b".into()]).is_err());
+        assert!(parse_tags(&vec!["x".to_owned(); 17]).is_err());
+    }
+}
