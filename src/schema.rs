@@ -466,7 +466,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    telemetry (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        metric -> Text,
+        at -> Timestamp,
+        value -> Double,
+        seq -> BigInt,
+    }
+}
+
 diesel::joinable!(credit_entries -> tenants (tenant_id));
+diesel::joinable!(telemetry -> devices (device_id));
 diesel::joinable!(devices -> tenants (tenant_id));
 diesel::joinable!(device_tokens -> devices (device_id));
 diesel::joinable!(user_preferences -> users (user_id));
@@ -497,6 +509,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     devices,
     device_tokens,
     device_claims,
+    telemetry,
     tenants,
     users,
     sessions,

@@ -88,12 +88,19 @@ pub struct ServerSettings {
 pub struct DeviceSettings {
     /// How long a device claim code stays valid, in minutes.
     pub claim_ttl_minutes: u64,
+    /// How often devices are told to send telemetry (the `welcome` frame), in seconds.
+    pub telemetry_interval_secs: u32,
+    /// Telemetry batches one device may send per second (with a burst of twice that); more
+    /// are refused unacknowledged, so the device sends them again later.
+    pub telemetry_batches_per_second: u32,
 }
 
 impl Default for DeviceSettings {
     fn default() -> Self {
         Self {
             claim_ttl_minutes: 24 * 60,
+            telemetry_interval_secs: 30,
+            telemetry_batches_per_second: 10,
         }
     }
 }

@@ -184,6 +184,21 @@ async fn connect(
         .iter()
         .find_map(|p| p.strip_prefix("bearer."))
         .map(str::to_owned);
+    let header_token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    // Devices (a `cnd_` token) speak their own messages on this endpoint.
+    if let Some(token) = bearer
+        .as_deref()
+        .or(header_token.as_deref())
+        .filter(|t| t.starts_with(crate::devices::TOKEN_PREFIX))
+    {
+        let token = token.to_owned();
+        return crate::devices::gateway::connect(state, request, payload, &token, &offered).await;
+    }
     let versions: Vec<&String> = offered
         .iter()
         .filter(|p| !p.starts_with("bearer."))
@@ -194,12 +209,6 @@ async fn connect(
             protocol::PROTOCOL
         )));
     }
-    let header_token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
     let principal = authenticate(&state, &request, bearer.or(header_token)).await?;
     let (connection, queue) = hub.register(principal, ip).map_err(refused)?;
     let (response, session, stream) =

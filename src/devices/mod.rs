@@ -6,6 +6,7 @@
 //! above create claims, rename, tag, rotate or revoke tokens and delete devices. A workspace's
 //! plan caps its devices (`billing.plans.*.devices`, counting open claims).
 
+pub mod gateway;
 pub mod handlers;
 
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct Device {
     pub tags: Vec<String>,
     /// Whether a live token exists (revoked devices cannot connect until rotated).
     pub has_token: bool,
+    /// Connected to this node now.
+    pub online: bool,
 }
 
 /// What an operator says about a device to come.
@@ -108,6 +111,7 @@ struct Inner {
     settings: DeviceSettings,
     billing: BillingSettings,
     public_url: String,
+    live: gateway::Live,
 }
 
 pub fn parse_name(name: &str) -> Result<String, AppError> {
@@ -215,6 +219,7 @@ fn device_of(conn: &mut DbConnection, row: DeviceRow) -> QueryResult<Device> {
         row,
         tags,
         has_token,
+        online: false,
     })
 }
 
@@ -248,8 +253,23 @@ impl Registry {
                 settings,
                 billing,
                 public_url: public_url.to_owned(),
+                live: gateway::Live::default(),
             }),
         }
+    }
+
+    /// The device connections of this node.
+    pub fn live(&self) -> &gateway::Live {
+        &self.inner.live
+    }
+
+    pub fn settings(&self) -> &DeviceSettings {
+        &self.inner.settings
+    }
+
+    fn with_presence(&self, mut device: Device) -> Device {
+        device.online = self.inner.live.online(device.row.id);
+        device
     }
 
     /// The caller's role in `tenant` must allow `permission`; 404 when not a member at all.
@@ -510,9 +530,10 @@ impl Registry {
                     .load(conn)?;
                 rows.into_iter()
                     .map(|row| device_of(conn, row).map_err(AppError::from))
-                    .collect()
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
+            .map(|list| list.into_iter().map(|d| self.with_presence(d)).collect())
     }
 
     pub async fn get(&self, user: i64, id: i64) -> Result<Device, AppError> {
@@ -523,6 +544,7 @@ impl Registry {
                 Ok(device_of(conn, row)?)
             })
             .await
+            .map(|d| self.with_presence(d))
     }
 
     /// Renames or re-tags a device.
@@ -600,12 +622,15 @@ impl Registry {
                     Ok(())
                 })
             })
-            .await
+            .await?;
+        self.inner.live.close(id);
+        Ok(())
     }
 
     /// A new token for the device; the old one stops working at once.
     pub async fn rotate_token(&self, user: i64, id: i64) -> Result<String, AppError> {
-        self.inner
+        let token = self
+            .inner
             .db
             .run(move |conn| {
                 write_transaction(conn, |tx| -> Result<_, AppError> {
@@ -626,12 +651,15 @@ impl Registry {
                     Ok(token)
                 })
             })
-            .await
+            .await?;
+        self.inner.live.close(id);
+        Ok(token)
     }
 
     /// Revokes the device's token: it can no longer connect until a new one is issued.
     pub async fn revoke_token(&self, user: i64, id: i64) -> Result<usize, AppError> {
-        self.inner
+        let revoked = self
+            .inner
             .db
             .run(move |conn| {
                 write_transaction(conn, |tx| -> Result<_, AppError> {
@@ -658,7 +686,9 @@ impl Registry {
                     Ok(revoked)
                 })
             })
-            .await
+            .await?;
+        self.inner.live.close(id);
+        Ok(revoked)
     }
 
     /// The device a presented token belongs to, if the token is live; notes its use.

@@ -71,7 +71,8 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         device_claims, device_tokens, devices, edge_agents, edge_policies, email_tokens,
         invitations, jobs, memberships, message_terms, messages, mfa_challenges, oidc_flows,
         personal_keys, read_markers, recovery_codes, remembered_devices, room_members, rooms,
-        sessions, tenants, totp_secrets, usage_daily, user_identities, user_preferences, users,
+        sessions, telemetry, tenants, totp_secrets, usage_daily, user_identities, user_preferences,
+        users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -111,6 +112,7 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         devices,
         device_tokens,
         device_claims,
+        telemetry,
         messages,
         message_terms,
         tenants,
