@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(rotate))
             .route(web::delete().to(revoke)),
     )
+    .service(get("/api/v1/devices/{id}/telemetry", telemetry))
     .service(get("/api/v1/device", me))
     .service(get("/devices", page))
     .service(resource("/devices/claims").route(web::post().to(claim_form)))
@@ -222,6 +223,92 @@ async fn revoke(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct TelemetryQuery {
+    /// One metric; all when left out.
+    metric: Option<String>,
+    /// RFC 3339; default 24 hours before `to`.
+    from: Option<String>,
+    /// RFC 3339; default now.
+    to: Option<String>,
+    /// Bucket size: `30s`, `5m`, `1h`, `1d` (or seconds); raw readings when left out.
+    step: Option<String>,
+}
+
+fn parse_time(field: &str, text: &str) -> Result<chrono::NaiveDateTime, AppError> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.naive_utc())
+        .map_err(|_| {
+            AppError::BadRequest(format!(
+                "{field}: an RFC 3339 time, e.g. 2026-11-30T10:00:00Z"
+            ))
+        })
+}
+
+fn parse_step(text: &str) -> Result<i64, AppError> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let number: i64 = number
+        .parse()
+        .map_err(|_| AppError::BadRequest("step: like 30s, 5m, 1h or 1d".to_owned()))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => {
+            return Err(AppError::BadRequest(
+                "step: like 30s, 5m, 1h or 1d".to_owned(),
+            ));
+        }
+    };
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| AppError::BadRequest("step: too large".to_owned()))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", tag = "devices",
+    summary = "A device's readings per metric, raw or in buckets (min, max, avg, count)",
+    params(("id" = i64, Path), TelemetryQuery),
+    responses((status = 200, description = "`{series: [{metric, points, buckets}]}`"),
+        (status = 400, description = "Bad time, step or too many raw readings", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device here", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn telemetry(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+    query: web::Query<TelemetryQuery>,
+) -> Result<HttpResponse, AppError> {
+    let query = query.into_inner();
+    let to = match &query.to {
+        Some(text) => parse_time("to", text)?,
+        None => chrono::Utc::now().naive_utc(),
+    };
+    let from = match &query.from {
+        Some(text) => parse_time("from", text)?,
+        None => to - chrono::TimeDelta::hours(24),
+    };
+    let step = query.step.as_deref().map(parse_step).transpose()?;
+    let series = state
+        .devices
+        .telemetry(
+            caller.user_id,
+            path.into_inner(),
+            query.metric,
+            from,
+            to,
+            step,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "from": crate::time::rfc3339(from),
+        "to": crate::time::rfc3339(to),
+        "series": series,
+    })))
+}
+
 /// The device token of a request (`Authorization: Bearer cnd_…`).
 fn device_token(request: &HttpRequest) -> Option<&str> {
     request
@@ -343,8 +430,34 @@ async fn device_page(
         "may_operate",
         &may_operate(&state, identity.user_id(), device.row.tenant_id).await?,
     );
-    context.insert("notice", &query.notice);
-    context.insert("error", &query.error);
+    // The last 24 hours, in 15-minute buckets, one chart per metric.
+    let to = chrono::Utc::now().naive_utc();
+    let from = to - chrono::TimeDelta::hours(24);
+    let series = state
+        .devices
+        .telemetry(
+            identity.user_id(),
+            device.row.id,
+            None,
+            from,
+            to,
+            Some(15 * 60),
+        )
+        .await?;
+    let charts: Vec<_> = series
+        .iter()
+        .map(|s| {
+            json!({
+                "metric": s.metric,
+                "svg": super::chart_svg(s, from, to),
+                "min": s.buckets.iter().map(|b| b.min).fold(f64::INFINITY, f64::min),
+                "max": s.buckets.iter().map(|b| b.max).fold(f64::NEG_INFINITY, f64::max),
+                "last": s.buckets.last().map_or(0.0, |b| b.avg),
+            })
+        })
+        .collect();
+    context.insert("charts", &charts);
+    query.into_inner().insert(&mut context);
     context.insert("new_token", &None::<String>);
     html(&state, "devices/device.html", &context, StatusCode::OK)
 }
@@ -366,6 +479,7 @@ async fn rotate_form(
     context.insert("device", &device);
     context.insert("workspace", &workspace);
     context.insert("may_operate", &true);
+    context.insert("charts", &Vec::<serde_json::Value>::new());
     Notice::default().insert(&mut context);
     context.insert("new_token", &Some(token));
     html(&state, "devices/device.html", &context, StatusCode::OK)
@@ -405,8 +519,21 @@ async fn delete_form(
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create_claim, claim, list, show, update, remove, rotate, revoke, me),
+    paths(
+        create_claim,
+        claim,
+        list,
+        show,
+        update,
+        remove,
+        rotate,
+        revoke,
+        telemetry,
+        me
+    ),
     components(schemas(
+        super::Series,
+        super::Bucket,
         NewClaim,
         ClaimRequest,
         DevicePatch,

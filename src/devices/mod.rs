@@ -768,3 +768,161 @@ mod tests {
         assert!(parse_tags(&vec!["x".to_owned(); 17]).is_err());
     }
 }
+
+/// One metric's readings over a time range: raw points, or buckets of `step` seconds.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Series {
+    pub metric: String,
+    /// `[at, value]` pairs (raw), oldest first; empty when bucketed.
+    pub points: Vec<(String, f64)>,
+    /// Buckets (with `step`), oldest first; empty when raw.
+    pub buckets: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Bucket {
+    /// The bucket's start (RFC 3339).
+    pub start: String,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub count: u64,
+}
+
+/// The most raw points one answer carries; ask for buckets (`step`) beyond it.
+pub const MAX_POINTS: usize = 10_000;
+/// The most buckets one answer carries.
+pub const MAX_BUCKETS: i64 = 10_000;
+
+impl Registry {
+    /// Readings of a device the caller may see, between `from` and `to`, per metric (or one).
+    pub async fn telemetry(
+        &self,
+        user: i64,
+        id: i64,
+        metric: Option<String>,
+        from: NaiveDateTime,
+        to: NaiveDateTime,
+        step_secs: Option<i64>,
+    ) -> Result<Vec<Series>, AppError> {
+        use crate::schema::telemetry;
+        if to <= from {
+            return Err(AppError::BadRequest("to: must be after from".to_owned()));
+        }
+        if let Some(step) = step_secs
+            && (step < 1 || (to - from).num_seconds() / step > MAX_BUCKETS)
+        {
+            return Err(AppError::BadRequest(format!(
+                "step: at least 1 s and at most {MAX_BUCKETS} buckets in the range"
+            )));
+        }
+        let rows: Vec<(String, NaiveDateTime, f64)> = self
+            .inner
+            .db
+            .run(move |conn| -> Result<_, AppError> {
+                Self::visible(conn, user, id, Permission::View)?;
+                let mut query = telemetry::table
+                    .filter(telemetry::device_id.eq(id))
+                    .filter(telemetry::at.ge(from))
+                    .filter(telemetry::at.lt(to))
+                    .order((telemetry::metric, telemetry::at, telemetry::id))
+                    .limit(i64::try_from(MAX_POINTS * 20).unwrap_or(i64::MAX))
+                    .select((telemetry::metric, telemetry::at, telemetry::value))
+                    .into_boxed();
+                if let Some(metric) = &metric {
+                    query = query.filter(telemetry::metric.eq(metric.clone()));
+                }
+                Ok(query.load(conn)?)
+            })
+            .await?;
+        let mut series: Vec<Series> = Vec::new();
+        for (metric, at, value) in rows {
+            if series.last().is_none_or(|s| s.metric != metric) {
+                series.push(Series {
+                    metric: metric.clone(),
+                    points: Vec::new(),
+                    buckets: Vec::new(),
+                });
+            }
+            let Some(current) = series.last_mut() else {
+                continue;
+            };
+            match step_secs {
+                None => {
+                    if current.points.len() >= MAX_POINTS {
+                        return Err(AppError::BadRequest(format!(
+                            "More than {MAX_POINTS} readings of {metric} in this range: ask for buckets with step (e.g. step=1h)."
+                        )));
+                    }
+                    current.points.push((crate::time::rfc3339(at), value));
+                }
+                Some(step) => {
+                    let index = (at - from).num_seconds() / step;
+                    let start = from + TimeDelta::seconds(index * step);
+                    let start_text = crate::time::rfc3339(start);
+                    match current.buckets.last_mut() {
+                        Some(bucket) if bucket.start == start_text => {
+                            bucket.min = bucket.min.min(value);
+                            bucket.max = bucket.max.max(value);
+                            bucket.avg += (value - bucket.avg) / (bucket.count + 1) as f64;
+                            bucket.count += 1;
+                        }
+                        _ => current.buckets.push(Bucket {
+                            start: start_text,
+                            min: value,
+                            max: value,
+                            avg: value,
+                            count: 1,
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(series)
+    }
+}
+
+/// A small line chart of bucket averages as an SVG document (no scripts, no styles: fits
+/// the CSP). Numbers only go into it; the metric name is validated by the protocol.
+pub fn chart_svg(series: &Series, from: NaiveDateTime, to: NaiveDateTime) -> String {
+    const W: f64 = 600.0;
+    const H: f64 = 140.0;
+    let span = (to - from).num_seconds().max(1) as f64;
+    let (low, high) = series
+        .buckets
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), b| {
+            (lo.min(b.min), hi.max(b.max))
+        });
+    let range = if high > low { high - low } else { 1.0 };
+    let points: Vec<(f64, f64)> = series
+        .buckets
+        .iter()
+        .filter_map(|b| {
+            let at = chrono::DateTime::parse_from_rfc3339(&b.start)
+                .ok()?
+                .naive_utc();
+            let x = (at - from).num_seconds() as f64 / span * (W - 8.0) + 4.0;
+            let y = H - (b.avg - low) / range * (H - 16.0) - 8.0;
+            Some((x, y))
+        })
+        .collect();
+    let line: Vec<String> = points
+        .iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect();
+    // A dot per bucket too: a single bucket (or one beside a gap) is still visible.
+    let dots: String = points
+        .iter()
+        .map(|(x, y)| {
+            format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"currentColor\"/>")
+        })
+        .collect();
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"100%\" role=\"img\" aria-label=\"{} over the last 24 hours\"><rect x=\"0.5\" y=\"0.5\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"currentColor\" stroke-opacity=\"0.2\"/><polyline fill=\"none\" stroke=\"currentColor\" stroke-width=\"2\" points=\"{}\"/>{dots}</svg>",
+        series.metric,
+        W - 1.0,
+        H - 1.0,
+        line.join(" ")
+    )
+}

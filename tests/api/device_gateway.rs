@@ -324,3 +324,70 @@ async fn telemetry_faster_than_the_device_rate_is_not_acknowledged() {
         "refused batches are not stored"
     );
 }
+
+#[tokio::test]
+async fn stored_telemetry_is_queried_raw_or_in_buckets_and_charted_on_the_device_page() {
+    let team = team().await;
+    let app = &team.app;
+    let (id, token) = provision(app, &team, "sensor-4").await;
+    let mut device = DeviceClient::connect(app, &token, false).await;
+    device.hello().await;
+    for seq in 1..=3 {
+        device.telemetry(seq).await;
+    }
+    let raw = team
+        .eve
+        .get_json(
+            app,
+            &format!("/api/v1/devices/{id}/telemetry?metric=temperature"),
+        )
+        .await;
+    let series = raw["series"].as_array().expect("series");
+    assert_eq!(series.len(), 1);
+    let values: Vec<f64> = series[0]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p[1].as_f64().expect("value"))
+        .collect();
+    assert_eq!(values, [21.0, 22.0, 23.0]);
+    let bucketed = team
+        .eve
+        .get_json(app, &format!("/api/v1/devices/{id}/telemetry?step=1d"))
+        .await;
+    let series = bucketed["series"].as_array().expect("series");
+    assert_eq!(series.len(), 2, "both metrics");
+    let temperature = series
+        .iter()
+        .find(|s| s["metric"] == "temperature")
+        .expect("temperature");
+    let total: u64 = temperature["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(total, 3);
+    for bad in [
+        "?step=fortnight",
+        "?step=0s",
+        "?from=yesterday",
+        "?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "?step=1s&from=2020-01-01T00:00:00Z",
+    ] {
+        let response = team
+            .eve
+            .client
+            .get(app.url(&format!("/api/v1/devices/{id}/telemetry{bad}")))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+    let page = team.eve.page(app, &format!("/devices/{id}")).await;
+    assert!(
+        page.contains("data-metric=\"temperature\""),
+        "a chart per metric"
+    );
+    assert!(page.contains("<polyline") && page.contains("<circle"));
+}

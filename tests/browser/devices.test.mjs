@@ -38,9 +38,34 @@ test('devices: a claim code provisions a device, whose token is then revoked', a
   const { token } = await response.json();
   assert.equal((await device.request.get(base + '/api/v1/device', { headers: { Authorization: `Bearer ${token}` } })).status(), 200);
 
+  // It connects with its token and sends two batches of readings.
+  const acks = await page.evaluate(async (token) => {
+    const socket = new WebSocket(location.origin.replace('http', 'ws') + '/api/v1/ws', ['conclave.v1', `bearer.${token}`]);
+    const frames = [];
+    await new Promise((resolve, reject) => {
+      socket.onmessage = (event) => {
+        frames.push(JSON.parse(event.data));
+        if (frames.length === 3) resolve();
+      };
+      socket.onerror = reject;
+      socket.onopen = () => {
+        socket.send(JSON.stringify({ hello: { protocol: 1, firmware: '1.0.0', chip: 'esp32c3', capabilities: ['telemetry'] } }));
+        for (const [seq, value] of [[1, 21.5], [2, 23.0]]) {
+          socket.send(JSON.stringify({ telemetry: { seq, at_ms: Date.now() - (3 - seq) * 60000, readings: [{ metric: 'temperature', value }] } }));
+        }
+      };
+    });
+    socket.close();
+    return frames.map((frame) => Object.keys(frame)[0]);
+  }, token);
+  assert.deepEqual(acks, ['welcome', 'telemetry_ack', 'telemetry_ack']);
+
   await page.goto(base + '/devices');
   await page.getByRole('link', { name: `Greenhouse ${backend}` }).click();
   await page.waitForSelector('text=floor-2, lab');
+  await page.waitForSelector('figure[data-metric="temperature"] svg circle');
+  assert.match(await page.locator('figure[data-metric="temperature"] figcaption').innerText(), /max 23/);
+  await page.screenshot({ path: `${artifacts}devices-chart-${backend}.png`, fullPage: true });
   await page.getByRole('button', { name: 'Revoke token' }).click();
   await page.waitForSelector('text=Token revoked');
   await page.screenshot({ path: `${artifacts}devices-revoked-${backend}.png`, fullPage: true });
