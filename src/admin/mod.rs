@@ -197,6 +197,18 @@ fn context(state: &AppState, page: &Page, staff: &Staff, section: &str) -> tera:
 
 use crate::web::pages::Notice;
 
+diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
+
+/// A case-insensitive `LIKE` pattern for `text` anywhere, its own `%`, `_` and `\` literal
+/// (use with `.escape('\\')`).
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{}%", escaped.to_lowercase())
+}
+
 /// Who made an admin change, from where: what its audit entry records.
 #[derive(Debug, Clone)]
 struct Who {

@@ -99,11 +99,11 @@ async fn load_rooms(state: &AppState, q: Option<String>) -> Result<Vec<RoomRow>,
     state
         .db
         .run(move |conn| -> Result<_, AppError> {
-            let rows: Vec<RoomListRow> = rooms::table
+            let mut query = rooms::table
                 .inner_join(tenants::table)
                 .filter(diesel::dsl::not(rooms::id.eq_any(personal_chats())))
                 .order(rooms::id.desc())
-                .limit(PAGE_SIZE * 5)
+                .limit(PAGE_SIZE)
                 .select((
                     rooms::id,
                     tenants::slug,
@@ -115,15 +115,17 @@ async fn load_rooms(state: &AppState, q: Option<String>) -> Result<Vec<RoomRow>,
                     rooms::archived_at,
                     rooms::created_at,
                 ))
-                .load(conn)?;
-            let rows: Vec<_> = rows
-                .into_iter()
-                .filter(|r| {
-                    q.as_ref()
-                        .is_none_or(|q| r.3.to_lowercase().contains(q) || r.1.contains(q.as_str()))
-                })
-                .take(PAGE_SIZE as usize)
-                .collect();
+                .into_boxed();
+            if let Some(q) = &q {
+                let pattern = super::contains_pattern(q);
+                query = query.filter(
+                    super::lower(rooms::name)
+                        .like(pattern.clone())
+                        .escape('\\')
+                        .or(tenants::slug.like(pattern).escape('\\')),
+                );
+            }
+            let rows: Vec<RoomListRow> = query.load(conn)?;
             let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
             let counts: Vec<(i64, i64)> = room_members::table
                 .filter(room_members::room_id.eq_any(&ids))

@@ -41,7 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     action(cfg, "/api/v1/admin/tenants/{id}/plan", change_plan);
 }
 
-diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
+use super::lower;
 
 #[derive(Deserialize, Default)]
 struct Search {
@@ -106,12 +106,7 @@ async fn load_users(state: &AppState, q: Option<String>) -> Result<Vec<UserRow>,
                 ))
                 .into_boxed();
             if let Some(q) = &q {
-                // LIKE's own wildcards in the search are taken literally.
-                let escaped = q
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_");
-                let pattern = format!("%{escaped}%");
+                let pattern = super::contains_pattern(q);
                 query = query.filter(
                     lower(users::email)
                         .like(pattern.clone())
@@ -242,43 +237,22 @@ async fn set_disabled(
         ));
     }
     let (email, _) = target(state, staff, user).await?;
-    let entry = audited(
-        if disabled {
-            audit::events::USER_DISABLED
-        } else {
-            audit::events::USER_ENABLED
-        },
-        &super::Who::of(staff, request),
-        format!("user:{user}"),
-        None,
-        json!({ "disabled": !disabled }),
-        json!({ "disabled": disabled }),
-    );
-    let changed = state
+    let who = super::Who::of(staff, request);
+    let base = crate::audit::AuditEvent {
+        actor_user_id: Some(who.actor),
+        ip: who.ip,
+        user_agent: who.user_agent,
+        ..crate::audit::AuditEvent::default()
+    };
+    let (changed, ended) = state
         .db
         .run(move |conn| {
-            write_transaction(conn, |tx| -> Result<bool, AppError> {
-                let now = Utc::now().naive_utc();
-                let row = users::table
-                    .find(user)
-                    .filter(users::disabled_at.is_null().eq(disabled));
-                let changed = diesel::update(row)
-                    .set((
-                        users::disabled_at.eq(disabled.then_some(now)),
-                        users::updated_at.eq(now),
-                    ))
-                    .execute(tx)?;
-                if changed > 0 {
-                    audit::record(tx, &entry, now)?;
-                }
-                Ok(changed > 0)
-            })
+            crate::auth::users::set_disabled_by_id(conn, user, disabled, base)
+                .map_err(AppError::from)
         })
         .await?;
-    if disabled {
-        // Every session ends at once, on every node (the revocation is announced).
-        state.sessions.revoke_all_for_user(user, None).await?;
-    }
+    // Every session ends at once, on every node (the revocation is announced).
+    state.sessions.forget_all(&ended).await;
     Ok(json!({ "user_id": user, "email": email, "disabled": disabled, "changed": changed }))
 }
 

@@ -68,44 +68,6 @@ async fn reload_form(
     staff: Staff,
     request: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
-    staff.require(Action::Operate)?;
-    let before: Vec<String> = state
-        .assistant
-        .catalog()
-        .models()
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    let assistant = state.assistant.clone();
-    let outcome = web::block(move || assistant.reload())
-        .await
-        .map_err(|e| AppError::internal(anyhow::anyhow!("reload task failed: {e}")))?;
-    match outcome {
-        Ok(models) => {
-            crate::audit::record_now(
-                &state.db,
-                crate::audit::AuditEvent {
-                    event: "assistant.reloaded",
-                    actor_user_id: Some(staff.user_id()),
-                    ip: crate::web::client_ip(&request),
-                    details: json!({
-                        "models": models,
-                        "before": { "models": before },
-                        "after": {
-                            "models": state.assistant.catalog().models().into_iter().map(|m| m.name).collect::<Vec<_>>()
-                        },
-                    }),
-                    ..crate::audit::AuditEvent::default()
-                },
-            )
-            .await?;
-            back("/admin/assistant", Ok("reloaded"))
-        }
-        Err(error) => back(
-            "/admin/assistant",
-            Err(AppError::Conflict(format!(
-                "The configuration has errors; nothing changed: {error}"
-            ))),
-        ),
-    }
+    let outcome = crate::assistant::gateway::reload_audited(&state, &staff, &request).await;
+    back("/admin/assistant", outcome.map(|_| "reloaded"))
 }

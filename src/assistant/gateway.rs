@@ -591,6 +591,18 @@ async fn reload(
     staff: crate::admin::Staff,
     request: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
+    let models = reload_audited(&state, &staff, &request).await?;
+    Ok(HttpResponse::Ok().json(json!({"reloaded": true, "models": models})))
+}
+
+/// Reloads the providers and models from the configuration (as SIGHUP does), audited with
+/// the models before and after; a broken configuration changes nothing (422). The API and the
+/// admin page's button both call this.
+pub(crate) async fn reload_audited(
+    state: &AppState,
+    staff: &crate::admin::Staff,
+    request: &HttpRequest,
+) -> Result<usize, AppError> {
     staff.require(crate::admin::Action::Operate)?;
     let before: Vec<String> = state
         .assistant
@@ -614,7 +626,7 @@ async fn reload(
         crate::audit::AuditEvent {
             event: "assistant.reloaded",
             actor_user_id: Some(staff.user_id()),
-            ip: crate::web::client_ip(&request),
+            ip: crate::web::client_ip(request),
             details: json!({
                         "models": models,
                         "before": { "models": before },
@@ -626,7 +638,7 @@ async fn reload(
         },
     )
     .await?;
-    Ok(HttpResponse::Ok().json(json!({"reloaded": true, "models": models})))
+    Ok(models)
 }
 
 /// This module's part of the OpenAPI document (the `/v1` routes follow OpenAI's own spec).

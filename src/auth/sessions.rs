@@ -178,6 +178,15 @@ impl Sessions {
         let _ = self.revocations.send(revocation);
     }
 
+    /// Drops sessions that were deleted elsewhere (a disabled account) from this node's
+    /// cache, and tells the realtime endpoint and the other nodes.
+    pub async fn forget_all(&self, ids: &[String]) {
+        for id in ids {
+            self.cache.invalidate(id).await;
+            self.announce(Revocation::Session(id.clone()));
+        }
+    }
+
     /// Drops a session from this node's cache (another node revoked it): the next request
     /// reads the table and finds it gone.
     pub async fn forget_cached(&self, id: &str) {

@@ -184,24 +184,50 @@ pub fn set_disabled(
         let Some(user) = find_by_email(tx, email)? else {
             return Ok(None);
         };
-        if user.disabled_at.is_some() == disabled {
-            return Ok(Some(false));
-        }
+        let base = AuditEvent {
+            actor_user_id,
+            ..AuditEvent::default()
+        };
+        set_disabled_by_id(tx, user.id, disabled, base).map(|(changed, _)| Some(changed))
+    })
+}
+
+/// The same by id, the audit entry based on `base` (actor, IP, user agent): it records the
+/// state before and after. Answers whether anything changed, and the ids of the sessions
+/// it ended (a server process drops them from its cache: `Sessions::forget_all`).
+pub fn set_disabled_by_id(
+    conn: &mut DbConnection,
+    user_id: i64,
+    disabled: bool,
+    base: AuditEvent,
+) -> QueryResult<(bool, Vec<String>)> {
+    crate::db::write_transaction(conn, |tx| {
         let now = Utc::now().naive_utc();
-        diesel::update(users::table.find(user.id))
-            .set((
-                users::disabled_at.eq(disabled.then_some(now)),
-                users::updated_at.eq(now),
-            ))
-            .execute(tx)?;
-        if disabled {
-            // Signed-in browsers lose access at once on nodes that read the database, and
-            // within the session cache's TTL on the others.
-            diesel::delete(
-                crate::schema::sessions::table.filter(crate::schema::sessions::user_id.eq(user.id)),
-            )
-            .execute(tx)?;
+        let changed = diesel::update(
+            users::table
+                .find(user_id)
+                .filter(users::disabled_at.is_null().eq(disabled)),
+        )
+        .set((
+            users::disabled_at.eq(disabled.then_some(now)),
+            users::updated_at.eq(now),
+        ))
+        .execute(tx)?;
+        if changed == 0 {
+            return Ok((false, Vec::new()));
         }
+        // Signed-in browsers lose access at once on nodes that read the database, and within
+        // the session cache's TTL on the others unless the caller forgets the ended ones.
+        let ended: Vec<String> = if disabled {
+            diesel::delete(
+                crate::schema::sessions::table.filter(crate::schema::sessions::user_id.eq(user_id)),
+            )
+            .returning(crate::schema::sessions::id)
+            .get_results(tx)?
+        } else {
+            Vec::new()
+        };
+        let email = email_of(tx, user_id)?;
         audit::record(
             tx,
             &AuditEvent {
@@ -210,13 +236,16 @@ pub fn set_disabled(
                 } else {
                     events::USER_ENABLED
                 },
-                actor_user_id,
-                subject: Some(format!("user:{}", user.id)),
-                details: serde_json::json!({ "email": user.email }),
-                ..AuditEvent::default()
+                subject: Some(format!("user:{user_id}")),
+                details: serde_json::json!({
+                    "email": email,
+                    "before": { "disabled": !disabled },
+                    "after": { "disabled": disabled },
+                }),
+                ..base
             },
             now,
         )?;
-        Ok(Some(true))
+        Ok((true, ended))
     })
 }

@@ -208,19 +208,32 @@ fn issue_token(conn: &mut DbConnection, device_id: i64, now: NaiveDateTime) -> Q
 }
 
 fn device_of(conn: &mut DbConnection, row: DeviceRow) -> QueryResult<Device> {
-    let has_token: bool = diesel::select(diesel::dsl::exists(
-        device_tokens::table
-            .filter(device_tokens::device_id.eq(row.id))
-            .filter(device_tokens::revoked_at.is_null()),
-    ))
-    .get_result(conn)?;
-    let tags = serde_json::from_str(&row.tags).unwrap_or_default();
-    Ok(Device {
-        row,
-        tags,
-        has_token,
-        online: false,
-    })
+    devices_of(conn, vec![row])?
+        .into_iter()
+        .next()
+        .ok_or(diesel::result::Error::NotFound)
+}
+
+/// The API's view of registry rows: tags parsed, and which have a live token (one query for
+/// all of them).
+fn devices_of(conn: &mut DbConnection, rows: Vec<DeviceRow>) -> QueryResult<Vec<Device>> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let with_token: std::collections::HashSet<i64> = device_tokens::table
+        .filter(device_tokens::device_id.eq_any(&ids))
+        .filter(device_tokens::revoked_at.is_null())
+        .select(device_tokens::device_id)
+        .load::<i64>(conn)?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|row| Device {
+            tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            has_token: with_token.contains(&row.id),
+            online: false,
+            row,
+        })
+        .collect())
 }
 
 fn event(
@@ -528,9 +541,7 @@ impl Registry {
                     .limit(500)
                     .select(DeviceRow::as_select())
                     .load(conn)?;
-                rows.into_iter()
-                    .map(|row| device_of(conn, row).map_err(AppError::from))
-                    .collect::<Result<Vec<_>, _>>()
+                Ok(devices_of(conn, rows)?)
             })
             .await
             .map(|list| list.into_iter().map(|d| self.with_presence(d)).collect())
