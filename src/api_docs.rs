@@ -55,6 +55,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::edge::handlers::ApiDoc::openapi(),
         crate::admin::ApiDoc::openapi(),
         crate::devices::handlers::ApiDoc::openapi(),
+        crate::devices::api::ApiDoc::openapi(),
         crate::auth::preferences::ApiDoc::openapi(),
         crate::web::client_errors::ApiDoc::openapi(),
     ] {

@@ -229,6 +229,7 @@ pub fn lock_row(conn: &mut DbConnection, table: LockableTable, id: i64) -> Query
         let sql = match table {
             LockableTable::Tenants => "SELECT id FROM tenants WHERE id = $1 FOR UPDATE",
             LockableTable::Rooms => "SELECT id FROM rooms WHERE id = $1 FOR UPDATE",
+            LockableTable::OtaRollouts => "SELECT id FROM ota_rollouts WHERE id = $1 FOR UPDATE",
         };
         diesel::sql_query(sql)
             .bind::<diesel::sql_types::BigInt, _>(id)
@@ -242,6 +243,8 @@ pub fn lock_row(conn: &mut DbConnection, table: LockableTable, id: i64) -> Query
 pub enum LockableTable {
     Tenants,
     Rooms,
+    /// A rollout: its devices' reports and the decisions they lead to, one at a time.
+    OtaRollouts,
 }
 
 /// `Some` with what an insert returned, `None` when it broke a unique constraint (someone

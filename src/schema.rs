@@ -477,8 +477,111 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    device_commands (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        name -> Text,
+        args -> Text,
+        status -> Text,
+        output -> Nullable<Text>,
+        room_id -> Nullable<BigInt>,
+        message_id -> Nullable<BigInt>,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+        done_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    device_rules (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        room_id -> BigInt,
+        metric -> Text,
+        op -> Text,
+        threshold -> Double,
+        firing -> Bool,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    telemetry_hourly (device_id, metric, hour) {
+        device_id -> BigInt,
+        metric -> Text,
+        hour -> Timestamp,
+        min -> Double,
+        max -> Double,
+        sum -> Double,
+        count -> BigInt,
+    }
+}
+
+diesel::table! {
+    firmware_keys (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        name -> Text,
+        public_key -> Text,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    firmware_images (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        version -> Text,
+        size -> BigInt,
+        sha256 -> Text,
+        signature -> Text,
+        key_id -> Nullable<BigInt>,
+        data -> Binary,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    ota_rollouts (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        image_id -> BigInt,
+        previous_image_id -> Nullable<BigInt>,
+        target -> Text,
+        stages -> Text,
+        stage -> Integer,
+        success_threshold -> Double,
+        failure_threshold -> Double,
+        state -> Text,
+        reason -> Nullable<Text>,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    ota_assignments (rollout_id, device_id) {
+        rollout_id -> BigInt,
+        device_id -> BigInt,
+        stage -> Integer,
+        image_id -> BigInt,
+        state -> Text,
+        received -> BigInt,
+        detail -> Nullable<Text>,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(credit_entries -> tenants (tenant_id));
 diesel::joinable!(telemetry -> devices (device_id));
+diesel::joinable!(ota_assignments -> devices (device_id));
+diesel::joinable!(ota_assignments -> ota_rollouts (rollout_id));
 diesel::joinable!(devices -> tenants (tenant_id));
 diesel::joinable!(device_tokens -> devices (device_id));
 diesel::joinable!(user_preferences -> users (user_id));
@@ -510,6 +613,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     device_tokens,
     device_claims,
     telemetry,
+    device_commands,
+    device_rules,
+    telemetry_hourly,
+    firmware_keys,
+    firmware_images,
+    ota_rollouts,
+    ota_assignments,
     tenants,
     users,
     sessions,

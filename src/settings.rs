@@ -93,6 +93,17 @@ pub struct DeviceSettings {
     /// Telemetry batches one device may send per second (with a burst of twice that); more
     /// are refused unacknowledged, so the device sends them again later.
     pub telemetry_batches_per_second: u32,
+    /// Connections one device may hold at once; a newer one closes the oldest (a device that
+    /// reconnects replaces the half-open connection it left behind).
+    pub connections_per_device: usize,
+    /// How long a command waits for an offline device before it expires, in seconds.
+    pub command_ttl_secs: u64,
+    /// Raw telemetry readings are kept this many days; hourly rollups outlive them.
+    pub telemetry_raw_days: u32,
+    /// Hourly rollups are kept this many days.
+    pub telemetry_rollup_days: u32,
+    /// The largest firmware image accepted, in bytes.
+    pub firmware_max_bytes: usize,
 }
 
 impl Default for DeviceSettings {
@@ -101,6 +112,11 @@ impl Default for DeviceSettings {
             claim_ttl_minutes: 24 * 60,
             telemetry_interval_secs: 30,
             telemetry_batches_per_second: 10,
+            connections_per_device: 1,
+            command_ttl_secs: 600,
+            telemetry_raw_days: 7,
+            telemetry_rollup_days: 400,
+            firmware_max_bytes: 16 * 1024 * 1024,
         }
     }
 }

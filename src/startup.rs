@@ -215,7 +215,13 @@ impl Application {
             settings.devices.clone(),
             settings.billing.clone(),
             &public_url,
+            chat.clone(),
         );
+        chat.set_slash_commands(Arc::new(crate::devices::commands::DeviceCommands::new(
+            devices.clone(),
+        )));
+        devices.register_jobs(&mut registry, queue.clone());
+        devices.schedule(&queue).await?;
         let state = web::Data::new(AppState {
             public_url,
             master_key,
@@ -283,6 +289,7 @@ impl Application {
                 hub.clone(),
                 state.chat.clone(),
                 state.sessions.clone(),
+                state.devices.live().clone(),
             )
         });
         state.assistant.spawn_health_checks();
@@ -290,6 +297,7 @@ impl Application {
             .edge
             .spawn_watcher(Duration::from_secs(settings.edge.reload_secs.max(1)));
         state.replies.spawn_sweeper();
+        state.devices.spawn_sweeper();
         let runner = settings
             .jobs
             .enabled
@@ -345,8 +353,10 @@ impl Application {
             // New upgrades are refused from here on; open sockets hear 1012 (reconnect, to
             // another node) and end, so they do not hold the drain until its timeout.
             let told = self.hub.shut_down();
+            let devices = self.state.devices.live().shut_down();
             tracing::info!(
                 websockets = told,
+                devices,
                 "stop requested: draining requests, connections and jobs"
             );
         }

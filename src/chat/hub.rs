@@ -55,6 +55,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
     /// An administrator closed the connection.
     pub const DISCONNECTED: u16 = 4010;
+    /// The same device connected again; this older connection ends.
+    pub const REPLACED: u16 = 4011;
 
     /// A short reason for the close frame and the metrics label.
     pub fn reason(code: u16) -> &'static str {
@@ -69,6 +71,7 @@ pub mod close {
             RATE_LIMITED => "too many frames",
             SLOW_CONSUMER => "too far behind: resume",
             DISCONNECTED => "disconnected by an administrator",
+            REPLACED => "replaced by a newer connection",
             _ => "closed",
         }
     }

@@ -86,6 +86,13 @@ pub enum Wire {
     /// nowhere else to be read back). Its sender keeps it under [`MAX_FRAME_BYTES`].
     #[serde(rename = "f")]
     Frame { n: u64, r: i64, f: String },
+    /// Device `d`'s connections: close them, or look for what waits for them.
+    #[serde(rename = "dv")]
+    Device {
+        n: u64,
+        d: i64,
+        s: crate::devices::gateway::Signal,
+    },
 }
 
 /// Largest frame a [`Wire::Frame`] carries: PostgreSQL refuses NOTIFY payloads of 8000 bytes
@@ -106,7 +113,8 @@ impl Wire {
             | Self::Alive { n }
             | Self::Hello { n }
             | Self::Bye { n }
-            | Self::Frame { n, .. } => *n,
+            | Self::Frame { n, .. }
+            | Self::Device { n, .. } => *n,
         }
     }
 }
@@ -203,11 +211,17 @@ pub struct Relay {
 
 impl Relay {
     /// Starts relaying for `hub` over the database at `url`.
-    pub fn start(url: String, hub: Hub, chat: ChatService, sessions: Sessions) -> Self {
+    pub fn start(
+        url: String,
+        hub: Hub,
+        chat: ChatService,
+        sessions: Sessions,
+        devices: crate::devices::gateway::Live,
+    ) -> Self {
         let (outgoing, outbox) = mpsc::unbounded_channel();
         hub.attach_relay(outgoing);
         let (incoming, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(inbox, hub.clone(), chat, sessions));
+        tokio::spawn(dispatch(inbox, hub.clone(), chat, sessions, devices));
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("conclave-relay".to_owned())
@@ -339,6 +353,7 @@ async fn dispatch(
     hub: Hub,
     chat: ChatService,
     sessions: Sessions,
+    devices: crate::devices::gateway::Live,
 ) {
     let mut heard: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
     let mut sweep = tokio::time::interval(HEARTBEAT);
@@ -399,6 +414,9 @@ async fn dispatch(
                     sessions.forget_cached(id).await;
                 }
                 close_revoked(&hub, &what);
+            }
+            Wire::Device { d, s, .. } => {
+                devices.apply(d, s);
             }
             Wire::Alive { .. } => {}
             // Another node started (or this one reconnected): it needs this node's presence.

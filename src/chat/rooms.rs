@@ -40,6 +40,21 @@ pub struct ChatService {
     /// Told of every new message posted by a person (the assistant listens), set once at
     /// start-up: the assistant is built after the chat it answers in.
     listener: Arc<std::sync::OnceLock<Arc<dyn PostListener>>>,
+    /// Runs slash commands posted in rooms (`/cmd` for devices), set once at start-up.
+    slash: Arc<std::sync::OnceLock<Arc<dyn SlashCommands>>>,
+}
+
+/// Commands written as messages (`/cmd …`). A message this handles is checked before it is
+/// stored (a bad one is refused with the check's error, nothing stored) and run after it is
+/// stored and published, with the stored message (the answer replies to it).
+#[async_trait::async_trait]
+pub trait SlashCommands: Send + Sync {
+    /// Whether `body` is a command this runs.
+    fn handles(&self, body: &str) -> bool;
+    /// Refuses a command that cannot run: unknown device, bad syntax, no permission.
+    async fn check(&self, room: &Room, author: i64, body: &str) -> Result<(), AppError>;
+    /// Runs a checked command; `author` is the person it runs for.
+    async fn run(&self, room: &Room, author: i64, message: &MessageView);
 }
 
 /// Hears about messages people post, after they are stored and published. Must not block:
@@ -399,6 +414,29 @@ pub(crate) fn check_retention(days: Option<i32>) -> Result<(), AppError> {
 }
 
 /// Display names of the given users (absent ones are simply missing).
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut_to_bytes(mut text: String, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
+/// Device names by id.
+fn device_names_of(conn: &mut DbConnection, ids: Vec<i64>) -> QueryResult<HashMap<i64, String>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(crate::schema::devices::table
+        .filter(crate::schema::devices::id.eq_any(ids))
+        .select((crate::schema::devices::id, crate::schema::devices::name))
+        .load::<(i64, String)>(conn)?
+        .into_iter()
+        .collect())
+}
+
 fn names_of(conn: &mut DbConnection, ids: Vec<i64>) -> QueryResult<HashMap<i64, String>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
@@ -428,7 +466,13 @@ impl ChatService {
             settings,
             hub,
             listener: Arc::new(std::sync::OnceLock::new()),
+            slash: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Sets who runs slash commands (once; later calls are ignored).
+    pub fn set_slash_commands(&self, slash: Arc<dyn SlashCommands>) {
+        let _ = self.slash.set(slash);
     }
 
     /// Sets who hears about new messages (once; later calls are ignored).
@@ -918,13 +962,19 @@ impl ChatService {
                     .load(conn)?;
                 let user_ids = rows.iter().filter(|r| r.0 == "user").map(|r| r.1).collect();
                 let names = names_of(conn, user_ids)?;
+                let device_ids = rows
+                    .iter()
+                    .filter(|r| r.0 == "device")
+                    .map(|r| r.1)
+                    .collect();
+                let device_names = device_names_of(conn, device_ids)?;
                 let members = rows
                     .into_iter()
                     .filter_map(|(kind, id, role, joined_at)| {
                         let kind = MemberKind::parse(&kind)?;
                         let name = match kind {
                             MemberKind::User => names.get(&id).cloned()?,
-                            MemberKind::Device => format!("Device {id}"),
+                            MemberKind::Device => device_names.get(&id).cloned()?,
                             MemberKind::Assistant => "Assistant".to_owned(),
                         };
                         Some(RoomMember {
@@ -1139,9 +1189,16 @@ impl ChatService {
             .filter(|m| m.sender_kind == MemberKind::User)
             .filter_map(|m| m.sender_id)
             .collect();
-        let names = self
+        let device_ids: Vec<i64> = messages
+            .iter()
+            .filter(|m| m.sender_kind == MemberKind::Device)
+            .filter_map(|m| m.sender_id)
+            .collect();
+        let (names, device_names) = self
             .db
-            .run(move |conn| names_of(conn, ids).map_err(DbError::from))
+            .run(move |conn| {
+                Ok::<_, DbError>((names_of(conn, ids)?, device_names_of(conn, device_ids)?))
+            })
             .await?;
         Ok(messages
             .into_iter()
@@ -1152,7 +1209,9 @@ impl ChatService {
                         .cloned()
                         .unwrap_or_else(|| "Deleted user".to_owned()),
                     (MemberKind::User, None) => "Deleted user".to_owned(),
-                    (MemberKind::Device, id) => format!("Device {}", id.unwrap_or_default()),
+                    (MemberKind::Device, id) => id
+                        .and_then(|id| device_names.get(&id).cloned())
+                        .unwrap_or_else(|| "Deleted device".to_owned()),
                     (MemberKind::Assistant, _) => "Assistant".to_owned(),
                 };
                 MessageView {
@@ -1274,6 +1333,14 @@ impl ChatService {
             .run(move |conn| require(conn, room_id, user_id, RoomAction::Post))
             .await?;
         let store = self.store(&access.room, user_id)?;
+        let slash = self
+            .slash
+            .get()
+            .filter(|slash| slash.handles(&body))
+            .cloned();
+        if let Some(slash) = &slash {
+            slash.check(&access.room, user_id, &body).await?;
+        }
         // Held until the event is out, so the room's events leave in id order.
         let _order = self.hub.order(room_id).await;
         let appended = store
@@ -1292,6 +1359,10 @@ impl ChatService {
             self.publish_new(&view);
             if let Some(listener) = self.listener.get() {
                 listener.posted(&access.room, user_id, &view);
+            }
+            if let Some(slash) = slash {
+                drop(_order);
+                slash.run(&access.room, user_id, &view).await;
             }
         }
         Ok((view, appended.created))
@@ -1322,6 +1393,12 @@ impl ChatService {
             .map(room_of)
             .ok_or_else(not_found)?;
         let store = self.store(&room, reader)?;
+        // The assistant may command the room's devices, with the rights of the person it
+        // answers; a command that cannot run stays a plain message.
+        let slash = match self.slash.get().filter(|slash| slash.handles(&body)) {
+            Some(slash) if slash.check(&room, reader, &body).await.is_ok() => Some(slash.clone()),
+            _ => None,
+        };
         let _order = self.hub.order(room_id).await;
         let appended = store
             .append(
@@ -1340,8 +1417,174 @@ impl ChatService {
         let view = self.view(appended.message).await?;
         if appended.created {
             self.publish_new(&view);
+            if let Some(slash) = slash {
+                drop(_order);
+                slash.run(&room, reader, &view).await;
+            }
         }
         Ok(view)
+    }
+
+    /// Stores a device's message (a rule's event, a command's answer) in `room_id` and
+    /// publishes it. The caller checked that the device is a member; devices are never members
+    /// of private rooms (their history opens only with a person's key). A retry with the same
+    /// `idempotency_key` returns the message stored the first time.
+    pub async fn post_as_device(
+        &self,
+        room_id: i64,
+        device_id: i64,
+        body: String,
+        reply_to: Option<i64>,
+        idempotency_key: String,
+    ) -> Result<MessageView, AppError> {
+        let room = self
+            .db
+            .run(move |conn| {
+                rooms::table
+                    .find(room_id)
+                    .select(room_columns!())
+                    .first::<RoomRow>(conn)
+                    .optional()
+                    .map_err(AppError::from)
+            })
+            .await?
+            .map(room_of)
+            .ok_or_else(not_found)?;
+        if room.privacy == Privacy::Private {
+            return Err(AppError::Conflict(
+                "Devices cannot post in private rooms.".to_owned(),
+            ));
+        }
+        let store = self.store(&room, 0)?;
+        let _order = self.hub.order(room_id).await;
+        let appended = store
+            .append(
+                room_id,
+                NewMessage {
+                    sender: Sender {
+                        kind: MemberKind::Device,
+                        id: device_id,
+                    },
+                    body: cut_to_bytes(body, self.settings.max_message_bytes),
+                    reply_to,
+                    idempotency_key: Some(idempotency_key),
+                },
+            )
+            .await?;
+        let view = self.view(appended.message).await?;
+        if appended.created {
+            self.publish_new(&view);
+        }
+        Ok(view)
+    }
+
+    /// Makes a device a member of a room (people who may invite to the room can; the device
+    /// must belong to the room's workspace). Its events and answers then appear there, and
+    /// the room's posting members may command it with `/cmd`.
+    pub async fn add_device(
+        &self,
+        actor: i64,
+        room_id: i64,
+        device_id: i64,
+        device_tenant: i64,
+        ip: Option<String>,
+    ) -> Result<(), AppError> {
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = require(tx, room_id, actor, RoomAction::Invite)?;
+                    if access.room.tenant_id != device_tenant {
+                        return Err(AppError::NotFound(
+                            "device_id: no such device in this room's workspace".to_owned(),
+                        ));
+                    }
+                    if access.room.privacy == Privacy::Private {
+                        return Err(AppError::BadRequest(
+                            "Devices cannot join private rooms: their history opens only with \
+                             a member's personal key."
+                                .to_owned(),
+                        ));
+                    }
+                    if access.room.kind == RoomKind::Direct {
+                        return Err(AppError::BadRequest(
+                            "Devices cannot join direct conversations.".to_owned(),
+                        ));
+                    }
+                    if member_role(tx, room_id, MemberKind::Device, device_id)?.is_some() {
+                        return Err(AppError::Conflict(
+                            "This device is already a member of this room.".to_owned(),
+                        ));
+                    }
+                    let now = Utc::now().naive_utc();
+                    add_member_row(
+                        tx,
+                        room_id,
+                        MemberKind::Device,
+                        device_id,
+                        RoomRole::Member,
+                        now,
+                    )?;
+                    audit::record(
+                        tx,
+                        &room_event(
+                            "room.device_added",
+                            actor,
+                            &access.room,
+                            ip,
+                            json!({ "device_id": device_id }),
+                        ),
+                        now,
+                    )?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    /// Takes a device out of a room (its rules for the room go with it).
+    pub async fn remove_device(
+        &self,
+        actor: i64,
+        room_id: i64,
+        device_id: i64,
+        ip: Option<String>,
+    ) -> Result<(), AppError> {
+        self.db
+            .run(move |conn| {
+                write_transaction(conn, |tx| {
+                    let access = require(tx, room_id, actor, RoomAction::Invite)?;
+                    let removed = diesel::delete(room_members::table.find((
+                        room_id,
+                        MemberKind::Device.as_str(),
+                        device_id,
+                    )))
+                    .execute(tx)?;
+                    if removed == 0 {
+                        return Err(AppError::NotFound(
+                            "This device is not a member of this room.".to_owned(),
+                        ));
+                    }
+                    diesel::delete(
+                        crate::schema::device_rules::table
+                            .filter(crate::schema::device_rules::room_id.eq(room_id))
+                            .filter(crate::schema::device_rules::device_id.eq(device_id)),
+                    )
+                    .execute(tx)?;
+                    audit::record(
+                        tx,
+                        &room_event(
+                            "room.device_removed",
+                            actor,
+                            &access.room,
+                            ip,
+                            json!({ "device_id": device_id }),
+                        ),
+                        Utc::now().naive_utc(),
+                    )?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Deletes a message of the assistant (an answer being regenerated), as a tombstone.

@@ -1,6 +1,7 @@
 //! The `conclave` command line. Every failure is one line on stderr and a meaningful exit code.
 
 mod accounts;
+mod devices;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,16 @@ pub enum Command {
     Edge {
         #[command(subcommand)]
         action: EdgeAction,
+    },
+    /// Simulated devices, for demos, tests and load tests.
+    Device {
+        #[command(subcommand)]
+        action: devices::DeviceAction,
+    },
+    /// Firmware signing keys and signatures for over-the-air updates.
+    Firmware {
+        #[command(subcommand)]
+        action: devices::FirmwareAction,
     },
 }
 
@@ -218,6 +229,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }),
         Command::Edge { action } => edge(settings, action),
+        Command::Device { action } => with_runtime(|| devices::device(action)),
+        Command::Firmware { action } => devices::firmware(action),
         Command::Billing {
             action: BillingAction::RegisterWebhook,
         } => with_runtime(|| async move {

@@ -11,52 +11,105 @@
 //! deleting the device, closes its connections on this node at once (close code 4001).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Timelike as _, Utc};
 use conclave_protocol as wire;
 use diesel::prelude::*;
 use governor::{Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::DeviceIdentity;
+use super::{DeviceIdentity, Registry};
 use crate::chat::hub::close;
 use crate::db::{Db, DbConnection, write_transaction};
 use crate::error::AppError;
 use crate::schema::devices;
-use crate::settings::DeviceSettings;
 use crate::web::AppState;
 
-/// A device's connections on this node: connection id and the token that closes it.
-type Connections = HashMap<i64, Vec<(u64, CancellationToken)>>;
+/// What one node asks of a device's connections, wherever they are (relayed between nodes
+/// like the chat's revocations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Close them (token revoked or rotated, device deleted).
+    Close,
+    /// Something waits for the device (a command, an update offer): look now.
+    Wake,
+}
 
-/// The device connections of this node, so a revocation can close them.
+/// One connection of a device on this node.
+struct Handle {
+    id: u64,
+    closing: CancellationToken,
+    /// The close code once `closing` is cancelled.
+    code: Arc<AtomicU16>,
+    wake: Arc<Notify>,
+    /// Cancelled when the session has ended (after handling what it had received).
+    finished: CancellationToken,
+}
+
+/// The device connections of this node, so revocations close them and commands wake them.
 #[derive(Clone, Default)]
 pub struct Live {
     next: Arc<AtomicU64>,
-    by_device: Arc<Mutex<Connections>>,
+    by_device: Arc<Mutex<HashMap<i64, Vec<Handle>>>>,
+}
+
+/// What a new connection listens to.
+struct Registered {
+    id: u64,
+    closing: CancellationToken,
+    code: Arc<AtomicU16>,
+    wake: Arc<Notify>,
+    finished: CancellationToken,
+    /// The sessions this one replaced: it starts once they have finished, so what the device
+    /// said on its old connection is handled before what it says on the new one.
+    replaced: Vec<CancellationToken>,
 }
 
 impl Live {
-    fn add(&self, device: i64) -> (u64, CancellationToken) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let token = CancellationToken::new();
-        self.lock()
-            .entry(device)
-            .or_default()
-            .push((id, token.clone()));
+    /// Registers a connection of `device`; older ones beyond `cap` are closed (a device that
+    /// reconnects replaces the half-open connection it left behind).
+    fn add(&self, device: i64, cap: usize) -> Registered {
+        let handle = Handle {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            closing: CancellationToken::new(),
+            code: Arc::new(AtomicU16::new(0)),
+            wake: Arc::new(Notify::new()),
+            finished: CancellationToken::new(),
+        };
+        let mut registered = Registered {
+            id: handle.id,
+            closing: handle.closing.clone(),
+            code: handle.code.clone(),
+            wake: handle.wake.clone(),
+            finished: handle.finished.clone(),
+            replaced: Vec::new(),
+        };
+        let mut map = self.lock();
+        let list = map.entry(device).or_default();
+        while list.len() >= cap.max(1) {
+            let old = list.remove(0);
+            old.code.store(close::REPLACED, Ordering::SeqCst);
+            old.closing.cancel();
+            registered.replaced.push(old.finished.clone());
+            metrics::counter!("device_connections_replaced_total").increment(1);
+        }
+        list.push(handle);
         metrics::gauge!("device_connections").increment(1.0);
-        (id, token)
+        registered
     }
 
     fn remove(&self, device: i64, id: u64) {
         let mut map = self.lock();
         if let Some(list) = map.get_mut(&device) {
-            list.retain(|(c, _)| *c != id);
+            list.retain(|h| h.id != id);
             if list.is_empty() {
                 map.remove(&device);
             }
@@ -64,20 +117,53 @@ impl Live {
         metrics::gauge!("device_connections").decrement(1.0);
     }
 
-    /// Closes every connection of `device` on this node; how many there were.
-    pub fn close(&self, device: i64) -> usize {
+    /// Applies a signal to `device`'s connections on this node; how many there were.
+    pub fn apply(&self, device: i64, signal: Signal) -> usize {
+        match signal {
+            Signal::Close => self.close_with(device, close::SIGNED_OUT),
+            Signal::Wake => {
+                let map = self.lock();
+                let list = map.get(&device).map_or(&[][..], Vec::as_slice);
+                for handle in list {
+                    handle.wake.notify_one();
+                }
+                list.len()
+            }
+        }
+    }
+
+    fn close_with(&self, device: i64, code: u16) -> usize {
         let list = self.lock().remove(&device).unwrap_or_default();
-        for (_, token) in &list {
-            token.cancel();
+        for handle in &list {
+            handle.code.store(code, Ordering::SeqCst);
+            handle.closing.cancel();
         }
         list.len()
+    }
+
+    /// Closes every device connection on this node (it is shutting down: reconnect).
+    pub fn shut_down(&self) -> usize {
+        let devices: Vec<i64> = self.lock().keys().copied().collect();
+        devices
+            .into_iter()
+            .map(|device| self.close_with(device, close::RESTARTING))
+            .sum()
     }
 
     pub fn online(&self, device: i64) -> bool {
         self.lock().contains_key(&device)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+    /// Devices connected to this node.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<Handle>>> {
         self.by_device
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -128,11 +214,15 @@ pub async fn connect(
         .max_frame_size(wire::MAX_FRAME.max(realtime.max_frame_bytes))
         .aggregate_continuations()
         .max_continuation_size(wire::MAX_FRAME);
-    let live = state.devices.live().clone();
-    let (connection, cancelled) = live.add(identity.device_id);
+    let registry = state.devices.clone();
+    let live = registry.live().clone();
+    let mut registered = live.add(
+        identity.device_id,
+        registry.settings().connections_per_device,
+    );
+    let connection = registered.id;
     let device = Session {
-        db: state.db.clone(),
-        settings: state.devices.settings().clone(),
+        registry,
         identity,
         encoding,
         session,
@@ -144,15 +234,20 @@ pub async fn connect(
     );
     actix_web::rt::spawn(async move {
         let device_id = device.identity.device_id;
-        device.run(stream, cancelled, heartbeat).await;
+        for earlier in std::mem::take(&mut registered.replaced) {
+            // Bounded: a session stuck on a dead database must not hold the device out.
+            let _ = tokio::time::timeout(Duration::from_secs(5), earlier.cancelled()).await;
+        }
+        let finished = registered.finished.clone();
+        device.run(stream, registered, heartbeat).await;
         live.remove(device_id, connection);
+        finished.cancel();
     });
     Ok(response)
 }
 
 struct Session {
-    db: Db,
-    settings: DeviceSettings,
+    registry: Registry,
     identity: DeviceIdentity,
     encoding: Encoding,
     session: actix_ws::Session,
@@ -169,11 +264,11 @@ impl Session {
     async fn run(
         mut self,
         mut stream: actix_ws::AggregatedMessageStream,
-        cancelled: CancellationToken,
+        registered: Registered,
         (heartbeat_every, heartbeat_timeout): (Duration, Duration),
     ) {
         let per_second =
-            std::num::NonZeroU32::new(self.settings.telemetry_batches_per_second.max(1))
+            std::num::NonZeroU32::new(self.registry.settings().telemetry_batches_per_second.max(1))
                 .unwrap_or(std::num::NonZeroU32::MIN);
         let burst = per_second.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
         let limiter = RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst));
@@ -184,7 +279,23 @@ impl Session {
         let mut last_heard = Instant::now();
         let end = loop {
             tokio::select! {
-                () = cancelled.cancelled() => break End::Close(close::SIGNED_OUT),
+                () = registered.closing.cancelled() => {
+                    let code = match registered.code.load(Ordering::SeqCst) {
+                        0 => close::SIGNED_OUT,
+                        code => code,
+                    };
+                    if code == close::REPLACED {
+                        // The device reconnected (it rebooted into an update, say): what it
+                        // sent on this connection before leaving still counts.
+                        self.drain(&mut stream, &limiter).await;
+                    }
+                    break End::Close(code);
+                }
+                () = registered.wake.notified(), if self.greeted => {
+                    if let Err(end) = self.deliver(false).await {
+                        break end;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > heartbeat_timeout {
                         break End::Close(close::HEARTBEAT_TIMEOUT);
@@ -201,38 +312,8 @@ impl Session {
                         Some(Ok(message)) => message,
                     };
                     last_heard = Instant::now();
-                    let decoded = match (message, self.encoding) {
-                        (AggregatedMessage::Text(text), Encoding::Json) => {
-                            wire::from_json::<wire::DeviceMessage>(text.as_bytes())
-                        }
-                        (AggregatedMessage::Binary(bytes), Encoding::Binary) => {
-                            wire::from_binary::<wire::DeviceMessage>(&bytes)
-                        }
-                        (AggregatedMessage::Text(_) | AggregatedMessage::Binary(_), _) => {
-                            break End::Close(close::UNSUPPORTED_DATA)
-                        }
-                        (AggregatedMessage::Ping(bytes), _) => {
-                            if self.session.pong(&bytes).await.is_err() {
-                                break End::Gone;
-                            }
-                            continue;
-                        }
-                        (AggregatedMessage::Pong(_), _) => continue,
-                        (AggregatedMessage::Close(_), _) => break End::Close(close::NORMAL),
-                    };
-                    metrics::counter!("device_frames_received_total").increment(1);
-                    let reply = match decoded {
-                        Ok(message) => self.handle(message, &limiter).await,
-                        Err(error) => Ok(Some(refusal("bad_frame", &error.to_string()))),
-                    };
-                    match reply {
-                        Ok(Some(reply)) => {
-                            if self.send(&reply).await.is_err() {
-                                break End::Gone;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(end) => break end,
+                    if let Err(end) = self.on_frame(message, &limiter).await {
+                        break end;
                     }
                 }
             }
@@ -245,6 +326,56 @@ impl Session {
                     description: Some(close::reason(code).to_owned()),
                 }))
                 .await;
+        }
+    }
+
+    /// Handles one frame: decodes it, acts, answers.
+    async fn on_frame(
+        &mut self,
+        message: AggregatedMessage,
+        limiter: &governor::DefaultDirectRateLimiter,
+    ) -> Result<(), End> {
+        let decoded = match (message, self.encoding) {
+            (AggregatedMessage::Text(text), Encoding::Json) => {
+                wire::from_json::<wire::DeviceMessage>(text.as_bytes())
+            }
+            (AggregatedMessage::Binary(bytes), Encoding::Binary) => {
+                wire::from_binary::<wire::DeviceMessage>(&bytes)
+            }
+            (AggregatedMessage::Text(_) | AggregatedMessage::Binary(_), _) => {
+                return Err(End::Close(close::UNSUPPORTED_DATA));
+            }
+            (AggregatedMessage::Ping(bytes), _) => {
+                return self.session.pong(&bytes).await.map_err(|_| End::Gone);
+            }
+            (AggregatedMessage::Pong(_), _) => return Ok(()),
+            (AggregatedMessage::Close(_), _) => return Err(End::Close(close::NORMAL)),
+        };
+        metrics::counter!("device_frames_received_total").increment(1);
+        let reply = match decoded {
+            Ok(message) => self.handle(message, limiter).await?,
+            Err(error) => Some(refusal("bad_frame", &error.to_string())),
+        };
+        if let Some(reply) = reply {
+            self.send(&reply).await.map_err(|()| End::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Handles the frames that already arrived (at most a few hundred), without waiting.
+    async fn drain(
+        &mut self,
+        stream: &mut actix_ws::AggregatedMessageStream,
+        limiter: &governor::DefaultDirectRateLimiter,
+    ) {
+        use futures_util::FutureExt as _;
+        for _ in 0..256 {
+            let Some(Some(Ok(message))) = stream.recv().now_or_never() else {
+                return;
+            };
+            if self.on_frame(message, limiter).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -262,6 +393,23 @@ impl Session {
         }
     }
 
+    /// Sends what waits for the device: commands, then update offers. After `hello`, also
+    /// what was sent before but not answered (the device may have lost it).
+    async fn deliver(&mut self, after_hello: bool) -> Result<(), End> {
+        let outbox = self
+            .registry
+            .outbox(self.identity.device_id, after_hello)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, device = self.identity.device_id, "cannot read a device's outbox");
+                End::Close(close::INTERNAL)
+            })?;
+        for message in &outbox {
+            self.send(message).await.map_err(|()| End::Gone)?;
+        }
+        Ok(())
+    }
+
     async fn handle(
         &mut self,
         message: wire::DeviceMessage,
@@ -274,7 +422,8 @@ impl Session {
                 }
                 let device = self.identity.device_id;
                 let last_seq = self
-                    .db
+                    .registry
+                    .db()
                     .run(move |conn| {
                         diesel::update(devices::table.find(device))
                             .set((
@@ -291,13 +440,16 @@ impl Session {
                     .await
                     .map_err(|_| End::Close(close::INTERNAL))?;
                 self.greeted = true;
-                Ok(Some(wire::ServerMessage::Welcome(wire::Welcome {
+                let welcome = wire::ServerMessage::Welcome(wire::Welcome {
                     protocol: wire::VERSION,
                     device_id: self.identity.device_id.unsigned_abs(),
-                    telemetry_interval_secs: self.settings.telemetry_interval_secs,
+                    telemetry_interval_secs: self.registry.settings().telemetry_interval_secs,
                     last_seq: last_seq.unsigned_abs(),
                     settings: Vec::new(),
-                })))
+                });
+                self.send(&welcome).await.map_err(|()| End::Gone)?;
+                self.deliver(true).await?;
+                Ok(None)
             }
             _ if !self.greeted => Ok(Some(refusal("hello_first", "Send hello first."))),
             wire::DeviceMessage::Telemetry(batch) => {
@@ -310,21 +462,56 @@ impl Session {
                     )));
                 }
                 let seq = batch.seq;
-                ingest(&self.db, self.identity.device_id, batch)
+                let latest = latest_values(&batch);
+                let stored = ingest(self.registry.db(), self.identity.device_id, batch)
                     .await
                     .map_err(|_| End::Close(close::INTERNAL))?;
+                if stored {
+                    self.registry
+                        .apply_rules(&self.identity, seq, &latest)
+                        .await;
+                }
                 Ok(Some(wire::ServerMessage::TelemetryAck(
                     wire::TelemetryAck { seq },
                 )))
             }
-            wire::DeviceMessage::CommandResult(_) | wire::DeviceMessage::OtaStatus(_) => {
-                Ok(Some(refusal(
-                    "not_supported",
-                    "This server does not send commands or updates to devices yet.",
-                )))
+            wire::DeviceMessage::CommandResult(result) => {
+                match self.registry.command_result(&self.identity, result).await {
+                    Ok(()) => Ok(None),
+                    Err(AppError::NotFound(why)) => Ok(Some(refusal("unknown_command", &why))),
+                    Err(AppError::BadRequest(why) | AppError::Conflict(why)) => {
+                        Ok(Some(refusal("bad_frame", &why)))
+                    }
+                    Err(_) => Err(End::Close(close::INTERNAL)),
+                }
+            }
+            wire::DeviceMessage::OtaStatus(status) => {
+                match self.registry.ota_status(&self.identity, status).await {
+                    Ok(()) => Ok(None),
+                    Err(AppError::NotFound(why)) => Ok(Some(refusal("unknown_rollout", &why))),
+                    Err(AppError::BadRequest(why) | AppError::Conflict(why)) => {
+                        Ok(Some(refusal("bad_frame", &why)))
+                    }
+                    Err(_) => Err(End::Close(close::INTERNAL)),
+                }
             }
         }
     }
+}
+
+/// Each metric's last value in a batch (what the rules look at).
+fn latest_values(batch: &wire::Telemetry) -> Vec<(String, f64)> {
+    let mut latest: Vec<(String, f64)> = Vec::new();
+    for reading in &batch.readings {
+        match latest
+            .iter_mut()
+            .find(|(metric, _)| *metric == reading.metric)
+        {
+            Some(entry) => entry.1 = reading.value,
+            None => latest.push((reading.metric.clone(), reading.value)),
+        }
+    }
+    latest
 }
 
 fn refusal(code: &str, message: &str) -> wire::ServerMessage {
@@ -402,6 +589,95 @@ fn insert_readings(
     Ok(())
 }
 
+/// Folds a batch into the hourly rollups: one row per metric and hour, min/max/sum/count
+/// merged in the same statement (upsert), so rollups are exact and current without a job.
+fn upsert_hourly(
+    conn: &mut DbConnection,
+    device: i64,
+    at: NaiveDateTime,
+    readings: &[wire::Reading],
+) -> QueryResult<()> {
+    use diesel::sql_types::{BigInt, Double, Text, Timestamp};
+    let hour = at
+        .with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(at);
+    let mut folded: Vec<(&str, f64, f64, f64, i64)> = Vec::new();
+    for reading in readings {
+        match folded.iter_mut().find(|f| f.0 == reading.metric) {
+            Some(f) => {
+                f.1 = f.1.min(reading.value);
+                f.2 = f.2.max(reading.value);
+                f.3 += reading.value;
+                f.4 += 1;
+            }
+            None => folded.push((
+                &reading.metric,
+                reading.value,
+                reading.value,
+                reading.value,
+                1,
+            )),
+        }
+    }
+    let postgres = matches!(conn, DbConnection::Postgresql(_));
+    let placeholders: Vec<String> = (0..folded.len())
+        .map(|i| {
+            if postgres {
+                let b = 7 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                )
+            } else {
+                "(?, ?, ?, ?, ?, ?, ?)".to_owned()
+            }
+        })
+        .collect();
+    let (least, greatest) = if postgres {
+        ("LEAST", "GREATEST")
+    } else {
+        ("MIN", "MAX")
+    };
+    let sql = format!(
+        "INSERT INTO telemetry_hourly (device_id, metric, hour, min, max, sum, count) VALUES {} \
+         ON CONFLICT (device_id, metric, hour) DO UPDATE SET \
+         min = {least}(telemetry_hourly.min, excluded.min), \
+         max = {greatest}(telemetry_hourly.max, excluded.max), \
+         sum = telemetry_hourly.sum + excluded.sum, \
+         count = telemetry_hourly.count + excluded.count",
+        placeholders.join(", ")
+    );
+    macro_rules! upsert {
+        ($conn:expr) => {{
+            let mut query = diesel::sql_query(sql).into_boxed();
+            for (metric, min, max, sum, count) in &folded {
+                query = query
+                    .bind::<BigInt, _>(device)
+                    .bind::<Text, _>(*metric)
+                    .bind::<Timestamp, _>(hour)
+                    .bind::<Double, _>(*min)
+                    .bind::<Double, _>(*max)
+                    .bind::<Double, _>(*sum)
+                    .bind::<BigInt, _>(*count);
+            }
+            query.execute($conn)?;
+        }};
+    }
+    match conn {
+        DbConnection::Sqlite(sqlite) => upsert!(sqlite),
+        DbConnection::Postgresql(pg) => upsert!(pg),
+    }
+    Ok(())
+}
+
 /// Stores a batch unless its `seq` is already stored: the device's `last_seq` moves forward
 /// and the readings go in, in one transaction. Answers whether it was new.
 pub async fn ingest(db: &Db, device: i64, batch: wire::Telemetry) -> Result<bool, AppError> {
@@ -424,7 +700,9 @@ pub async fn ingest(db: &Db, device: i64, batch: wire::Telemetry) -> Result<bool
                 if moved == 0 {
                     return Ok(false);
                 }
-                insert_readings(tx, device, seq, taken_at(batch.at_ms, now), &batch.readings)?;
+                let at = taken_at(batch.at_ms, now);
+                insert_readings(tx, device, seq, at, &batch.readings)?;
+                upsert_hourly(tx, device, at, &batch.readings)?;
                 Ok(true)
             })
         })

@@ -19,6 +19,7 @@ use crate::web::pages::{Notice, Page, back_to, html};
 use crate::web::{AppState, client_addr, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    super::api::configure(cfg);
     cfg.service(
         resource("/api/v1/tenants/{tenant}/devices/claims").route(web::post().to(create_claim)),
     )
@@ -310,7 +311,7 @@ async fn telemetry(
 }
 
 /// The device token of a request (`Authorization: Bearer cnd_…`).
-fn device_token(request: &HttpRequest) -> Option<&str> {
+pub(super) fn device_token(request: &HttpRequest) -> Option<&str> {
     request
         .headers()
         .get(header::AUTHORIZATION)

@@ -6,8 +6,12 @@
 //! above create claims, rename, tag, rotate or revoke tokens and delete devices. A workspace's
 //! plan caps its devices (`billing.plans.*.devices`, counting open claims).
 
+pub mod api;
+pub mod commands;
 pub mod gateway;
 pub mod handlers;
+pub mod ota;
+pub mod simulator;
 
 use std::sync::Arc;
 
@@ -19,6 +23,7 @@ use serde_json::json;
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::sessions::token_id;
+use crate::chat::rooms::ChatService;
 use crate::db::{Db, DbConnection, write_transaction};
 use crate::error::AppError;
 use crate::schema::{device_claims, device_tokens, devices, tenants};
@@ -112,6 +117,12 @@ struct Inner {
     billing: BillingSettings,
     public_url: String,
     live: gateway::Live,
+    /// Rooms get the devices' events and answers; the hub relays signals to other nodes.
+    chat: ChatService,
+    /// Each device's threshold rules, read on every stored batch.
+    rules: moka::future::Cache<i64, Arc<Vec<commands::Rule>>>,
+    /// Firmware images being downloaded, so a thousand devices read one copy.
+    images: moka::future::Cache<i64, Arc<ota::Image>>,
 }
 
 pub fn parse_name(name: &str) -> Result<String, AppError> {
@@ -259,6 +270,7 @@ impl Registry {
         settings: DeviceSettings,
         billing: BillingSettings,
         public_url: &str,
+        chat: ChatService,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -267,8 +279,37 @@ impl Registry {
                 billing,
                 public_url: public_url.to_owned(),
                 live: gateway::Live::default(),
+                chat,
+                // Another node's rule change (or a rule firing there) is seen within this.
+                rules: moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(std::time::Duration::from_secs(30))
+                    .build(),
+                images: moka::future::Cache::builder()
+                    .weigher(|_, image: &Arc<ota::Image>| {
+                        u32::try_from(image.data.len()).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(64 * 1024 * 1024)
+                    .time_to_idle(std::time::Duration::from_secs(600))
+                    .build(),
             }),
         }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Signals `device`'s connections on this node and, through the cluster relay, on the
+    /// others.
+    pub fn signal(&self, device: i64, signal: gateway::Signal) {
+        self.inner.live.apply(device, signal);
+        let hub = self.inner.chat.hub();
+        hub.forward(crate::chat::relay::Wire::Device {
+            n: hub.node(),
+            d: device,
+            s: signal,
+        });
     }
 
     /// The device connections of this node.
@@ -634,7 +675,7 @@ impl Registry {
                 })
             })
             .await?;
-        self.inner.live.close(id);
+        self.signal(id, gateway::Signal::Close);
         Ok(())
     }
 
@@ -663,7 +704,7 @@ impl Registry {
                 })
             })
             .await?;
-        self.inner.live.close(id);
+        self.signal(id, gateway::Signal::Close);
         Ok(token)
     }
 
@@ -698,7 +739,7 @@ impl Registry {
                 })
             })
             .await?;
-        self.inner.live.close(id);
+        self.signal(id, gateway::Signal::Close);
         Ok(revoked)
     }
 
@@ -827,6 +868,11 @@ impl Registry {
                 "step: at least 1 s and at most {MAX_BUCKETS} buckets in the range"
             )));
         }
+        // Whole hours come from the hourly rollups: exact (kept by ingestion), cheap, and
+        // still there after raw readings passed `devices.telemetry_raw_days`.
+        if let Some(step) = step_secs.filter(|step| step % 3_600 == 0) {
+            return self.rolled_up(user, id, metric, from, to, step).await;
+        }
         let rows: Vec<(String, NaiveDateTime, f64)> = self
             .inner
             .db
@@ -887,6 +933,99 @@ impl Registry {
                         }),
                     }
                 }
+            }
+        }
+        Ok(series)
+    }
+}
+
+impl Registry {
+    /// Buckets of whole hours from `telemetry_hourly` (the first starts at `from`'s hour).
+    async fn rolled_up(
+        &self,
+        user: i64,
+        id: i64,
+        metric: Option<String>,
+        from: NaiveDateTime,
+        to: NaiveDateTime,
+        step: i64,
+    ) -> Result<Vec<Series>, AppError> {
+        use crate::schema::telemetry_hourly as hourly;
+        use chrono::Timelike as _;
+        let from = from
+            .with_minute(0)
+            .and_then(|t| t.with_second(0))
+            .and_then(|t| t.with_nanosecond(0))
+            .unwrap_or(from);
+        let rows: Vec<(String, NaiveDateTime, f64, f64, f64, i64)> = self
+            .inner
+            .db
+            .run(move |conn| -> Result<_, AppError> {
+                Self::visible(conn, user, id, Permission::View)?;
+                let mut query = hourly::table
+                    .filter(hourly::device_id.eq(id))
+                    .filter(hourly::hour.ge(from))
+                    .filter(hourly::hour.lt(to))
+                    .order((hourly::metric, hourly::hour))
+                    .select((
+                        hourly::metric,
+                        hourly::hour,
+                        hourly::min,
+                        hourly::max,
+                        hourly::sum,
+                        hourly::count,
+                    ))
+                    .into_boxed();
+                if let Some(metric) = &metric {
+                    query = query.filter(hourly::metric.eq(metric.clone()));
+                }
+                Ok(query.load(conn)?)
+            })
+            .await?;
+        let mut series: Vec<Series> = Vec::new();
+        // Sums per bucket, to average at the end.
+        let mut sums: Vec<Vec<f64>> = Vec::new();
+        for (metric, hour, min, max, sum, count) in rows {
+            if series.last().is_none_or(|s| s.metric != metric) {
+                series.push(Series {
+                    metric: metric.clone(),
+                    points: Vec::new(),
+                    buckets: Vec::new(),
+                });
+                sums.push(Vec::new());
+            }
+            let (Some(current), Some(current_sums)) = (series.last_mut(), sums.last_mut()) else {
+                continue;
+            };
+            let start = from + TimeDelta::seconds((hour - from).num_seconds() / step * step);
+            let start_text = crate::time::rfc3339(start);
+            let count = u64::try_from(count).unwrap_or(0);
+            match (current.buckets.last_mut(), current_sums.last_mut()) {
+                (Some(bucket), Some(total)) if bucket.start == start_text => {
+                    bucket.min = bucket.min.min(min);
+                    bucket.max = bucket.max.max(max);
+                    bucket.count += count;
+                    *total += sum;
+                }
+                _ => {
+                    current.buckets.push(Bucket {
+                        start: start_text,
+                        min,
+                        max,
+                        avg: 0.0,
+                        count,
+                    });
+                    current_sums.push(sum);
+                }
+            }
+        }
+        for (series, sums) in series.iter_mut().zip(sums) {
+            for (bucket, sum) in series.buckets.iter_mut().zip(sums) {
+                bucket.avg = if bucket.count > 0 {
+                    sum / bucket.count as f64
+                } else {
+                    0.0
+                };
             }
         }
         Ok(series)

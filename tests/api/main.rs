@@ -17,6 +17,7 @@ mod cli;
 mod client_errors;
 mod cluster;
 mod database;
+mod device_fleet;
 mod device_gateway;
 mod devices;
 mod edge;

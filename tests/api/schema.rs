@@ -68,11 +68,12 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
     use conclave::schema::{
         api_tokens, assistant_preferences, assistant_replies, assistant_rooms, assistant_usage,
         audit_events, billing_orders, captcha_spent, conversation_keys, credit_entries,
-        device_claims, device_tokens, devices, edge_agents, edge_policies, email_tokens,
-        invitations, jobs, memberships, message_terms, messages, mfa_challenges, oidc_flows,
-        personal_keys, read_markers, recovery_codes, remembered_devices, room_members, rooms,
-        sessions, telemetry, tenants, totp_secrets, usage_daily, user_identities, user_preferences,
-        users,
+        device_claims, device_commands, device_rules, device_tokens, devices, edge_agents,
+        edge_policies, email_tokens, firmware_images, firmware_keys, invitations, jobs,
+        memberships, message_terms, messages, mfa_challenges, oidc_flows, ota_assignments,
+        ota_rollouts, personal_keys, read_markers, recovery_codes, remembered_devices,
+        room_members, rooms, sessions, telemetry, telemetry_hourly, tenants, totp_secrets,
+        usage_daily, user_identities, user_preferences, users,
     };
     let columns = |sql: String, table: &str| -> Vec<String> {
         let marker = format!("\"{table}\".\"");
@@ -113,6 +114,13 @@ fn diesel_tables() -> Vec<(&'static str, Vec<String>)> {
         device_tokens,
         device_claims,
         telemetry,
+        device_commands,
+        device_rules,
+        telemetry_hourly,
+        firmware_keys,
+        firmware_images,
+        ota_rollouts,
+        ota_assignments,
         messages,
         message_terms,
         tenants,
