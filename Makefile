@@ -61,4 +61,5 @@ bench:
 	cargo bench --bench login_storm
 	cargo bench --bench history
 	cargo bench --bench assistant
+	cargo bench --bench devices
 	PATH="$$PATH:$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" scripts/with-postgres.sh cargo bench --bench realtime

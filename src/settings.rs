@@ -104,6 +104,9 @@ pub struct DeviceSettings {
     pub telemetry_rollup_days: u32,
     /// The largest firmware image accepted, in bytes.
     pub firmware_max_bytes: usize,
+    /// Claim attempts (`POST /api/v1/devices/claim`) one address may make per minute; raise it
+    /// to provision a fleet from one host.
+    pub claims_per_minute_per_ip: u32,
 }
 
 impl Default for DeviceSettings {
@@ -117,6 +120,7 @@ impl Default for DeviceSettings {
             telemetry_raw_days: 7,
             telemetry_rollup_days: 400,
             firmware_max_bytes: 16 * 1024 * 1024,
+            claims_per_minute_per_ip: 10,
         }
     }
 }

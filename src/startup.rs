@@ -251,7 +251,9 @@ impl Application {
             replies,
             guests: crate::assistant::guests::Guests::new(&settings.assistant),
             devices,
-            device_claims: crate::devices::handlers::ClaimLimiter::default(),
+            device_claims: crate::devices::handlers::ClaimLimiter::per_minute(
+                settings.devices.claims_per_minute_per_ip,
+            ),
             billing,
             edge,
         });

@@ -40,6 +40,9 @@ pub enum DeviceAction {
         /// Readings per batch.
         #[arg(long, default_value_t = 3)]
         readings: usize,
+        /// Distinct metrics the readings are spread over.
+        #[arg(long, default_value_t = 3)]
+        metrics: usize,
         /// Stop after this many batches per device (once acknowledged).
         #[arg(long)]
         batches: Option<u64>,
@@ -192,6 +195,7 @@ pub async fn device(action: DeviceAction) -> Result<(), (u8, anyhow::Error)> {
         firmware,
         interval_ms,
         readings,
+        metrics,
         batches,
         disconnect_every,
         public_key,
@@ -235,6 +239,7 @@ pub async fn device(action: DeviceAction) -> Result<(), (u8, anyhow::Error)> {
         firmware,
         interval: interval_ms.map(Duration::from_millis),
         readings,
+        metrics,
         batches,
         disconnect_every,
         public_key,

@@ -287,12 +287,12 @@ impl Session {
                     if code == close::REPLACED {
                         // The device reconnected (it rebooted into an update, say): what it
                         // sent on this connection before leaving still counts.
-                        self.drain(&mut stream, &limiter).await;
+                        Box::pin(self.drain(&mut stream, &limiter)).await;
                     }
                     break End::Close(code);
                 }
                 () = registered.wake.notified(), if self.greeted => {
-                    if let Err(end) = self.deliver(false).await {
+                    if let Err(end) = Box::pin(self.deliver(false)).await {
                         break end;
                     }
                 }
@@ -312,7 +312,9 @@ impl Session {
                         Some(Ok(message)) => message,
                     };
                     last_heard = Instant::now();
-                    if let Err(end) = self.on_frame(message, &limiter).await {
+                    // Boxed: the work a frame causes (database calls) lives on the heap while
+                    // it runs, so an idle session's future stays small (RSS per device).
+                    if let Err(end) = Box::pin(self.on_frame(message, &limiter)).await {
                         break end;
                     }
                 }

@@ -15,11 +15,14 @@ use serde_json::json;
 use super::{Claim, Device, NewDevice, Provisioned};
 use crate::auth::identity::{Caller, Identity};
 use crate::error::AppError;
+use crate::settings::DeviceSettings;
 use crate::web::pages::{Notice, Page, back_to, html};
 use crate::web::{AppState, client_addr, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     super::api::configure(cfg);
+    // Before `/devices/{id}`, which would take `/devices/firmware` for a device id.
+    super::pages::configure(cfg);
     cfg.service(
         resource("/api/v1/tenants/{tenant}/devices/claims").route(web::post().to(create_claim)),
     )
@@ -89,11 +92,18 @@ async fn create_claim(
 /// Claim attempts per address: codes carry ~60 bits, this only keeps the log quiet.
 pub struct ClaimLimiter(DefaultKeyedRateLimiter<IpAddr>);
 
+impl ClaimLimiter {
+    /// `per_minute` attempts per address (`devices.claims_per_minute_per_ip`).
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self(RateLimiter::keyed(Quota::per_minute(
+            NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN),
+        )))
+    }
+}
+
 impl Default for ClaimLimiter {
     fn default() -> Self {
-        Self(RateLimiter::keyed(Quota::per_minute(
-            NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
-        )))
+        Self::per_minute(DeviceSettings::default().claims_per_minute_per_ip)
     }
 }
 
@@ -458,6 +468,14 @@ async fn device_page(
         })
         .collect();
     context.insert("charts", &charts);
+    super::pages::device_context(
+        &state,
+        identity.user_id(),
+        device.row.id,
+        device.row.tenant_id,
+        &mut context,
+    )
+    .await?;
     query.into_inner().insert(&mut context);
     context.insert("new_token", &None::<String>);
     html(&state, "devices/device.html", &context, StatusCode::OK)
@@ -481,13 +499,25 @@ async fn rotate_form(
     context.insert("workspace", &workspace);
     context.insert("may_operate", &true);
     context.insert("charts", &Vec::<serde_json::Value>::new());
+    super::pages::device_context(
+        &state,
+        identity.user_id(),
+        id,
+        device.row.tenant_id,
+        &mut context,
+    )
+    .await?;
     Notice::default().insert(&mut context);
     context.insert("new_token", &Some(token));
     html(&state, "devices/device.html", &context, StatusCode::OK)
 }
 
 /// Whether `user` may operate devices in `tenant` (pages show the buttons only then).
-async fn may_operate(state: &AppState, user: i64, tenant: i64) -> Result<bool, AppError> {
+pub(super) async fn may_operate(
+    state: &AppState,
+    user: i64,
+    tenant: i64,
+) -> Result<bool, AppError> {
     let role = state
         .db
         .run(move |conn| crate::tenancy::role_of(conn, tenant, user).map_err(AppError::from))

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod gateway;
 pub mod handlers;
 pub mod ota;
+pub mod pages;
 pub mod simulator;
 
 use std::sync::Arc;

@@ -504,6 +504,18 @@ fn rollout_view(
     })
 }
 
+/// A device's part in a rollout: rollout, its state, version, state, bytes received,
+/// detail, when.
+type UpdateRow = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    NaiveDateTime,
+);
+
 impl Registry {
     /// The workspace's role must allow `permission` (404 when not a member).
     async fn check_tenant(
@@ -1200,6 +1212,49 @@ impl Registry {
             self.signal(device, Signal::Wake);
         }
         Ok(())
+    }
+
+    /// A device's updates, newest rollout first (its page).
+    pub async fn device_updates(
+        &self,
+        user: i64,
+        device: i64,
+    ) -> Result<Vec<serde_json::Value>, AppError> {
+        self.inner
+            .db
+            .run(move |conn| -> Result<_, AppError> {
+                Self::visible(conn, user, device, Permission::View)?;
+                let rows: Vec<UpdateRow> = ota_assignments::table
+                    .inner_join(ota_rollouts::table)
+                    .inner_join(
+                        firmware_images::table
+                            .on(firmware_images::id.eq(ota_assignments::image_id)),
+                    )
+                    .filter(ota_assignments::device_id.eq(device))
+                    .order(ota_rollouts::id.desc())
+                    .limit(10)
+                    .select((
+                        ota_rollouts::id,
+                        ota_rollouts::state,
+                        firmware_images::version,
+                        ota_assignments::state,
+                        ota_assignments::received,
+                        ota_assignments::detail,
+                        ota_assignments::updated_at,
+                    ))
+                    .load(conn)?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(rollout, rollout_state, version, state, received, detail, at)| {
+                            json!({ "rollout": rollout, "rollout_state": rollout_state,
+                            "version": version, "state": state, "received": received,
+                            "detail": detail, "updated_at": crate::time::rfc3339(at) })
+                        },
+                    )
+                    .collect())
+            })
+            .await
     }
 
     /// An image a device may download: its workspace's, offered to it by a rollout.

@@ -42,8 +42,10 @@ pub struct Options {
     pub firmware: String,
     /// Telemetry period; the server's (`welcome`) when `None`.
     pub interval: Option<Duration>,
-    /// Readings per batch (metrics `temperature`, `humidity`, `rssi`, `m3`, …).
+    /// Readings per batch, spread over `metrics` metrics (`temperature`, `humidity`, `rssi`,
+    /// `m3`, …): several samples of each per batch when `readings > metrics`.
     pub readings: usize,
+    pub metrics: usize,
     /// Stop after this many batches per device (once all are acknowledged).
     pub batches: Option<u64>,
     /// Drop the connection (no close frame) after every N batches sent.
@@ -68,6 +70,7 @@ impl Default for Options {
             firmware: "1.0.0".to_owned(),
             interval: None,
             readings: 3,
+            metrics: 3,
             batches: None,
             disconnect_every: None,
             public_key: None,
@@ -351,20 +354,25 @@ impl Device {
         self.seq += 1;
         let at_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
         let t = self.seq as f64 / 10.0 + self.index as f64;
+        let metrics = self.options.metrics.max(1);
         let readings = (0..self.options.readings)
-            .map(|i| wire::Reading {
-                metric: match i {
-                    0 => "temperature".to_owned(),
-                    1 => "humidity".to_owned(),
-                    2 => "rssi".to_owned(),
-                    n => format!("m{n}"),
-                },
-                value: match i {
-                    0 => 21.0 + 3.0 * t.sin(),
-                    1 => 45.0 + 10.0 * (t / 3.0).cos(),
-                    2 => -60.0 - (self.seq % 7) as f64,
-                    n => n as f64 + t,
-                },
+            .map(|i| {
+                let m = i % metrics;
+                let t = t + (i / metrics) as f64 / 100.0;
+                wire::Reading {
+                    metric: match m {
+                        0 => "temperature".to_owned(),
+                        1 => "humidity".to_owned(),
+                        2 => "rssi".to_owned(),
+                        n => format!("m{n}"),
+                    },
+                    value: match m {
+                        0 => 21.0 + 3.0 * t.sin(),
+                        1 => 45.0 + 10.0 * (t / 3.0).cos(),
+                        2 => -60.0 - (self.seq % 7) as f64,
+                        n => n as f64 + t,
+                    },
+                }
             })
             .collect();
         wire::Telemetry {

@@ -1049,3 +1049,113 @@ async fn revoking_a_token_stops_a_simulated_device_for_good() {
     assert!(error.to_string().contains("revoked"), "{error}");
     assert_eq!(Stats::get(&stats.connected), 0);
 }
+
+#[tokio::test]
+async fn commands_and_revocations_reach_a_device_connected_to_another_node() {
+    if crate::helpers::backend() != crate::helpers::TestBackend::Postgres {
+        eprintln!("several nodes share a PostgreSQL database; nothing to check on SQLite");
+        return;
+    }
+    let team = fleet_team().await;
+    let (b, _stop_b, _running_b) = team.app.another_node().await;
+    let devices = provision(&team, &["far"], &[]).await;
+    let (id, token) = devices[0].clone();
+    // The device is connected to node B; the operator works on node A.
+    let (_stop, stats, running) = start(fleet(&b, vec![token]));
+    eventually(Duration::from_secs(5), || async {
+        (Stats::get(&stats.batches_acked) > 0).then_some(())
+    })
+    .await
+    .expect("the device talks to node B");
+    let sent = team
+        .carl
+        .post(
+            &team.app,
+            &format!("/api/v1/devices/{id}/commands"),
+            json!({ "name": "echo", "args": ["across"] }),
+        )
+        .await;
+    assert_eq!(sent.status(), 202);
+    let command: Value = sent.json().await.expect("json");
+    let done = command_status(&team, id, command["id"].as_i64().expect("id"), "succeeded").await;
+    assert_eq!(done["output"], "across");
+    let revoked = team
+        .carl
+        .client
+        .delete(team.app.url(&format!("/api/v1/devices/{id}/token")))
+        .header("X-CSRF-Token", team.carl.csrf(&team.app))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(revoked.status(), 204);
+    let ended = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("node B closed the device's connection")
+        .expect("joined");
+    assert!(ended.is_err(), "refused after revocation");
+}
+
+#[tokio::test]
+async fn the_simulate_command_claims_runs_and_reports() {
+    let team = fleet_team().await;
+    let code = claim_code(&team, "cli-sim", &[]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = dir.path().join("tokens");
+    let run = |args: Vec<String>| {
+        let dir = dir.path().to_owned();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
+                .args(args)
+                .env("CONCLAVE__DATA_DIR", dir)
+                .env("RUST_LOG", "error")
+                .output()
+                .await
+                .expect("runs")
+        }
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "device",
+            "simulate",
+            "--url",
+            &team.app.address,
+            "--token-file",
+            tokens.to_str().expect("path"),
+            "--batches",
+            "2",
+            "--interval-ms",
+            "20",
+            "--binary",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let output = run(args(&["--claim-code", &code])).await;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("readings acked 6"), "{stdout}");
+    assert!(
+        std::fs::read_to_string(&tokens)
+            .expect("tokens")
+            .starts_with("cnd_")
+    );
+    // Two devices, one token: a clear refusal.
+    let output = run(args(&["--count", "2"])).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("2 devices need 2 tokens"),
+        "{output:?}"
+    );
+    let output = run(vec![
+        "device".into(),
+        "simulate".into(),
+        "--url".into(),
+        "https://example.com".into(),
+    ])
+    .await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ws://"));
+}

@@ -391,3 +391,39 @@ async fn stored_telemetry_is_queried_raw_or_in_buckets_and_charted_on_the_device
     );
     assert!(page.contains("<polyline") && page.contains("<circle"));
 }
+
+#[tokio::test]
+async fn a_device_that_connects_again_replaces_its_old_connection_and_nothing_it_said_is_lost() {
+    let team = team().await;
+    let app = &team.app;
+    let (id, token) = provision(app, &team, "rebooter").await;
+    let mut old = DeviceClient::connect(app, &token, false).await;
+    old.hello().await;
+    // The old connection says something, then the device is back on a new one.
+    old.send(&wire::DeviceMessage::Telemetry(wire::Telemetry {
+        seq: 1,
+        at_ms: 0,
+        readings: vec![wire::Reading {
+            metric: "temperature".into(),
+            value: 20.0,
+        }],
+    }))
+    .await;
+    let mut new = DeviceClient::connect(app, &token, true).await;
+    let welcome = new.hello().await;
+    assert_eq!(
+        welcome.last_seq, 1,
+        "the old connection's batch is stored first"
+    );
+    assert_eq!(old.close_code().await, Some(4011));
+    match new.telemetry(2).await {
+        wire::ServerMessage::TelemetryAck(ack) => assert_eq!(ack.seq, 2),
+        other => panic!("{other:?}"),
+    }
+    let listed = team
+        .eve
+        .get_json(app, &format!("/api/v1/devices/{id}"))
+        .await;
+    assert_eq!(listed["online"], true);
+    assert_eq!(listed["last_seq"], 2);
+}
