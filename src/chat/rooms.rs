@@ -1379,19 +1379,7 @@ impl ChatService {
         body: String,
         idempotency_key: String,
     ) -> Result<MessageView, AppError> {
-        let room = self
-            .db
-            .run(move |conn| {
-                rooms::table
-                    .find(room_id)
-                    .select(room_columns!())
-                    .first::<RoomRow>(conn)
-                    .optional()
-                    .map_err(AppError::from)
-            })
-            .await?
-            .map(room_of)
-            .ok_or_else(not_found)?;
+        let room = self.room_by_id(room_id).await?;
         let store = self.store(&room, reader)?;
         // The assistant may command the room's devices, with the rights of the person it
         // answers; a command that cannot run stays a plain message.
@@ -1425,6 +1413,22 @@ impl ChatService {
         Ok(view)
     }
 
+    /// A room by id, without a permission check (the callers answer on someone's behalf).
+    async fn room_by_id(&self, room_id: i64) -> Result<Room, AppError> {
+        self.db
+            .run(move |conn| {
+                rooms::table
+                    .find(room_id)
+                    .select(room_columns!())
+                    .first::<RoomRow>(conn)
+                    .optional()
+                    .map_err(AppError::from)
+            })
+            .await?
+            .map(room_of)
+            .ok_or_else(not_found)
+    }
+
     /// Stores a device's message (a rule's event, a command's answer) in `room_id` and
     /// publishes it. The caller checked that the device is a member; devices are never members
     /// of private rooms (their history opens only with a person's key). A retry with the same
@@ -1437,19 +1441,7 @@ impl ChatService {
         reply_to: Option<i64>,
         idempotency_key: String,
     ) -> Result<MessageView, AppError> {
-        let room = self
-            .db
-            .run(move |conn| {
-                rooms::table
-                    .find(room_id)
-                    .select(room_columns!())
-                    .first::<RoomRow>(conn)
-                    .optional()
-                    .map_err(AppError::from)
-            })
-            .await?
-            .map(room_of)
-            .ok_or_else(not_found)?;
+        let room = self.room_by_id(room_id).await?;
         if room.privacy == Privacy::Private {
             return Err(AppError::Conflict(
                 "Devices cannot post in private rooms.".to_owned(),
