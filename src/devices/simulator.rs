@@ -94,6 +94,8 @@ pub struct Stats {
     pub refused: AtomicU64,
     /// Devices that finished their `batches`.
     pub finished: AtomicU64,
+    /// Devices whose `hello` was answered (now, counting each device once per connection).
+    pub greeted: AtomicU64,
 }
 
 impl Stats {
@@ -392,7 +394,10 @@ impl Device {
         self.send(&mut socket, &hello).await?;
         let welcome = loop {
             match self.receive(&mut socket).await? {
-                Some(wire::ServerMessage::Welcome(welcome)) => break welcome,
+                Some(wire::ServerMessage::Welcome(welcome)) => {
+                    self.stats.greeted.fetch_add(1, Ordering::Relaxed);
+                    break welcome;
+                }
                 Some(_) => continue,
                 None => return Ok(Ended::Dropped),
             }
@@ -441,7 +446,8 @@ impl Device {
             .unwrap_or(Duration::from_secs(u64::from(
                 welcome.telemetry_interval_secs.max(1),
             )));
-        let mut ticker = tokio::time::interval(every);
+        // The first batch follows one period after connecting, as a device on a schedule does.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (updates, mut progress) = mpsc::unbounded_channel::<Update>();
         let mut resend_due = false;
