@@ -96,6 +96,19 @@ fn start(
     (stop, stats, running)
 }
 
+/// Revokes a device's token (Carl is an admin).
+async fn revoke(team: &Team, id: i64) {
+    let (status, _) = send(
+        &team.carl,
+        &team.app,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/devices/{id}/token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+}
+
 async fn json_of(team: &Team, path: &str) -> Value {
     let (status, body) = get(&team.carl, &team.app, path).await;
     assert_eq!(status, 200, "{path}: {body}");
@@ -1032,15 +1045,7 @@ async fn revoking_a_token_stops_a_simulated_device_for_good() {
     })
     .await
     .expect("the device is sending");
-    let revoked = team
-        .carl
-        .client
-        .delete(team.app.url(&format!("/api/v1/devices/{id}/token")))
-        .header("X-CSRF-Token", team.carl.csrf(&team.app))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(revoked.status(), 204);
+    revoke(&team, id).await;
     let ended = tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("the simulator gives up")
@@ -1079,15 +1084,7 @@ async fn commands_and_revocations_reach_a_device_connected_to_another_node() {
     let command: Value = sent.json().await.expect("json");
     let done = command_status(&team, id, command["id"].as_i64().expect("id"), "succeeded").await;
     assert_eq!(done["output"], "across");
-    let revoked = team
-        .carl
-        .client
-        .delete(team.app.url(&format!("/api/v1/devices/{id}/token")))
-        .header("X-CSRF-Token", team.carl.csrf(&team.app))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(revoked.status(), 204);
+    revoke(&team, id).await;
     let ended = tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("node B closed the device's connection")
