@@ -138,7 +138,7 @@ fn queue_command(
         });
     }
     let now = Utc::now().naive_utc();
-    diesel::insert_into(device_commands::table)
+    let id = diesel::insert_into(device_commands::table)
         .values((
             device_commands::device_id.eq(device),
             device_commands::name.eq(&command.name),
@@ -149,10 +149,10 @@ fn queue_command(
             device_commands::created_by.eq(created_by),
             device_commands::created_at.eq(now),
         ))
-        .execute(conn)?;
+        .returning(device_commands::id)
+        .get_result::<i64>(conn)?;
     Ok(device_commands::table
-        .filter(device_commands::device_id.eq(device))
-        .order(device_commands::id.desc())
+        .find(id)
         .select(command_columns!())
         .first::<CommandRow>(conn)?)
 }
@@ -573,7 +573,7 @@ impl Registry {
                         )));
                     }
                     let now = Utc::now().naive_utc();
-                    diesel::insert_into(device_rules::table)
+                    let id = diesel::insert_into(device_rules::table)
                         .values((
                             device_rules::device_id.eq(device),
                             device_rules::room_id.eq(rule.room_id),
@@ -584,11 +584,9 @@ impl Registry {
                             device_rules::created_by.eq(Some(user)),
                             device_rules::created_at.eq(now),
                         ))
-                        .execute(tx)?;
-                    let created: Rule = device_rules::table
-                        .filter(device_rules::device_id.eq(device))
-                        .order(device_rules::id.desc())
-                        .first(tx)?;
+                        .returning(device_rules::id)
+                        .get_result::<i64>(tx)?;
+                    let created: Rule = device_rules::table.find(id).first(tx)?;
                     crate::audit::record(
                         tx,
                         &event(

@@ -753,23 +753,31 @@ impl Registry {
         self.inner
             .db
             .run(move |conn| -> Result<_, AppError> {
-                let found: Option<(i64, i64, String)> = device_tokens::table
+                let found: Option<(i64, i64, String, Option<NaiveDateTime>)> = device_tokens::table
                     .inner_join(devices::table)
                     .filter(device_tokens::id.eq(&id))
                     .filter(device_tokens::revoked_at.is_null())
-                    .select((devices::id, devices::tenant_id, devices::name))
+                    .select((
+                        devices::id,
+                        devices::tenant_id,
+                        devices::name,
+                        device_tokens::last_used_at,
+                    ))
                     .first(conn)
                     .optional()?;
-                let Some((device_id, tenant_id, name)) = found else {
+                let Some((device_id, tenant_id, name, last_used)) = found else {
                     return Ok(None);
                 };
+                // Written at most once a minute: a download authenticates every Range request.
                 let now = Utc::now().naive_utc();
-                diesel::update(device_tokens::table.find(&id))
-                    .set(device_tokens::last_used_at.eq(Some(now)))
-                    .execute(conn)?;
-                diesel::update(devices::table.find(device_id))
-                    .set(devices::last_seen_at.eq(Some(now)))
-                    .execute(conn)?;
+                if last_used.is_none_or(|at| now - at >= TimeDelta::minutes(1)) {
+                    diesel::update(device_tokens::table.find(&id))
+                        .set(device_tokens::last_used_at.eq(Some(now)))
+                        .execute(conn)?;
+                    diesel::update(devices::table.find(device_id))
+                        .set(devices::last_seen_at.eq(Some(now)))
+                        .execute(conn)?;
+                }
                 Ok(Some(DeviceIdentity {
                     device_id,
                     tenant_id,

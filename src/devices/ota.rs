@@ -664,8 +664,8 @@ impl Registry {
             )));
         }
         let signature = hex(&hex_bytes::<64>("signature", signature)?);
-        let keys = self.firmware_keys(user, tenant).await?;
         self.check_tenant(user, tenant, Permission::Operate).await?;
+        let keys = self.firmware_keys(user, tenant).await?;
         if keys.is_empty() {
             return Err(AppError::Conflict(
                 "This workspace has no firmware keys: add the public key (conclave firmware keygen writes one) first."
@@ -906,7 +906,7 @@ impl Registry {
                             .optional()?,
                     };
                     let now = Utc::now().naive_utc();
-                    diesel::insert_into(ota_rollouts::table)
+                    let id = diesel::insert_into(ota_rollouts::table)
                         .values((
                             ota_rollouts::tenant_id.eq(tenant),
                             ota_rollouts::image_id.eq(image.id),
@@ -921,32 +921,23 @@ impl Registry {
                             ota_rollouts::created_at.eq(now),
                             ota_rollouts::updated_at.eq(now),
                         ))
-                        .execute(tx)?;
-                    let row: RolloutRow = ota_rollouts::table
-                        .filter(ota_rollouts::tenant_id.eq(tenant))
-                        .order(ota_rollouts::id.desc())
-                        .first(tx)?;
-                    let stage_list = stage_of(targeted.len(), &stages);
-                    for chunk in targeted.iter().zip(stage_list).collect::<Vec<_>>().chunks(500) {
-                        let values: Vec<_> = chunk
-                            .iter()
-                            .map(|(device, stage)| {
-                                (
-                                    ota_assignments::rollout_id.eq(row.id),
-                                    ota_assignments::device_id.eq(**device),
-                                    ota_assignments::stage.eq(*stage),
-                                    ota_assignments::image_id.eq(image.id),
-                                    ota_assignments::state.eq("waiting"),
-                                    ota_assignments::received.eq(0_i64),
-                                    ota_assignments::updated_at.eq(now),
-                                )
-                            })
-                            .collect();
-                        for value in values {
-                            diesel::insert_into(ota_assignments::table)
-                                .values(value)
-                                .execute(tx)?;
-                        }
+                        .returning(ota_rollouts::id)
+                        .get_result::<i64>(tx)?;
+                    let row = load_rollout(tx, id)?.ok_or(diesel::result::Error::NotFound)?;
+                    // One row at a time: diesel's batch insert does not compile through
+                    // `MultiConnection` for SQLite, and this is one transaction either way.
+                    for (device, stage) in targeted.iter().zip(stage_of(targeted.len(), &stages)) {
+                        diesel::insert_into(ota_assignments::table)
+                            .values((
+                                ota_assignments::rollout_id.eq(row.id),
+                                ota_assignments::device_id.eq(*device),
+                                ota_assignments::stage.eq(stage),
+                                ota_assignments::image_id.eq(image.id),
+                                ota_assignments::state.eq("waiting"),
+                                ota_assignments::received.eq(0_i64),
+                                ota_assignments::updated_at.eq(now),
+                            ))
+                            .execute(tx)?;
                     }
                     crate::audit::record(
                         tx,

@@ -178,6 +178,8 @@ pub async fn run(
     let ws_url = websocket_url(&options.url)?;
     let tokens = tokens(&options).await?;
     let options = Arc::new(options);
+    // One client (and connection pool) for the fleet's downloads.
+    let http = reqwest::Client::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, token) in tokens.into_iter().enumerate() {
         let device = Device {
@@ -187,7 +189,7 @@ pub async fn run(
             options: options.clone(),
             stats: stats.clone(),
             stop: stop.clone(),
-            http: reqwest::Client::new(),
+            http: http.clone(),
             seq: 0,
             unacked: VecDeque::new(),
             sent: 0,
