@@ -1,18 +1,27 @@
 # `make test` is what CI runs (.ci/run) and what a developer runs before pushing: formatting,
-# clippy, the integration suite on SQLite and on PostgreSQL, and the Chromium tests. It installs
+# clippy, the device protocol and logic on the host, the firmware for both chips, the
+# integration suite on SQLite and on PostgreSQL, and the Chromium tests. It installs
 # what it needs (scripts/ensure-tools.sh) and starts a throwaway PostgreSQL cluster unless
-# TEST_DATABASE_URL is given. Every target uses the one dev profile, so nothing builds twice.
+# TEST_DATABASE_URL is given. Every server target uses the one dev profile, so nothing builds
+# twice; the firmware is built in release mode, as it is flashed.
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 CARGO_TEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
 
-.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser protocol run bench
+.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser protocol firmware run bench
 
-PROTOCOL_MANIFEST := --manifest-path firmware/protocol/Cargo.toml
-PROTOCOL := $(PROTOCOL_MANIFEST) --target-dir target
+# The firmware's workspace (firmware/): the wire protocol and the device logic are tested on the
+# host from here (the host target; their artefacts share target/); the ESP32 application is
+# built from inside firmware/, where .cargo/config.toml selects the riscv target.
+FIRMWARE_HOST := --target-dir target
+PROTOCOL := --manifest-path firmware/protocol/Cargo.toml $(FIRMWARE_HOST)
+DEVICE_CORE := --manifest-path firmware/core/Cargo.toml $(FIRMWARE_HOST)
+C3_ELF := firmware/target/riscv32imc-unknown-none-elf/release/conclave-firmware
+C6_ELF := firmware/target/riscv32imac-unknown-none-elf/release/conclave-firmware
+C6 := --target riscv32imac-unknown-none-elf --no-default-features --features esp32c6
 
-test: tools fmt-check clippy protocol
+test: tools fmt-check clippy protocol firmware
 	scripts/with-postgres.sh $(MAKE) --no-print-directory suites
 
 tools:
@@ -20,6 +29,7 @@ tools:
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path firmware/Cargo.toml --all -- --check
 
 clippy:
 	cargo clippy --all-targets -- -D warnings
@@ -27,14 +37,25 @@ clippy:
 build:
 	cargo build
 
-# The device wire protocol crate (firmware/protocol): its host tests with the server's JSON
-# (std) and the firmware's (no_std), clippy, and a build for the ESP32-C3's target.
+# The device wire protocol (with the server's JSON and the firmware's) and the device logic
+# (conclave-device-core): clippy and host tests; both also build for the ESP32-C3's target.
 protocol:
-	cargo fmt $(PROTOCOL_MANIFEST) -- --check
 	cargo clippy $(PROTOCOL) --all-targets -- -D warnings
+	cargo clippy $(DEVICE_CORE) --all-targets -- -D warnings
 	cargo test $(PROTOCOL)
 	cargo test $(PROTOCOL) --no-default-features
+	cargo test $(DEVICE_CORE)
 	cargo build $(PROTOCOL) --no-default-features --target riscv32imc-unknown-none-elf
+	cargo build $(DEVICE_CORE) --target riscv32imc-unknown-none-elf
+
+# The firmware for both chips, in release mode (clippy first), and what each puts into flash.
+firmware:
+	cd firmware && cargo clippy --release -- -D warnings
+	cd firmware && cargo clippy --release $(C6) -- -D warnings
+	cd firmware && cargo build --release
+	cd firmware && cargo build --release $(C6)
+	scripts/firmware-size.sh $(C3_ELF) esp32c3
+	scripts/firmware-size.sh $(C6_ELF) esp32c6
 
 suites: build test-sqlite test-postgres test-browser
 

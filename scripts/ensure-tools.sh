@@ -14,6 +14,8 @@ command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || apt_packages+=(python3-aiosmtpd)
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
+# `size` reports what the firmware puts into flash (scripts/firmware-size.sh).
+command -v size >/dev/null 2>&1 || apt_packages+=(binutils)
 # The real front proxies and firewall the edge policy renders for (`nginx -t`,
 # `caddy validate`, `nft -c`), and openssl for the test certificate nginx needs.
 [ -x /usr/sbin/nginx ] || apt_packages+=(nginx)
@@ -29,7 +31,7 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
-# The firmware's targets (ESP32-C3, ESP32-C6): the protocol crate is built for them.
+# The firmware's targets (ESP32-C3, ESP32-C6): `make test` builds the firmware for both.
 for target in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
   if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
     rustup target add "$target"

@@ -438,6 +438,7 @@ diesel::table! {
         last_seq -> BigInt,
         created_by -> Nullable<BigInt>,
         created_at -> Timestamp,
+        readings_dropped -> BigInt,
     }
 }
 

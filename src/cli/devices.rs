@@ -1,4 +1,4 @@
-//! `conclave device simulate` and `conclave firmware keygen|sign`.
+//! `conclave device simulate|provision` and `conclave firmware keygen|sign`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +59,40 @@ pub enum DeviceAction {
         /// Stop after this many seconds.
         #[arg(long)]
         duration_secs: Option<u64>,
+    },
+    /// Write Wi-Fi credentials, the server and a claim code (or token) into a device running
+    /// the Conclave firmware, over its serial console; then restart it.
+    Provision {
+        /// The device's serial port, e.g. /dev/ttyACM0 (built-in USB of the ESP32-C3/C6).
+        #[arg(long)]
+        port: String,
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        #[arg(long)]
+        wifi_ssid: String,
+        /// The Wi-Fi passphrase (empty for an open network); better given in the environment.
+        #[arg(
+            long,
+            env = "CONCLAVE_WIFI_PASSWORD",
+            default_value = "",
+            hide_env_values = true
+        )]
+        wifi_password: String,
+        /// The server's public URL, e.g. https://conclave.example.com.
+        #[arg(long)]
+        server: String,
+        /// A claim code from the device page (exchanged for a token on first connect).
+        #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+        claim_code: Option<String>,
+        /// A device token instead of a claim code.
+        #[arg(long, env = "CONCLAVE_DEVICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Keep the device running its old settings until it restarts.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Seconds to wait for the device to answer (it may be booting).
+        #[arg(long, default_value_t = 15)]
+        timeout_secs: u64,
     },
 }
 
@@ -186,7 +220,7 @@ pub fn firmware(action: FirmwareAction) -> ExitCode {
 }
 
 pub async fn device(action: DeviceAction) -> Result<(), (u8, anyhow::Error)> {
-    let DeviceAction::Simulate {
+    let (
         url,
         count,
         claim_codes,
@@ -201,7 +235,85 @@ pub async fn device(action: DeviceAction) -> Result<(), (u8, anyhow::Error)> {
         public_key,
         fail_updates,
         duration_secs,
-    } = action;
+    ) = match action {
+        DeviceAction::Provision {
+            port,
+            baud,
+            wifi_ssid,
+            wifi_password,
+            server,
+            claim_code,
+            token,
+            no_reboot,
+            timeout_secs,
+        } => {
+            let record = crate::devices::provision::record(
+                &wifi_ssid,
+                &wifi_password,
+                &server,
+                claim_code.as_deref(),
+                token.as_deref(),
+            )
+            .map_err(|e| (exit::DATA, e))?;
+            let request = crate::devices::provision::Request {
+                port,
+                baud,
+                record,
+                reboot: !no_reboot,
+                timeout: Duration::from_secs(timeout_secs.max(1)),
+            };
+            let done = tokio::task::spawn_blocking(move || {
+                crate::devices::provision::provision(&request).map(|p| (p, request))
+            })
+            .await
+            .map_err(|e| (exit::FAILURE, anyhow::anyhow!("{e}")))?;
+            let (provisioned, request) = done.map_err(|e| (exit::UNAVAILABLE, e))?;
+            println!(
+                "provisioned the device on {} ({}): it joins {:?} and connects to {}{}",
+                request.port,
+                provisioned.banner,
+                request.record.wifi_ssid.as_str(),
+                request.record.server_url.as_str(),
+                if request.reboot {
+                    "; restarting it now"
+                } else {
+                    " after its next restart"
+                }
+            );
+            return Ok(());
+        }
+        DeviceAction::Simulate {
+            url,
+            count,
+            claim_codes,
+            token_file,
+            binary,
+            firmware,
+            interval_ms,
+            readings,
+            metrics,
+            batches,
+            disconnect_every,
+            public_key,
+            fail_updates,
+            duration_secs,
+        } => (
+            url,
+            count,
+            claim_codes,
+            token_file,
+            binary,
+            firmware,
+            interval_ms,
+            readings,
+            metrics,
+            batches,
+            disconnect_every,
+            public_key,
+            fail_updates,
+            duration_secs,
+        ),
+    };
     if count == 0 {
         return Err((exit::DATA, anyhow::anyhow!("--count: at least 1")));
     }

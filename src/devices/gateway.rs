@@ -423,6 +423,16 @@ impl Session {
                     return Err(End::Close(close::UNSUPPORTED_DATA));
                 }
                 let device = self.identity.device_id;
+                let dropped = i64::try_from(hello.dropped_readings).unwrap_or(i64::MAX);
+                if dropped > 0 {
+                    tracing::warn!(
+                        device,
+                        dropped,
+                        "a device dropped readings while offline (its buffer was full)"
+                    );
+                    metrics::counter!("device_readings_dropped_total")
+                        .increment(hello.dropped_readings);
+                }
                 let last_seq = self
                     .registry
                     .db()
@@ -431,6 +441,7 @@ impl Session {
                             .set((
                                 devices::firmware.eq(&hello.firmware),
                                 devices::chip.eq(&hello.chip),
+                                devices::readings_dropped.eq(devices::readings_dropped + dropped),
                             ))
                             .execute(conn)?;
                         devices::table
@@ -448,6 +459,7 @@ impl Session {
                     telemetry_interval_secs: self.registry.settings().telemetry_interval_secs,
                     last_seq: last_seq.unsigned_abs(),
                     settings: Vec::new(),
+                    time_ms: u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
                 });
                 self.send(&welcome).await.map_err(|()| End::Gone)?;
                 self.deliver(true).await?;

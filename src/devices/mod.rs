@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod handlers;
 pub mod ota;
 pub mod pages;
+pub mod provision;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct DeviceRow {
     #[schema(value_type = String)]
     #[serde(serialize_with = "crate::time::serialize")]
     pub created_at: NaiveDateTime,
+    /// Readings the device's offline buffer dropped when full, in total (from its `hello`).
+    pub readings_dropped: i64,
 }
 
 /// A device as the API shows it.

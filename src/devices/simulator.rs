@@ -228,15 +228,71 @@ fn websocket_url(url: &str) -> anyhow::Result<String> {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Closes like a well-behaved device: the close frame, then whatever the server still sends
-/// until its close frame. Dropping the socket with unread data would make the kernel reset
-/// the connection, and the server would lose the frames it had not read yet.
-async fn close(socket: &mut Socket) {
-    let _ = socket.close(None).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = socket.next().await {}
-    })
-    .await;
+/// A device's connection to the realtime endpoint, speaking `conclave_protocol` in either
+/// encoding. The simulated devices use it, and so does the test that runs the firmware's own
+/// connection state machine (`conclave_device_core::link`) against the server.
+pub struct Transport {
+    socket: Socket,
+    binary: bool,
+}
+
+impl Transport {
+    /// Connects to the server at `url` (`http://host:port`) with a device token.
+    pub async fn connect(url: &str, token: &str, binary: bool) -> anyhow::Result<Self> {
+        Self::connect_ws(&websocket_url(url)?, token, binary).await
+    }
+
+    async fn connect_ws(ws_url: &str, token: &str, binary: bool) -> anyhow::Result<Self> {
+        let mut request = ws_url.into_client_request()?;
+        let protocol = if binary {
+            wire::SUBPROTOCOL_BINARY
+        } else {
+            wire::SUBPROTOCOL_JSON
+        };
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            format!("{protocol}, bearer.{token}").parse()?,
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { socket, binary })
+    }
+
+    pub async fn send(&mut self, message: &wire::DeviceMessage) -> anyhow::Result<()> {
+        let frame = if self.binary {
+            Message::binary(wire::to_binary(message)?)
+        } else {
+            Message::text(String::from_utf8(wire::to_json(message)?)?)
+        };
+        self.socket.send(frame).await?;
+        Ok(())
+    }
+
+    /// The next protocol message; `None` when the connection ended.
+    pub async fn receive(&mut self) -> anyhow::Result<Option<wire::ServerMessage>> {
+        loop {
+            let Some(frame) = self.socket.next().await else {
+                return Ok(None);
+            };
+            let message = match frame {
+                Ok(Message::Text(text)) => wire::from_json(text.as_bytes())?,
+                Ok(Message::Binary(bytes)) => wire::from_binary(&bytes)?,
+                Ok(Message::Close(_)) | Err(_) => return Ok(None),
+                Ok(_) => continue,
+            };
+            return Ok(Some(message));
+        }
+    }
+
+    /// Closes like a well-behaved device: the close frame, then whatever the server still
+    /// sends until its close frame. Dropping the socket with unread data would make the kernel
+    /// reset the connection, and the server would lose the frames it had not read yet.
+    pub async fn close(&mut self) {
+        let _ = self.socket.close(None).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.socket.next().await {}
+        })
+        .await;
+    }
 }
 
 /// What an update in progress tells the connection to send.
@@ -322,29 +378,8 @@ impl Device {
         }
     }
 
-    async fn connect(&self) -> anyhow::Result<Socket> {
-        let mut request = self.ws_url.as_str().into_client_request()?;
-        let protocol = if self.options.binary {
-            wire::SUBPROTOCOL_BINARY
-        } else {
-            wire::SUBPROTOCOL_JSON
-        };
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            format!("{protocol}, bearer.{}", self.token).parse()?,
-        );
-        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
-        Ok(socket)
-    }
-
-    async fn send(&self, socket: &mut Socket, message: &wire::DeviceMessage) -> anyhow::Result<()> {
-        let frame = if self.options.binary {
-            Message::binary(wire::to_binary(message)?)
-        } else {
-            Message::text(String::from_utf8(wire::to_json(message)?)?)
-        };
-        socket.send(frame).await?;
-        Ok(())
+    async fn connect(&self) -> anyhow::Result<Transport> {
+        Transport::connect_ws(&self.ws_url, &self.token, self.options.binary).await
     }
 
     fn acked(&self, batch: &wire::Telemetry) {
@@ -386,16 +421,17 @@ impl Device {
         }
     }
 
-    async fn session(&mut self, mut socket: Socket) -> anyhow::Result<Ended> {
+    async fn session(&mut self, mut socket: Transport) -> anyhow::Result<Ended> {
         let hello = wire::DeviceMessage::Hello(wire::Hello {
             protocol: wire::VERSION,
             firmware: self.firmware.clone(),
             chip: "simulator".to_owned(),
             capabilities: vec!["telemetry".into(), "commands".into(), "ota".into()],
+            dropped_readings: 0,
         });
-        self.send(&mut socket, &hello).await?;
+        socket.send(&hello).await?;
         let welcome = loop {
-            match self.receive(&mut socket).await? {
+            match socket.receive().await? {
                 Some(wire::ServerMessage::Welcome(welcome)) => {
                     self.stats.greeted.fetch_add(1, Ordering::Relaxed);
                     break welcome;
@@ -430,7 +466,7 @@ impl Device {
                 received: 0,
                 detail,
             });
-            self.send(&mut socket, &status).await?;
+            socket.send(&status).await?;
             if booted {
                 self.stats.updates_booted.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -439,8 +475,7 @@ impl Device {
         }
         let resend: Vec<wire::Telemetry> = self.unacked.iter().cloned().collect();
         for batch in resend {
-            self.send(&mut socket, &wire::DeviceMessage::Telemetry(batch))
-                .await?;
+            socket.send(&wire::DeviceMessage::Telemetry(batch)).await?;
         }
         let every = self
             .options
@@ -456,12 +491,12 @@ impl Device {
         let mut updating: HashSet<u64> = HashSet::new();
         loop {
             if self.options.batches.is_some_and(|n| self.sent >= n) && self.unacked.is_empty() {
-                close(&mut socket).await;
+                socket.close().await;
                 return Ok(Ended::Finished);
             }
             tokio::select! {
                 () = self.stop.cancelled() => {
-                    close(&mut socket).await;
+                    socket.close().await;
                     return Ok(Ended::Stop);
                 }
                 _ = ticker.tick() => {
@@ -469,7 +504,7 @@ impl Device {
                         resend_due = false;
                         let resend: Vec<wire::Telemetry> = self.unacked.iter().cloned().collect();
                         for batch in resend {
-                            self.send(&mut socket, &wire::DeviceMessage::Telemetry(batch)).await?;
+                            socket.send(&wire::DeviceMessage::Telemetry(batch)).await?;
                         }
                         continue;
                     }
@@ -479,7 +514,7 @@ impl Device {
                     let batch = self.batch();
                     self.unacked.push_back(batch.clone());
                     self.sent += 1;
-                    self.send(&mut socket, &wire::DeviceMessage::Telemetry(batch)).await?;
+                    socket.send(&wire::DeviceMessage::Telemetry(batch)).await?;
                     self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                     if self.options.disconnect_every.is_some_and(|n| n > 0 && self.sent.is_multiple_of(n)) {
                         // Gone mid-conversation: no close frame, the ack never read.
@@ -490,7 +525,7 @@ impl Device {
                 update = progress.recv() => {
                     match update {
                         Some(Update::Status(status)) => {
-                            self.send(&mut socket, &wire::DeviceMessage::OtaStatus(status)).await?;
+                            socket.send(&wire::DeviceMessage::OtaStatus(status)).await?;
                         }
                         Some(Update::Reboot { rollout, version }) => {
                             let booted = !self.options.fail_updates;
@@ -498,13 +533,13 @@ impl Device {
                                 self.firmware = version.clone();
                             }
                             self.rebooted_into = Some((rollout, version, booted));
-                            close(&mut socket).await;
+                            socket.close().await;
                             return Ok(Ended::Reboot);
                         }
                         None => {}
                     }
                 }
-                message = self.receive(&mut socket) => {
+                message = socket.receive() => {
                     let Some(message) = message? else {
                         return Ok(Ended::Dropped);
                     };
@@ -518,7 +553,7 @@ impl Device {
                         }
                         wire::ServerMessage::Command(command) => {
                             if let Some(reboot) = self.answer(&mut socket, command).await? {
-                                close(&mut socket).await;
+                                socket.close().await;
                                 return Ok(reboot);
                             }
                         }
@@ -541,26 +576,10 @@ impl Device {
         }
     }
 
-    /// The next protocol message; `None` when the connection ended.
-    async fn receive(&self, socket: &mut Socket) -> anyhow::Result<Option<wire::ServerMessage>> {
-        loop {
-            let Some(frame) = socket.next().await else {
-                return Ok(None);
-            };
-            let message = match frame {
-                Ok(Message::Text(text)) => wire::from_json(text.as_bytes())?,
-                Ok(Message::Binary(bytes)) => wire::from_binary(&bytes)?,
-                Ok(Message::Close(_)) | Err(_) => return Ok(None),
-                Ok(_) => continue,
-            };
-            return Ok(Some(message));
-        }
-    }
-
     /// Runs a command (once per id) and answers it; `Some` when it asks for a reboot.
     async fn answer(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut Transport,
         command: wire::Command,
     ) -> anyhow::Result<Option<Ended>> {
         let repeat = !self.answered.insert(command.id);
@@ -599,25 +618,21 @@ impl Device {
             _ => (wire::CommandStatus::Unknown, None),
         };
         if !repeat && status != wire::CommandStatus::Unknown {
-            self.send(
-                socket,
-                &wire::DeviceMessage::CommandResult(wire::CommandResult {
+            socket
+                .send(&wire::DeviceMessage::CommandResult(wire::CommandResult {
                     id: command.id,
                     status: wire::CommandStatus::Accepted,
                     output: None,
-                }),
-            )
-            .await?;
+                }))
+                .await?;
         }
-        self.send(
-            socket,
-            &wire::DeviceMessage::CommandResult(wire::CommandResult {
+        socket
+            .send(&wire::DeviceMessage::CommandResult(wire::CommandResult {
                 id: command.id,
                 status,
                 output,
-            }),
-        )
-        .await?;
+            }))
+            .await?;
         self.stats.commands_answered.fetch_add(1, Ordering::Relaxed);
         Ok((command.name == "reboot" && !repeat).then_some(Ended::Reboot))
     }

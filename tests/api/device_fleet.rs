@@ -16,7 +16,7 @@ use crate::helpers::{Team, TestApp, eventually, team_with};
 use crate::rooms::{create_room, get, post, say, send};
 
 /// A team whose devices may send telemetry as fast as the tests do.
-async fn fleet_team() -> Team {
+pub(crate) async fn fleet_team() -> Team {
     team_with(|settings| {
         settings.devices.telemetry_batches_per_second = 1_000;
     })
@@ -24,7 +24,7 @@ async fn fleet_team() -> Team {
 }
 
 /// A claim code for a device called `name` (Carl is an admin of the team's workspace).
-async fn claim_code(team: &Team, name: &str, tags: &[&str]) -> String {
+pub(crate) async fn claim_code(team: &Team, name: &str, tags: &[&str]) -> String {
     let created = team
         .carl
         .post(
@@ -109,7 +109,7 @@ async fn revoke(team: &Team, id: i64) {
     assert_eq!(status, 204);
 }
 
-async fn json_of(team: &Team, path: &str) -> Value {
+pub(crate) async fn json_of(team: &Team, path: &str) -> Value {
     let (status, body) = get(&team.carl, &team.app, path).await;
     assert_eq!(status, 200, "{path}: {body}");
     body
@@ -288,7 +288,7 @@ fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace(':', "%3A")
 }
 
-async fn command_status(team: &Team, device: i64, id: i64, wanted: &str) -> Value {
+pub(crate) async fn command_status(team: &Team, device: i64, id: i64, wanted: &str) -> Value {
     eventually(Duration::from_secs(10), || async {
         let command = json_of(team, &format!("/api/v1/devices/{device}/commands/{id}")).await;
         (command["status"] == wanted).then_some(command)
@@ -653,7 +653,7 @@ async fn devices_in_rooms_post_rule_events_and_answer_slash_commands() {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

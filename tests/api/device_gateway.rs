@@ -111,6 +111,7 @@ impl DeviceClient {
             firmware: "1.0.0".into(),
             chip: "simulator".into(),
             capabilities: vec!["telemetry".into()],
+            dropped_readings: 0,
         }))
         .await;
         match self.receive().await {

@@ -22,6 +22,7 @@ mod device_gateway;
 mod devices;
 mod edge;
 mod fake_llm;
+mod firmware;
 mod guests;
 mod helpers;
 mod jobs;

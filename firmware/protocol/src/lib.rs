@@ -79,6 +79,10 @@ pub struct Hello {
     pub chip: String,
     /// What the device can do: `telemetry`, `commands`, `ota`, …
     pub capabilities: Vec<String>,
+    /// Readings the device had to drop since its last answered `hello` because its offline
+    /// buffer was full (oldest first). Absent in JSON means 0.
+    #[serde(default)]
+    pub dropped_readings: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +160,10 @@ pub struct Welcome {
     pub last_seq: u64,
     /// Settings for the device, as name/value pairs.
     pub settings: Vec<Setting>,
+    /// The server's clock, Unix time in milliseconds, so a device without a clock can date
+    /// its readings (including those it took while offline). Absent in JSON means 0: unknown.
+    #[serde(default)]
+    pub time_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

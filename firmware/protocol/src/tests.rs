@@ -17,6 +17,7 @@ fn device_messages() -> Vec<DeviceMessage> {
             firmware: "1.4.2".into(),
             chip: "esp32c3".into(),
             capabilities: vec!["telemetry".into(), "commands".into(), "ota".into()],
+            dropped_readings: 12,
         }),
         DeviceMessage::Telemetry(Telemetry {
             seq: 41,
@@ -63,6 +64,7 @@ fn server_messages() -> Vec<ServerMessage> {
                 name: "threshold.temperature".into(),
                 value: "28.5".into(),
             }],
+            time_ms: 1_796_031_468_000,
         }),
         ServerMessage::TelemetryAck(TelemetryAck { seq: 41 }),
         ServerMessage::Command(Command {
@@ -241,4 +243,27 @@ fn no_input_panics() {
         decode_everything(&frame);
     }
     decode_everything(&[0x01, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+}
+
+#[test]
+fn fields_added_within_version_1_may_be_absent_in_json() {
+    let hello: DeviceMessage = from_json(
+        br#"{"hello":{"protocol":1,"firmware":"1.0.0","chip":"esp32c3","capabilities":[]}}"#,
+    )
+    .expect("a hello without dropped_readings");
+    assert!(matches!(
+        hello,
+        DeviceMessage::Hello(Hello {
+            dropped_readings: 0,
+            ..
+        })
+    ));
+    let welcome: ServerMessage = from_json(
+        br#"{"welcome":{"protocol":1,"device_id":3,"telemetry_interval_secs":60,"last_seq":0,"settings":[]}}"#,
+    )
+    .expect("a welcome without time_ms");
+    assert!(matches!(
+        welcome,
+        ServerMessage::Welcome(Welcome { time_ms: 0, .. })
+    ));
 }
