@@ -2,8 +2,9 @@
 //! real server, through the simulator's transport: the claim exchange over HTTP, the offline
 //! buffer (dated readings, drops reported in `hello`), resends after a lost connection with
 //! nothing doubled, commands, and an update downloaded in Range requests, verified, and then
-//! confirmed — or rolled back — by the boot guard. And `conclave device provision` writing a
-//! record over a serial line to the firmware's console protocol.
+//! confirmed — or rolled back — by the boot guard; the firmware's own WebSocket client
+//! (`conclave_device_core::websocket`) over a plain socket. And `conclave device provision`
+//! writing a record over a serial line to the firmware's console protocol.
 
 use std::time::Duration;
 
@@ -659,4 +660,83 @@ fn conclave_device_provision_refuses_bad_settings_and_silent_ports() {
         String::from_utf8_lossy(&missing.stderr).contains("cannot open"),
         "{missing:?}"
     );
+}
+
+#[tokio::test]
+async fn the_firmware_websocket_client_greets_sends_and_closes_cleanly() {
+    use conclave_device_core::websocket::{Incoming, WebSocket, WsFailure};
+    use embedded_io_adapters::tokio_1::FromTokio;
+
+    let team = fleet_team().await;
+    let code = claim_code(&team, "esp-ws", &[]).await;
+    let token = claim(&team, &code).await.expect("token");
+    let endpoint = Endpoint::websocket(&team.app.address).expect("endpoint");
+    let open = || async {
+        let socket = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+            .await
+            .expect("connect");
+        FromTokio::new(socket)
+    };
+
+    // A revoked or unknown token is refused at the handshake with 401.
+    let refused =
+        WebSocket::connect(open().await, rand_core_06::OsRng, &endpoint, "cnd_nope").await;
+    assert!(matches!(refused, Err(WsFailure::Refused(Some(401)))));
+
+    let start = std::time::Instant::now();
+    let mut link = link("0.1.0");
+    link.record(0, &[("chip_temperature", 41.5), ("adc_mv", 1_650.0)]);
+    let mut ws = WebSocket::connect(open().await, rand_core_06::OsRng, &endpoint, &token)
+        .await
+        .expect("upgraded");
+    ws.send(&link.connected()).await.expect("hello");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The firmware's loop: decode what arrived, send what is due, then wait for more.
+    loop {
+        while let Some(incoming) = ws.process().await.expect("a valid frame") {
+            match incoming {
+                Incoming::Message(message) => {
+                    link.receive(message, uptime(start));
+                }
+                Incoming::Nothing => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        while let Some(frame) = link.next_frame() {
+            ws.send(&frame).await.expect("sent");
+        }
+        if link.state() == State::Online && link.outbox.is_empty() {
+            break;
+        }
+        tokio::time::timeout_at(deadline, ws.fill())
+            .await
+            .expect("the server answers")
+            .expect("the connection stays open");
+    }
+    ws.ping().await.expect("a ping");
+    tokio::time::timeout(Duration::from_secs(5), ws.close())
+        .await
+        .expect("the server answers the close");
+
+    let id = team
+        .app
+        .client
+        .get(team.app.url("/api/v1/device"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent")
+        .json::<Value>()
+        .await
+        .expect("json")["device_id"]
+        .as_i64()
+        .expect("id");
+    let raw = json_of(
+        &team,
+        &format!("/api/v1/devices/{id}/telemetry?metric=adc_mv"),
+    )
+    .await;
+    assert_eq!(raw["series"][0]["points"][0][1], 1_650.0, "{raw}");
+    let device = json_of(&team, &format!("/api/v1/devices/{id}")).await;
+    assert_eq!(device["online"], false, "the close was clean and seen");
 }

@@ -11,6 +11,7 @@ use conclave_device_core::endpoint::{CLAIM_PATH, Endpoint};
 use conclave_device_core::http;
 use conclave_device_core::link::{Event, Link};
 use conclave_device_core::provision::Record;
+use conclave_device_core::websocket::{Incoming, WebSocket, WsFailure};
 use conclave_device_core::wire;
 use embassy_futures::select::{Either4, select4};
 use embassy_net::Stack;
@@ -19,7 +20,6 @@ use embedded_io_async::{Read as _, Write as _};
 
 use crate::net::{Buffers, Conn, NetError};
 use crate::storage::STORAGE;
-use crate::ws::{Incoming, WebSocket, WsFailure, describe};
 use crate::{COMMANDS, CONFIG, INTERVAL, OFFERS, READINGS, REPORTS, Report, clock};
 
 /// Batches kept while offline: at one batch a minute, over eight hours.
@@ -99,37 +99,45 @@ async fn session(
     let conn = Conn::open(stack, &endpoint, &mut buffers)
         .await
         .map_err(|e| format!("{e}"))?;
-    let mut ws = WebSocket::connect(conn, &endpoint, &record.token)
+    let mut ws = WebSocket::connect(conn, esp_hal::rng::Rng::new(), &endpoint, &record.token)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| format!("{e}"))?;
     log::info!("link: connected to {}", endpoint.host);
     let hello = link.connected();
     let result = run(&mut ws, link, hello).await;
     let greeted = link.state() == conclave_device_core::link::State::Online;
     match result {
-        Ok(()) => ws.close().await,
-        Err(WsFailure::Closed) => {}
-        Err(e) => {
-            log::warn!("link: {}", describe(&e));
-            ws.conn.close().await;
+        Ok(()) => {
+            let _ = embassy_time::with_timeout(Duration::from_secs(2), ws.close()).await;
         }
+        Err(WsFailure::Closed) => {}
+        Err(e) => log::warn!("link: {e}"),
     }
+    ws.conn.close().await;
     Ok(greeted)
 }
 
+type Socket<'c> = WebSocket<Conn<'c>, esp_hal::rng::Rng>;
+
 async fn run(
-    ws: &mut WebSocket<'_>,
+    ws: &mut Socket<'_>,
     link: &mut DeviceLink,
     hello: wire::DeviceMessage,
-) -> Result<(), WsFailure> {
+) -> Result<(), WsFailure<NetError>> {
     ws.send(&hello).await?;
     let mut heard = Instant::now();
     let mut ping_at = Instant::now() + PING_EVERY;
     loop {
         while let Some(incoming) = ws.process().await? {
             heard = Instant::now();
-            if let Incoming::Message(message) = incoming {
-                handle(link, message);
+            match incoming {
+                Incoming::Message(message) => handle(link, message),
+                Incoming::Unreadable(e) => log::warn!("link: an unreadable frame: {e}"),
+                Incoming::Closed(code) => {
+                    log::info!("link: the server closed the connection ({code})");
+                    return Err(WsFailure::Closed);
+                }
+                Incoming::Nothing => {}
             }
         }
         while let Some(frame) = link.next_frame() {

@@ -18,7 +18,6 @@ mod net;
 mod ota_task;
 mod storage;
 mod tasks;
-mod ws;
 
 use alloc::string::String;
 use conclave_device_core::link::{Identity, Link};

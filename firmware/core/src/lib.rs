@@ -10,8 +10,10 @@
 //!   guard that confirms or rolls back a new image;
 //! - [`provision`]: the provisioning record kept in flash and the serial line protocol that
 //!   writes it (`conclave device provision --port …`);
+//! - [`websocket`]: the WebSocket client over any embedded-io-async connection;
 //! - [`http`], [`endpoint`]: the few HTTP/1.1 and URL pieces the device needs (claim
 //!   exchange, Range downloads);
+//! - [`store`]: the framed, checksummed records kept in flash;
 //! - [`backoff`]: reconnect delays.
 //!
 //! The ESP32 application (`firmware/app`) owns the peripherals, the network and the flash and
@@ -31,5 +33,6 @@ pub mod ota;
 pub mod outbox;
 pub mod provision;
 pub mod store;
+pub mod websocket;
 
 pub use conclave_protocol as wire;

@@ -1,66 +1,83 @@
-//! The WebSocket client over a [`Conn`]: the handshake (subprotocols `conclave.v1.bin` and
-//! `bearer.<token>`), binary frames both ways with postcard messages, pings answered, and a
-//! close that waits for the server's.
+//! The device's WebSocket client over any embedded-io-async connection (TCP or TLS on the
+//! chip, a tokio socket in the server's tests): the handshake (subprotocols `conclave.v1.bin`
+//! and `bearer.<token>`), binary frames both ways carrying postcard messages, fragmented
+//! messages reassembled, pings answered, and a close that waits for the server's.
 //!
 //! embedded-websocket's codec is used directly: its framers are built on `futures` streams or
-//! its own blocking trait, neither of which is embedded-io-async.
+//! on its own blocking trait, neither of which is embedded-io-async.
 
 use alloc::boxed::Box;
 use alloc::format;
-use alloc::string::String;
 use alloc::vec;
-use conclave_device_core::endpoint::Endpoint;
-use conclave_device_core::wire;
+use alloc::vec::Vec;
 use embedded_io_async::{Read, Write};
 use embedded_websocket::{
     Error as WsError, WebSocketClient, WebSocketCloseStatusCode, WebSocketOptions,
     WebSocketReceiveMessageType as Rx, WebSocketSendMessageType as Tx, WebSocketState,
 };
 
-use crate::net::{Conn, NetError};
+use crate::endpoint::Endpoint;
+use crate::wire;
 
 #[derive(Debug)]
-pub enum WsFailure {
-    Net(NetError),
+pub enum WsFailure<E> {
+    Io(E),
     /// The server refused the upgrade (401: the token is unknown or revoked).
     Refused(Option<u16>),
     Protocol,
     Closed,
 }
 
-impl From<NetError> for WsFailure {
-    fn from(e: NetError) -> Self {
-        Self::Net(e)
+impl<E> From<E> for WsFailure<E> {
+    fn from(e: E) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for WsFailure<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "the connection failed: {e:?}"),
+            Self::Refused(Some(401)) => f.write_str("the server refused the device token (401)"),
+            Self::Refused(code) => write!(f, "the server refused the connection ({code:?})"),
+            Self::Protocol => f.write_str("a WebSocket protocol error"),
+            Self::Closed => f.write_str("the connection closed"),
+        }
     }
 }
 
 /// What one read produced.
+#[derive(Debug)]
 pub enum Incoming {
+    /// The server closed the connection with this code (answered; the connection is done).
+    Closed(u16),
     Message(wire::ServerMessage),
-    /// A frame the protocol does not know (logged, skipped).
-    Unreadable,
+    /// A frame the protocol does not know (to log and skip).
+    Unreadable(wire::ProtocolError),
     /// Control traffic handled here (pings), or part of a message.
     Nothing,
 }
 
-pub struct WebSocket<'c> {
-    pub conn: Conn<'c>,
-    ws: WebSocketClient<esp_hal::rng::Rng>,
+pub struct WebSocket<C, R: rand_core::RngCore> {
+    pub conn: C,
+    ws: WebSocketClient<R>,
     rx: Box<[u8]>,
     filled: usize,
     frame: Box<[u8]>,
     /// The message being assembled from continuation frames.
-    message: alloc::vec::Vec<u8>,
+    message: Vec<u8>,
     tx: Box<[u8]>,
 }
 
-impl<'c> WebSocket<'c> {
+impl<C: Read + Write, R: rand_core::RngCore> WebSocket<C, R> {
+    /// Upgrades `conn` to the realtime endpoint; `rng` masks the frames.
     pub async fn connect(
-        mut conn: Conn<'c>,
+        mut conn: C,
+        rng: R,
         endpoint: &Endpoint,
         token: &str,
-    ) -> Result<Self, WsFailure> {
-        let mut ws = WebSocketClient::new_client(esp_hal::rng::Rng::new());
+    ) -> Result<Self, WsFailure<C::Error>> {
+        let mut ws = WebSocketClient::new_client(rng);
         let host = endpoint.host_header();
         let bearer = format!("bearer.{token}");
         let protocols = [wire::SUBPROTOCOL_BINARY, bearer.as_str()];
@@ -105,12 +122,12 @@ impl<'c> WebSocket<'c> {
             rx,
             filled,
             frame: vec![0u8; 2_048].into_boxed_slice(),
-            message: alloc::vec::Vec::new(),
+            message: Vec::new(),
             tx,
         })
     }
 
-    pub async fn send(&mut self, message: &wire::DeviceMessage) -> Result<(), WsFailure> {
+    pub async fn send(&mut self, message: &wire::DeviceMessage) -> Result<(), WsFailure<C::Error>> {
         let payload = wire::to_binary(message).map_err(|_| WsFailure::Protocol)?;
         let len = self
             .ws
@@ -123,7 +140,7 @@ impl<'c> WebSocket<'c> {
 
     /// Reads more bytes from the connection. Cancel-safe: bytes are only consumed by
     /// [`Self::process`], and the connection's read completes only with data.
-    pub async fn fill(&mut self) -> Result<(), WsFailure> {
+    pub async fn fill(&mut self) -> Result<(), WsFailure<C::Error>> {
         if self.filled == self.rx.len() {
             return Err(WsFailure::Protocol);
         }
@@ -137,7 +154,7 @@ impl<'c> WebSocket<'c> {
 
     /// Decodes what is buffered, one frame (or part of one) per call; `None` when more bytes
     /// are needed ([`Self::fill`]).
-    pub async fn process(&mut self) -> Result<Option<Incoming>, WsFailure> {
+    pub async fn process(&mut self) -> Result<Option<Incoming>, WsFailure<C::Error>> {
         if self.filled == 0 {
             return Ok(None);
         }
@@ -152,7 +169,7 @@ impl<'c> WebSocket<'c> {
     async fn handle(
         &mut self,
         result: embedded_websocket::WebSocketReadResult,
-    ) -> Result<Incoming, WsFailure> {
+    ) -> Result<Incoming, WsFailure<C::Error>> {
         self.rx.copy_within(result.len_from..self.filled, 0);
         self.filled -= result.len_from;
         let data = &self.frame[..result.len_to];
@@ -168,14 +185,11 @@ impl<'c> WebSocket<'c> {
                 let bytes = core::mem::take(&mut self.message);
                 match wire::from_binary::<wire::ServerMessage>(&bytes) {
                     Ok(message) => Ok(Incoming::Message(message)),
-                    Err(e) => {
-                        log::warn!("ws: unreadable frame: {e}");
-                        Ok(Incoming::Unreadable)
-                    }
+                    Err(e) => Ok(Incoming::Unreadable(e)),
                 }
             }
             Rx::Ping => {
-                let payload: alloc::vec::Vec<u8> = data.to_vec();
+                let payload: Vec<u8> = data.to_vec();
                 let len = self
                     .ws
                     .write(Tx::Pong, true, &payload, &mut self.tx)
@@ -186,7 +200,7 @@ impl<'c> WebSocket<'c> {
             }
             Rx::Pong => Ok(Incoming::Nothing),
             Rx::CloseMustReply => {
-                let payload: alloc::vec::Vec<u8> = data.to_vec();
+                let payload: Vec<u8> = data.to_vec();
                 if let Ok(len) = self.ws.write(Tx::CloseReply, true, &payload, &mut self.tx) {
                     let _ = self.conn.write_all(&self.tx[..len]).await;
                     let _ = self.conn.flush().await;
@@ -195,15 +209,14 @@ impl<'c> WebSocket<'c> {
                     .get(..2)
                     .map(|b| u16::from_be_bytes([b[0], b[1]]))
                     .unwrap_or(1005);
-                log::info!("ws: the server closed the connection ({code})");
-                Err(WsFailure::Closed)
+                Ok(Incoming::Closed(code))
             }
             Rx::CloseCompleted => Err(WsFailure::Closed),
         }
     }
 
     /// Sends a ping (the server's idle timeout counts it as activity).
-    pub async fn ping(&mut self) -> Result<(), WsFailure> {
+    pub async fn ping(&mut self) -> Result<(), WsFailure<C::Error>> {
         let len = self
             .ws
             .write(Tx::Ping, true, b"k", &mut self.tx)
@@ -213,39 +226,32 @@ impl<'c> WebSocket<'c> {
         Ok(())
     }
 
-    /// Closes like a well-behaved device: the close frame, then reads until the server's.
-    pub async fn close(mut self) {
-        if self.ws.state == WebSocketState::Open
-            && let Ok(len) =
-                self.ws
-                    .close(WebSocketCloseStatusCode::NormalClosure, None, &mut self.tx)
-            && self.conn.write_all(&self.tx[..len]).await.is_ok()
-        {
-            let _ = self.conn.flush().await;
-            let deadline = embassy_time::Instant::now() + embassy_time::Duration::from_secs(2);
-            while embassy_time::Instant::now() < deadline {
-                match embassy_time::with_timeout(embassy_time::Duration::from_secs(2), self.fill())
-                    .await
-                {
-                    Ok(Ok(())) => while let Ok(Some(_)) = self.process().await {},
-                    _ => break,
-                }
-                if self.ws.state == WebSocketState::Closed {
-                    break;
+    /// Closes like a well-behaved device: the close frame, then reads until the server's
+    /// (wrap it in a timeout: a server that never answers would keep it waiting).
+    pub async fn close(&mut self) {
+        if self.ws.state != WebSocketState::Open {
+            return;
+        }
+        let Ok(len) = self
+            .ws
+            .close(WebSocketCloseStatusCode::NormalClosure, None, &mut self.tx)
+        else {
+            return;
+        };
+        if self.conn.write_all(&self.tx[..len]).await.is_err() || self.conn.flush().await.is_err() {
+            return;
+        }
+        loop {
+            loop {
+                match self.process().await {
+                    Ok(Some(Incoming::Closed(_))) | Err(_) => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
                 }
             }
+            if self.ws.state == WebSocketState::Closed || self.fill().await.is_err() {
+                return;
+            }
         }
-        self.conn.close().await;
-    }
-}
-
-/// A short description for logs.
-pub fn describe(failure: &WsFailure) -> String {
-    match failure {
-        WsFailure::Net(e) => format!("{e}"),
-        WsFailure::Refused(Some(401)) => String::from("the server refused the device token (401)"),
-        WsFailure::Refused(code) => format!("the server refused the connection ({code:?})"),
-        WsFailure::Protocol => String::from("a WebSocket protocol error"),
-        WsFailure::Closed => String::from("the connection closed"),
     }
 }
