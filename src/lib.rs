@@ -8,6 +8,7 @@ pub mod api_docs;
 pub mod assistant;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod billing;
 pub mod chat;
 pub mod cli;

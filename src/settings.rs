@@ -44,6 +44,7 @@ pub struct Settings {
     pub billing: BillingSettings,
     pub edge: EdgeSettings,
     pub devices: DeviceSettings,
+    pub backup: BackupSettings,
     /// The config file these settings were read from, so a reload (SIGHUP, admin) reads the
     /// same one. Not a setting.
     #[serde(skip)]
@@ -121,6 +122,34 @@ impl Default for DeviceSettings {
             telemetry_rollup_days: 400,
             firmware_max_bytes: 16 * 1024 * 1024,
             claims_per_minute_per_ip: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSettings {
+    /// Take backups on a schedule (one node of a cluster runs each).
+    pub enabled: bool,
+    /// Where they go (default `<data_dir>/backups`). Put it on another disk, and copy it off
+    /// the machine.
+    pub dir: Option<PathBuf>,
+    /// Hours between scheduled backups.
+    pub interval_hours: u32,
+    /// Retention: the newest backup of each of this many recent days is kept…
+    pub keep_daily: usize,
+    /// …and of each of this many recent ISO weeks.
+    pub keep_weekly: usize,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            interval_hours: 24,
+            keep_daily: 7,
+            keep_weekly: 4,
         }
     }
 }
@@ -1064,6 +1093,7 @@ impl Default for Settings {
             billing: BillingSettings::default(),
             edge: EdgeSettings::default(),
             devices: DeviceSettings::default(),
+            backup: BackupSettings::default(),
             source: None,
             from_env: Vec::new(),
         }
@@ -1663,6 +1693,21 @@ impl Settings {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter) {
             problems.push(format!("telemetry.log_filter: {e}"));
+        }
+        if self.backup.interval_hours == 0 {
+            problems.push("backup.interval_hours: at least 1".to_owned());
+        }
+        if self.backup.keep_daily + self.backup.keep_weekly == 0 {
+            problems
+                .push("backup.keep_daily, backup.keep_weekly: keep at least one backup".to_owned());
+        }
+        if self
+            .backup
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            problems.push("backup.dir: empty (leave it out for <data_dir>/backups)".to_owned());
         }
         if problems.is_empty() {
             Ok(())

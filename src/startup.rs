@@ -89,6 +89,9 @@ impl Application {
             queue.clone(),
         );
         crate::history::retention::schedule(&queue).await?;
+        crate::backup::register_jobs(&mut registry, settings.clone(), queue.clone());
+        crate::backup::schedule(&queue, &settings).await?;
+        crate::backup::publish_last_success(&crate::backup::backup_dir(&settings));
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
 
         let templates = Arc::new(Templates::load(settings.templates.dir.as_deref())?);

@@ -122,6 +122,7 @@ impl FromRequest for Staff {
 }
 
 pub mod audit_log;
+pub mod backups;
 pub mod dashboard;
 pub mod operations;
 pub mod people;
@@ -151,6 +152,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     operations::configure(cfg);
     system::configure(cfg);
     audit_log::configure(cfg);
+    backups::configure(cfg);
 }
 
 /// Whether a request came from an HTML form (answered with a redirect back to its page).
@@ -252,33 +254,38 @@ fn timestamp(at: chrono::NaiveDateTime) -> String {
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(
-    dashboard::api,
-    people::users_api,
-    people::tenants_api,
-    people::members_api,
-    people::disable,
-    people::enable,
-    people::unlock,
-    people::sign_out,
-    people::reset_two_factor,
-    people::change_role,
-    people::create_tenant,
-    people::change_plan,
-    operations::rooms_api,
-    operations::jobs_api,
-    operations::billing_api,
-    operations::archive,
-    operations::unarchive,
-    operations::retention,
-    operations::legal_hold,
-    operations::retry_job,
-    operations::drop_job,
-    operations::adjust,
-    system::settings_api,
-    system::caches_api,
-    system::clear,
-    audit_log::api,
-    audit_log::export,
-))]
+#[openapi(
+    paths(
+        dashboard::api,
+        people::users_api,
+        people::tenants_api,
+        people::members_api,
+        people::disable,
+        people::enable,
+        people::unlock,
+        people::sign_out,
+        people::reset_two_factor,
+        people::change_role,
+        people::create_tenant,
+        people::change_plan,
+        operations::rooms_api,
+        operations::jobs_api,
+        operations::billing_api,
+        operations::archive,
+        operations::unarchive,
+        operations::retention,
+        operations::legal_hold,
+        operations::retry_job,
+        operations::drop_job,
+        operations::adjust,
+        system::settings_api,
+        system::caches_api,
+        system::clear,
+        audit_log::api,
+        audit_log::export,
+        backups::api,
+        backups::back_up_now,
+    ),
+    components(schemas(backups::Backups, backups::Row))
+)]
 pub struct ApiDoc;

@@ -1,6 +1,7 @@
 //! The `conclave` command line. Every failure is one line on stderr and a meaningful exit code.
 
 mod accounts;
+mod backup;
 mod devices;
 
 use std::path::PathBuf;
@@ -71,6 +72,11 @@ pub enum Command {
     Firmware {
         #[command(subcommand)]
         action: devices::FirmwareAction,
+    },
+    /// Back up, verify and restore the database.
+    Backup {
+        #[command(subcommand)]
+        action: backup::BackupAction,
     },
 }
 
@@ -231,6 +237,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Edge { action } => edge(settings, action),
         Command::Device { action } => with_runtime(|| devices::device(action)),
         Command::Firmware { action } => devices::firmware(action),
+        Command::Backup { action } => backup::backup(&settings, action),
         Command::Billing {
             action: BillingAction::RegisterWebhook,
         } => with_runtime(|| async move {

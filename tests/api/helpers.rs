@@ -241,6 +241,33 @@ impl TestApp {
         (node, stop, running)
     }
 
+    /// A node with this node's settings and data directory (so the same keys) on another
+    /// database, running until the sender fires.
+    pub async fn node_on(
+        &self,
+        db: TestDatabase,
+    ) -> (
+        TestApp,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let mut settings = (*self.state.settings).clone();
+        settings.server.listen = "127.0.0.1:0".parse().expect("address");
+        settings.database.url = Some(SecretString::from(db.url.clone()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (node, running) = launch(
+            settings,
+            Seams::default(),
+            async {
+                let _ = stopped.await;
+            },
+            db,
+            tempfile::tempdir().expect("temp dir"),
+        )
+        .await;
+        (node, stop, running)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

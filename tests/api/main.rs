@@ -11,6 +11,7 @@ mod accounts_cli;
 mod admin;
 mod assistant;
 mod assistant_chats;
+mod backup;
 mod billing;
 mod captcha;
 mod cli;

@@ -14,6 +14,7 @@ const pages = [
   ['/admin/tenants', 'Workspaces'],
   ['/admin/rooms', 'Rooms'],
   ['/admin/jobs', 'Jobs'],
+  ['/admin/backups', 'Backups'],
   ['/admin/assistant', 'Assistant providers'],
   ['/admin/billing', 'Billing'],
   ['/admin/audit', 'Audit log'],
@@ -71,6 +72,22 @@ test('admin: every page renders whole, people are managed, the edge policy is sa
   await page.locator('tr[data-user="katherine@example.com"] [data-state="disabled"]').waitFor();
   await page.locator('tr[data-user="katherine@example.com"]').getByRole('button', { name: 'Enable' }).click();
   await page.waitForSelector('text=Account enabled.');
+
+  // A backup taken now appears in the list, and the age of the newest is shown.
+  await page.goto(base + '/admin/backups');
+  await page.waitForSelector('text=No backup yet.');
+  await page.getByRole('button', { name: 'Back up now' }).click();
+  await page.waitForSelector('text=Backup queued');
+  let listed = 0;
+  for (let i = 0; i < 50 && listed === 0; i += 1) {
+    await page.waitForTimeout(200);
+    await page.goto(base + '/admin/backups');
+    listed = await page.locator('tr[data-backup]').count();
+  }
+  assert.equal(listed, 1, 'the backup is listed');
+  assert.match(await page.locator('#backup-age').innerText(), /just now|minute/);
+  assert.match(await page.locator('tr[data-backup]').innerText(), new RegExp(`${backend === 'postgres' ? 'postgres' : 'sqlite'} · schema \\d+`));
+  await page.screenshot({ path: `${artifacts}admin-backups-taken-${backend}.png`, fullPage: true });
 
   // The edge policy: a draft is previewed (nothing saved), then saved and in force.
   await page.goto(base + '/admin/edge');
