@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs when it is missing, so a fresh machine needs no manual steps:
-# PostgreSQL server binaries, Chromium, Node.js + npm, nginx, Caddy, nftables, the playwright-core package, and the
+# PostgreSQL server binaries, Chromium, Node.js + npm, nginx, Caddy, nftables, promtool and amtool, the playwright-core package, and the
 # rustfmt/clippy components. Uses Debian packages and the npm registry only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,10 @@ command -v size >/dev/null 2>&1 || apt_packages+=(binutils)
 command -v caddy >/dev/null 2>&1 || apt_packages+=(caddy)
 [ -x /usr/sbin/nft ] || apt_packages+=(nftables)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
+# promtool and amtool check the alert rules, their unit tests and the routing example
+# (config/prometheus); the packages' services are not started.
+command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+command -v amtool >/dev/null 2>&1 || apt_packages+=(prometheus-alertmanager)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "ensure-tools: installing ${apt_packages[*]}"

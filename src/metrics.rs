@@ -58,6 +58,28 @@ fn describe() {
         "HTTP request latency by method, route template and status."
     );
     metrics::describe_gauge!("db_pool_connections", "Open database connections.");
+    metrics::describe_gauge!("jobs_in_state", "Jobs queued, running and dead, by state.");
+    metrics::describe_gauge!(
+        "jobs_oldest_due_seconds",
+        metrics::Unit::Seconds,
+        "How long the oldest due job has been waiting to be claimed."
+    );
+    metrics::describe_gauge!(
+        "data_dir_available_bytes",
+        metrics::Unit::Bytes,
+        "Free space on the data directory's filesystem (for unprivileged users)."
+    );
+    metrics::describe_gauge!(
+        "data_dir_size_bytes",
+        metrics::Unit::Bytes,
+        "Size of the data directory's filesystem."
+    );
+    metrics::describe_gauge!(
+        "backup_last_success_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "When the newest readable backup in backup.dir was taken (Unix time)."
+    );
+    metrics::describe_counter!("backups_total", "Scheduled backups by outcome.");
     metrics::describe_gauge!("db_pool_idle_connections", "Idle database connections.");
     metrics::describe_gauge!(
         "db_pool_max_connections",
@@ -152,6 +174,54 @@ fn method_label(method: &actix_web::http::Method) -> String {
     }
 }
 
+/// Jobs waiting, running and dead (`jobs_in_state{state}`), and how long the oldest job that
+/// is due has been waiting (`jobs_oldest_due_seconds`): the queue's backlog, read at scrape
+/// time (one grouped query on the `jobs` state index).
+async fn publish_jobs(state: &AppState) {
+    use crate::schema::jobs;
+    use diesel::prelude::*;
+    let counted = state
+        .db
+        .run(|conn| {
+            let now = chrono::Utc::now().naive_utc();
+            let counts: Vec<(String, i64)> = jobs::table
+                .filter(jobs::state.eq_any(["queued", "running", "dead"]))
+                .group_by(jobs::state)
+                .select((jobs::state, diesel::dsl::count_star()))
+                .load(conn)?;
+            let oldest: Option<chrono::NaiveDateTime> = jobs::table
+                .filter(jobs::state.eq("queued"))
+                .filter(jobs::run_at.le(now))
+                .select(diesel::dsl::min(jobs::run_at))
+                .first(conn)?;
+            Ok::<_, crate::db::DbError>((counts, oldest.map(|at| (now - at).num_milliseconds())))
+        })
+        .await;
+    match counted {
+        Ok((counts, oldest_ms)) => {
+            for wanted in ["queued", "running", "dead"] {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == wanted)
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!("jobs_in_state", "state" => wanted).set(n as f64);
+            }
+            metrics::gauge!("jobs_oldest_due_seconds")
+                .set(oldest_ms.map_or(0.0, |ms| ms.max(0) as f64 / 1_000.0));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count jobs for /metrics"),
+    }
+}
+
+/// Free and total bytes of the data directory's filesystem (SQLite, backups, keys).
+fn publish_disk(data_dir: &std::path::Path) {
+    if let Ok(stats) = rustix::fs::statvfs(data_dir) {
+        let unit = stats.f_frsize as f64;
+        metrics::gauge!("data_dir_available_bytes").set(stats.f_bavail as f64 * unit);
+        metrics::gauge!("data_dir_size_bytes").set(stats.f_blocks as f64 * unit);
+    }
+}
+
 /// `GET /metrics`: Prometheus text exposition.
 /// When `telemetry.metrics_token` is set, scrapers must send `Authorization: Bearer <token>`.
 pub async fn render(
@@ -171,6 +241,8 @@ pub async fn render(
             ));
         }
     }
+    publish_jobs(&state).await;
+    publish_disk(&state.settings.data_dir);
     let pool = state.db.pool_stats();
     metrics::gauge!("db_pool_connections").set(f64::from(pool.connections));
     metrics::gauge!("db_pool_idle_connections").set(f64::from(pool.idle));

@@ -30,6 +30,7 @@ mod jobs;
 mod login;
 mod mail;
 mod members;
+mod observability;
 mod oidc;
 mod openapi;
 mod packaging;
