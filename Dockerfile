@@ -1,14 +1,18 @@
 # syntax=docker/dockerfile:1
-# Multi-stage build: compile in the Rust image, run in a slim Debian with only libpq and CA
-# certificates. The server runs as an unprivileged user; its data lives in /var/lib/conclave.
+# Multi-stage build: compile in the Rust image, run in a slim Debian with only libpq, CA
+# certificates and the PostgreSQL client (pg_dump for `conclave backup`). The server runs as an
+# unprivileged user; its data lives in /var/lib/conclave.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpq-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them. The device protocol and logic are
+# path dependencies (the firmware's own crates; the firmware application is not needed).
 COPY Cargo.toml Cargo.lock ./
+COPY firmware/protocol firmware/protocol
+COPY firmware/core firmware/core
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > benches/startup.rs \
  && cargo build --release --locked \
@@ -22,7 +26,7 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq5 ca-certificates curl \
+ && apt-get install -y --no-install-recommends libpq5 ca-certificates curl postgresql-client \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 conclave \
  && useradd --system --uid 10001 --gid conclave --home-dir /var/lib/conclave --shell /usr/sbin/nologin conclave \

@@ -26,6 +26,8 @@ command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 # (config/prometheus); the packages' services are not started.
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v amtool >/dev/null 2>&1 || apt_packages+=(prometheus-alertmanager)
+# docker-compose (v1, Python) validates config/compose.yaml without a Docker engine.
+command -v docker-compose >/dev/null 2>&1 || apt_packages+=(docker-compose)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "ensure-tools: installing ${apt_packages[*]}"
@@ -55,6 +57,12 @@ fi
 
 # Real peers of the assistant tests: the official OpenAI SDK as a client of /v1, and mockllm as
 # a third-party provider.
+# kubernetes-validate checks config/kubernetes against the Kubernetes schemas it bundles.
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "ensure-tools: installing kubernetes-validate"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+
 if ! python3 -c 'import openai, mockllm' >/dev/null 2>&1; then
   echo "ensure-tools: installing the openai and mockllm Python packages"
   python3 -m pip install --quiet --disable-pip-version-check openai mockllm
