@@ -1043,6 +1043,10 @@ pub struct TelemetrySettings {
     pub metrics_token: Option<SecretString>,
     /// Browser error reports accepted per client IP and minute; 0 switches reporting off.
     pub client_errors_per_minute: u32,
+    /// Also write logs (JSON) to daily files `conclave.YYYY-MM-DD.log` in this directory.
+    pub log_dir: Option<PathBuf>,
+    /// Log files kept in `log_dir` (one a day); older ones are deleted.
+    pub log_retention_days: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -1162,6 +1166,8 @@ impl Default for TelemetrySettings {
             service_name: "conclave".to_owned(),
             metrics_token: None,
             client_errors_per_minute: 20,
+            log_dir: None,
+            log_retention_days: 14,
         }
     }
 }
@@ -1693,6 +1699,9 @@ impl Settings {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter) {
             problems.push(format!("telemetry.log_filter: {e}"));
+        }
+        if self.telemetry.log_dir.is_some() && self.telemetry.log_retention_days == 0 {
+            problems.push("telemetry.log_retention_days: keep at least one day".to_owned());
         }
         if self.backup.interval_hours == 0 {
             problems.push("backup.interval_hours: at least 1".to_owned());

@@ -1,9 +1,15 @@
 //! Logs and traces. Installed once per process by the binary (`init`), never by the library:
 //! tests and embedders keep control of their own subscriber.
 //!
-//! Logs go to stdout as JSON or human text; every line inside a request carries the request's
-//! span fields (request id, route). When `telemetry.otlp_endpoint` is set, spans are also
+//! Logs go to stdout as JSON or human text (journald under systemd); every line inside a
+//! request carries the request's span fields (request id, route). With `telemetry.log_dir` they
+//! also go, as JSON, to daily files `conclave.YYYY-MM-DD.log` there, keeping
+//! `telemetry.log_retention_days` of them. When `telemetry.otlp_endpoint` is set, spans are also
 //! exported over OTLP/HTTP and incoming `traceparent` headers are honoured.
+//!
+//! What is logged never includes secrets or message bodies: passwords, tokens, keys and bodies
+//! are not fields of any event or span (the settings print secrets as `[redacted]`), and a test
+//! runs the server at `debug` and searches its log files for them.
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -16,9 +22,10 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::{LogFormat, TelemetrySettings};
 
-/// Flushes buffered spans when dropped at the end of `main`.
+/// Flushes buffered spans and log lines when dropped at the end of `main`.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    _file: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for TelemetryGuard {
@@ -39,6 +46,23 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         _ => EnvFilter::try_new(&settings.log_filter)
             .context("telemetry.log_filter is not a valid filter")?,
     };
+    // Libraries that log what passes through them (the HTML sanitiser logs message text at
+    // debug, the mailer its SMTP conversation, WebSocket libraries frames at trace): never more
+    // than warnings from them, whatever the filter asks, so `debug` cannot leak bodies, links
+    // or credentials into the logs.
+    let mut filter = filter;
+    for quiet in [
+        "html5ever=warn",
+        "markup5ever=warn",
+        "ammonia=warn",
+        "lettre=warn",
+        "tungstenite=warn",
+        "tokio_tungstenite=warn",
+        "actix_http=warn",
+        "h2=warn",
+    ] {
+        filter = filter.add_directive(quiet.parse().context("a built-in log directive")?);
+    }
     let fmt_layer = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -46,6 +70,30 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
             .with_span_list(false)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+    };
+
+    let (file_layer, file_guard) = match &settings.log_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create telemetry.log_dir {}", dir.display()))?;
+            let appender = tracing_appender::rolling::RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("conclave")
+                .filename_suffix("log")
+                .max_log_files(settings.log_retention_days.max(1))
+                .build(dir)
+                .with_context(|| format!("cannot write logs in {}", dir.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_ansi(false)
+                .with_writer(writer)
+                .boxed();
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
     };
 
     let (otel_layer, provider) = match &settings.otlp_endpoint {
@@ -82,8 +130,12 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt_layer)
+        .with(file_layer)
         .with(otel_layer)
         .try_init()
         .context("a tracing subscriber is already installed")?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        _file: file_guard,
+    })
 }

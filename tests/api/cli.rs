@@ -405,3 +405,156 @@ fn sighup_reloads_the_assistant_and_a_broken_config_changes_nothing() {
     let (status, _) = http_get(server.port, "/readyz");
     assert_eq!(status, 200, "still serving");
 }
+
+#[tokio::test]
+async fn logs_go_to_daily_files_and_never_hold_passwords_tokens_or_message_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let logs = dir.path().join("logs");
+    let password = "Umbrella-Quartz-7731-harbour";
+    let created = conclave(dir.path(), &db.url)
+        .args([
+            "user",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--password",
+            password,
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", stderr_of(&created));
+    let mut command = conclave(dir.path(), &db.url);
+    command
+        .env("CONCLAVE__TELEMETRY__LOG_DIR", &logs)
+        .env("CONCLAVE__TELEMETRY__LOG_FILTER", "debug");
+    let mut server = serve(command);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    conclave::crypto::install_tls_provider();
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .build()
+        .unwrap();
+
+    let wrong = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": "ada@example.com", "password": "Wrong-Lantern-4410-moss" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let signed_in = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": "ada@example.com", "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 200);
+    use reqwest::cookie::CookieStore as _;
+    let cookies = jar
+        .cookies(&base.parse().unwrap())
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .unwrap_or_default();
+    let csrf = cookies
+        .split("; ")
+        .find_map(|c| c.strip_prefix("conclave_csrf="))
+        .expect("a CSRF cookie")
+        .to_owned();
+    let session = cookies
+        .split("; ")
+        .find(|c| !c.starts_with("conclave_csrf="))
+        .and_then(|c| c.split_once('=').map(|(_, v)| v.to_owned()))
+        .expect("a session cookie");
+    let post = |path: &str, body: serde_json::Value| {
+        client
+            .post(format!("{base}{path}"))
+            .header("X-CSRF-Token", &csrf)
+            .json(&body)
+            .send()
+    };
+    let room: serde_json::Value = post("/api/v1/rooms", serde_json::json!({ "name": "plans" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let phrase = "the falcon lands at midnight behind the old mill";
+    let said = post(
+        &format!("/api/v1/rooms/{}/messages", room["id"]),
+        serde_json::json!({ "body": phrase }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(said.status(), 201);
+    let token: serde_json::Value = post(
+        "/api/v1/me/tokens",
+        serde_json::json!({ "name": "script", "scopes": ["read"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let token = token["token"].as_str().expect("a token").to_owned();
+    let listed = client
+        .get(format!("{base}/api/v1/rooms"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    // A browser error report is logged (that is its point).
+    let reported = post(
+        "/api/v1/client-errors",
+        serde_json::json!({ "message": "TypeError: widgets-7f3c is undefined", "page": "/rooms" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reported.status(), 204);
+
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = server.child.wait();
+
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&logs)
+        .expect("the log directory")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(name, format!("conclave.{today}.log"));
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        text.lines().count() > 10 && text.contains("\"level\":\"DEBUG\""),
+        "logging at debug: {text}"
+    );
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("a JSON line ({e}): {line}"));
+    }
+    for (what, secret) in [
+        ("the password", password),
+        ("the wrong password", "Wrong-Lantern-4410-moss"),
+        ("the message body", phrase),
+        ("a word of the message", "falcon"),
+        ("the API token", token.as_str()),
+        ("the session cookie", session.as_str()),
+        ("the CSRF token", csrf.as_str()),
+    ] {
+        let leak = text.lines().find(|l| l.contains(secret));
+        assert!(
+            leak.is_none(),
+            "{what} is in the log: {}",
+            leak.unwrap_or_default()
+        );
+    }
+    let reported = text
+        .lines()
+        .find(|l| l.contains("widgets-7f3c"))
+        .expect("the browser error is logged");
+    assert!(reported.contains("conclave::client"), "{reported}");
+}
