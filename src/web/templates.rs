@@ -37,6 +37,7 @@ impl Templates {
         }
         let mut tera = Tera::default();
         tera.autoescape_on(vec![".html"]);
+        tera.register_function("asset", super::assets::tera_function);
         tera.add_raw_templates(sources)
             .map_err(|e| anyhow::anyhow!("templates do not compile: {}", describe(&e)))?;
         Ok(Self { tera })

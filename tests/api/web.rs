@@ -320,6 +320,91 @@ async fn responses_are_compressed_when_the_client_accepts_gzip() {
     assert_eq!(response.headers()["content-encoding"], "gzip");
 }
 
+/// Decodes a brotli body (the encoding static files are precompressed in).
+fn unbrotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut std::io::Cursor::new(bytes), &mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn pages_link_static_files_by_content_hash_and_they_are_cached_for_a_year_precompressed() {
+    let app = spawn_app().await;
+    let page = app.get("/login").await.text().await.unwrap();
+    let css = page
+        .split("href=\"")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|href| href.starts_with("/static/css/conclave.") && href.ends_with(".css"))
+        .unwrap_or_else(|| panic!("the stylesheet link: {page}"))
+        .to_owned();
+    assert_ne!(css, "/static/css/conclave.css", "a content-hashed name");
+    let plain = app
+        .client
+        .get(app.url("/static/css/conclave.css"))
+        .header("Accept-Encoding", "identity")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.headers()["cache-control"], "public, max-age=3600");
+    let original = plain.bytes().await.unwrap();
+
+    let fetch = |encoding: &'static str| {
+        let (app, css) = (&app, css.clone());
+        async move {
+            app.client
+                .get(app.url(&css))
+                .header("Accept-Encoding", encoding)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let br = fetch("gzip, deflate, br").await;
+    assert_eq!(br.status(), 200);
+    assert_eq!(br.headers()["content-encoding"], "br");
+    assert_eq!(br.headers()["vary"], "Accept-Encoding");
+    assert_eq!(
+        br.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let etag = br.headers()["etag"].to_str().unwrap().to_owned();
+    let compressed = br.bytes().await.unwrap();
+    assert!(
+        compressed.len() * 3 < original.len(),
+        "brotli shrinks the stylesheet"
+    );
+    assert_eq!(unbrotli(&compressed), original.to_vec());
+    let gz = fetch("gzip").await;
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let refused = fetch("br;q=0, gzip;q=0").await;
+    assert!(refused.headers().get("content-encoding").is_none());
+    assert_eq!(refused.bytes().await.unwrap(), original);
+    // Revalidation still answers 304.
+    let again = app
+        .client
+        .get(app.url(&css))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    // A name from another build gets today's file, not to be kept; a made-up one 404s.
+    let stale = app
+        .client
+        .get(app.url("/static/css/conclave.00000000.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 200);
+    assert_eq!(stale.headers()["cache-control"], "no-cache");
+    let missing = app.get("/static/css/nothing.0123abcd.css").await;
+    assert_eq!(missing.status(), 404);
+    // The service worker keeps the hashed names offline.
+    let worker = app.get("/sw.js").await.text().await.unwrap();
+    assert!(worker.contains(&format!("'{css}'")), "{worker}");
+    assert!(!worker.contains("'conclave-shell-v2'"));
+}
+
 #[tokio::test]
 async fn template_directory_overrides_built_in_templates() {
     let overrides = tempfile::tempdir().unwrap();
