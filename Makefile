@@ -83,4 +83,5 @@ bench:
 	cargo bench --bench history
 	cargo bench --bench assistant
 	cargo bench --bench devices
+	cargo bench --bench page_weight
 	PATH="$$PATH:$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" scripts/with-postgres.sh cargo bench --bench realtime
