@@ -213,6 +213,39 @@ async fn publish_jobs(state: &AppState) {
     }
 }
 
+/// Billing orders by state (`billing_orders{state}`) and devices by update state
+/// (`ota_assignments{state}`), read at scrape time: what the billing and devices dashboards
+/// show as levels rather than rates.
+async fn publish_states(state: &AppState) {
+    use crate::schema::{billing_orders, ota_assignments};
+    use diesel::prelude::*;
+    let counted = state
+        .db
+        .run(|conn| {
+            let orders: Vec<(String, i64)> = billing_orders::table
+                .group_by(billing_orders::state)
+                .select((billing_orders::state, diesel::dsl::count_star()))
+                .load(conn)?;
+            let updates: Vec<(String, i64)> = ota_assignments::table
+                .group_by(ota_assignments::state)
+                .select((ota_assignments::state, diesel::dsl::count_star()))
+                .load(conn)?;
+            Ok::<_, crate::db::DbError>((orders, updates))
+        })
+        .await;
+    match counted {
+        Ok((orders, updates)) => {
+            for (state, n) in orders {
+                metrics::gauge!("billing_orders", "state" => state).set(n as f64);
+            }
+            for (state, n) in updates {
+                metrics::gauge!("ota_assignments", "state" => state).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count orders and updates for /metrics"),
+    }
+}
+
 /// Free and total bytes of the data directory's filesystem (SQLite, backups, keys).
 fn publish_disk(data_dir: &std::path::Path) {
     if let Ok(stats) = rustix::fs::statvfs(data_dir) {
@@ -242,6 +275,7 @@ pub async fn render(
         }
     }
     publish_jobs(&state).await;
+    publish_states(&state).await;
     publish_disk(&state.settings.data_dir);
     let pool = state.db.pool_stats();
     metrics::gauge!("db_pool_connections").set(f64::from(pool.connections));

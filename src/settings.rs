@@ -1047,6 +1047,8 @@ pub struct TelemetrySettings {
     pub log_dir: Option<PathBuf>,
     /// Log files kept in `log_dir` (one a day); older ones are deleted.
     pub log_retention_days: usize,
+    /// Answer `/metrics` only on `server.admin_listen` (404 on the public listener).
+    pub metrics_on_admin_listener: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -1168,6 +1170,7 @@ impl Default for TelemetrySettings {
             client_errors_per_minute: 20,
             log_dir: None,
             log_retention_days: 14,
+            metrics_on_admin_listener: false,
         }
     }
 }
@@ -1699,6 +1702,10 @@ impl Settings {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter) {
             problems.push(format!("telemetry.log_filter: {e}"));
+        }
+        if self.telemetry.metrics_on_admin_listener && self.server.admin_listen.is_none() {
+            problems
+                .push("telemetry.metrics_on_admin_listener: needs server.admin_listen".to_owned());
         }
         if self.telemetry.log_dir.is_some() && self.telemetry.log_retention_days == 0 {
             problems.push("telemetry.log_retention_days: keep at least one day".to_owned());

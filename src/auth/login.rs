@@ -119,7 +119,31 @@ impl LoginService {
         }
     }
 
+    /// Signs in with email and password; every attempt is counted in `logins_total{outcome}`.
     pub async fn login(
+        &self,
+        email: &str,
+        password: SecretString,
+        client: &Client,
+    ) -> Result<LoginOutcome, LoginError> {
+        let result = self.password_login(email, password, client).await;
+        let outcome = match &result {
+            Ok(LoginOutcome::Session(_)) => "succeeded",
+            Ok(LoginOutcome::SecondFactor { .. }) => "second_factor_asked",
+            Err(LoginError::InvalidCredentials) => "invalid_credentials",
+            Err(LoginError::Locked { .. }) => "locked",
+            Err(LoginError::EmailUnverified) => "unverified",
+            Err(LoginError::Disabled) => "disabled",
+            Err(LoginError::RateLimited { .. }) => "rate_limited",
+            Err(LoginError::Hash(_)) => "busy",
+            Err(LoginError::SecondFactor(_) | LoginError::Database(_)) => "error",
+        };
+        metrics::counter!("logins_total", "method" => "password", "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn password_login(
         &self,
         email: &str,
         password: SecretString,

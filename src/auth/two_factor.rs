@@ -319,6 +319,9 @@ impl TwoFactor {
                 })
             })
             .await
+            .inspect(|_| {
+                metrics::counter!("two_factor_events_total", "event" => "enabled").increment(1);
+            })
     }
 
     pub async fn regenerate_recovery_codes(
@@ -346,7 +349,9 @@ impl TwoFactor {
 
     /// Turns 2FA off (the caller checked the password).
     pub async fn disable(&self, user_id: i64) -> Result<(), TwoFactorError> {
-        self.db.run(move |conn| disable_in(conn, user_id)).await
+        self.db.run(move |conn| disable_in(conn, user_id)).await?;
+        metrics::counter!("two_factor_events_total", "event" => "disabled").increment(1);
+        Ok(())
     }
 
     /// Checks a second-step code: a TOTP code not used before, or an unused recovery code.
@@ -355,6 +360,18 @@ impl TwoFactor {
         user_id: i64,
         code: String,
     ) -> Result<CodeKind, TwoFactorError> {
+        let result = self.check_code(user_id, code).await;
+        let event = match &result {
+            Ok(CodeKind::Totp) => "code_accepted",
+            Ok(CodeKind::Recovery) => "recovery_code_used",
+            Err(TwoFactorError::InvalidCode) => "code_rejected",
+            Err(_) => "error",
+        };
+        metrics::counter!("two_factor_events_total", "event" => event).increment(1);
+        result
+    }
+
+    async fn check_code(&self, user_id: i64, code: String) -> Result<CodeKind, TwoFactorError> {
         let sealer = self.sealer.clone();
         self.db
             .run(move |conn| {

@@ -49,7 +49,8 @@ pub async fn enforce(
     }
     if let Some(admin) = state.edge.admin_listen {
         let path = req.path();
-        let admin_path = ADMIN_PREFIXES.iter().any(|prefix| covers(prefix, path));
+        let admin_path = ADMIN_PREFIXES.iter().any(|prefix| covers(prefix, path))
+            || (path == "/metrics" && state.settings.telemetry.metrics_on_admin_listener);
         if admin_path && req.app_config().local_addr() != admin {
             return Ok(refuse(
                 req,

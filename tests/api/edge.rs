@@ -493,6 +493,35 @@ async fn the_admin_listener_is_the_only_way_in_when_set() {
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
 
+#[tokio::test]
+async fn metrics_can_be_kept_to_the_admin_listener() {
+    let app = spawn_app_with(|settings| {
+        settings.server.admin_listen = Some("127.0.0.1:0".parse().expect("address"));
+        settings.telemetry.metrics_on_admin_listener = true;
+    })
+    .await;
+    let admin = app.state.edge.admin_listen.expect("bound");
+    assert_eq!(
+        app.get("/metrics").await.status(),
+        404,
+        "not on the public listener"
+    );
+    let private = app
+        .client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(private.status(), 200);
+    assert!(
+        private
+            .text()
+            .await
+            .expect("text")
+            .contains("conclave_build_info")
+    );
+}
+
 fn test_certificate(dir: &std::path::Path) -> (String, String) {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");

@@ -205,6 +205,24 @@ async fn the_gauges_behind_the_alerts_are_on_metrics() {
             "{wanted} on /metrics:\n{metrics}"
         );
     }
+    // Sign-ins by outcome.
+    app.create_user("ada@example.com", "correct horse battery staple", true)
+        .await;
+    for password in ["wrong wrong wrong wrong", "correct horse battery staple"] {
+        app.client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "email": "ada@example.com", "password": password }))
+            .send()
+            .await
+            .expect("sent");
+    }
+    let after = app.get("/metrics").await.text().await.expect("metrics");
+    for wanted in [
+        "logins_total{method=\"password\",outcome=\"invalid_credentials\"} 1",
+        "logins_total{method=\"password\",outcome=\"succeeded\"} 1",
+    ] {
+        assert!(after.lines().any(|l| l == wanted), "{wanted}:\n{after}");
+    }
     let free: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("data_dir_available_bytes "))
