@@ -285,6 +285,26 @@ fn provider_error(error: &ProviderError) -> HttpResponse {
     openai_error(status, "server_error", code, &error.to_string())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    summary = "OpenAI-compatible chat completion, for scripts and OpenAI SDKs (API token)",
+    description = "OpenAI's request shape: `model`, `messages` (roles system, developer, user, assistant; text content as a string or text parts), `stream`, `stream_options.include_usage`, `max_tokens` or `max_completion_tokens`, `temperature`. Authenticate with `Authorization: Bearer <Conclave API token>` (write scope). Errors use OpenAI's shape, `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`, so SDKs show them.",
+    request_body(content = Object, content_type = "application/json", example = json!({"model": "default", "messages": [{"role": "user", "content": "Hello"}], "stream": false})),
+    responses(
+        (status = 200, description = "A `chat.completion` object; with `stream: true`, `text/event-stream` of `chat.completion.chunk` objects ending with `data: [DONE]`", body = Object),
+        (status = 400, description = "Invalid request", body = Object),
+        (status = 401, description = "No or unknown API token", body = Object),
+        (status = 403, description = "The token may not write", body = Object),
+        (status = 404, description = "No such model", body = Object),
+        (status = 422, description = "The request cannot be answered (e.g. too long for the model)", body = Object),
+        (status = 429, description = "The daily quota is used up or too many requests; see Retry-After", body = Object),
+        (status = 502, description = "The provider failed", body = Object),
+        (status = 503, description = "No provider is available", body = Object),
+        (status = 504, description = "The provider did not answer in time", body = Object)
+    )
+)]
 async fn chat_completions(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -461,6 +481,16 @@ fn stream_answer(
         .streaming(body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    summary = "OpenAI-compatible model list (API token)",
+    responses(
+        (status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", \"created\", \"owned_by\", \"label\", \"tier\"}]}`", body = Object),
+        (status = 401, description = "No or unknown API token", body = Object)
+    )
+)]
 async fn list_models_openai(state: web::Data<AppState>, request: HttpRequest) -> HttpResponse {
     if let Err(response) = token_caller(&state, &request, false).await {
         return response;
@@ -643,5 +673,12 @@ pub(crate) async fn reload_audited(
 
 /// This module's part of the OpenAPI document (the `/v1` routes follow OpenAI's own spec).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list_models, my_usage, provider_status, reload))]
+#[openapi(paths(
+    chat_completions,
+    list_models_openai,
+    list_models,
+    my_usage,
+    provider_status,
+    reload
+))]
 pub struct ApiDoc;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::spawn_app;
 
-/// `(method, path)` of every `/api/v1` route registered in `src/` (`get("/api/v1/…", …)`,
+/// `(method, path)` of every `/api/v1` and `/v1` route registered in `src/` (`get("/api/v1/…", …)`,
 /// `resource("/api/v1/…").route(web::post()…)` and the admin area's `action(cfg, "/api/v1/…",
 /// …)` (a POST) calls).
 fn registered_routes() -> BTreeSet<(String, String)> {
@@ -27,13 +27,16 @@ fn registered_routes() -> BTreeSet<(String, String)> {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            for (kind, marker) in [
-                ("get", "get(\"/api/v1"),
-                ("resource", "resource(\"/api/v1"),
-                ("action", "action(cfg, \"/api/v1"),
+            for (kind, marker, prefix) in [
+                ("get", "get(\"/api/v1", "/api/v1"),
+                ("resource", "resource(\"/api/v1", "/api/v1"),
+                ("action", "action(cfg, \"/api/v1", "/api/v1"),
+                // The OpenAI-compatible API.
+                ("get", "get(\"/v1/", "/v1/"),
+                ("resource", "resource(\"/v1/", "/v1/"),
             ] {
                 for (at, _) in text.match_indices(marker) {
-                    let rest = &text[at + marker.len() - "/api/v1".len()..];
+                    let rest = &text[at + marker.len() - prefix.len()..];
                     let route = rest.split('"').next().unwrap().to_owned();
                     // The methods chained onto this resource, up to the next one.
                     let chain_end = [rest.find(".service("), rest.find(';')]
