@@ -139,3 +139,77 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         _file: file_guard,
     })
 }
+
+/// `traceparent` (and `tracestate`) for the current span, to send with an outgoing request, so
+/// the LLM provider, Revolut or Vault call joins this request's trace. Empty when traces are
+/// not exported (the global propagator is then a no-op).
+pub fn propagation_headers() -> reqwest::header::HeaderMap {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    struct Injector<'a>(&'a mut reqwest::header::HeaderMap);
+    impl opentelemetry::propagation::Injector for Injector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(key.as_bytes()),
+                reqwest::header::HeaderValue::from_str(&value),
+            ) {
+                self.0.insert(name, value);
+            }
+        }
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut Injector(&mut headers));
+    });
+    headers
+}
+
+/// The root span of every request: the default fields (request id, route, trace id) plus the
+/// caller's `user_id` and the `tenant_id` of workspace routes, recorded once known. Never
+/// secrets or bodies.
+pub struct RequestSpan;
+
+impl tracing_actix_web::RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        tracing_actix_web::root_span!(
+            request,
+            user_id = tracing::field::Empty,
+            tenant_id = tracing::field::Empty
+        )
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        if let Ok(response) = outcome
+            && let Some(tenant) = response
+                .request()
+                .match_info()
+                .get("tenant")
+                .and_then(|t| t.parse::<i64>().ok())
+        {
+            span.record("tenant_id", tenant);
+        }
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// Records the caller on the request's root span.
+pub fn record_user(request: &actix_web::HttpRequest, user_id: i64) {
+    use actix_web::HttpMessage as _;
+    if let Some(span) = request.extensions().get::<tracing_actix_web::RootSpan>() {
+        span.record("user_id", user_id);
+    }
+}
+
+/// Puts the span's OpenTelemetry trace id into its `trace_id` field, so log lines inside it
+/// carry it (requests get theirs from tracing-actix-web). Nothing when traces are not exported.
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", trace_id.to_string());
+    }
+}

@@ -49,6 +49,7 @@ impl AnthropicProvider {
         let request = self
             .client
             .request(method, format!("{}{path}", self.base_url))
+            .headers(crate::telemetry::propagation_headers())
             .header("anthropic-version", API_VERSION);
         match &self.api_key {
             Some(key) => request.header("x-api-key", key.expose_secret()),

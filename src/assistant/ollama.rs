@@ -49,6 +49,7 @@ impl LlmProvider for OllamaProvider {
         let response = super::send(
             self.client
                 .post(format!("{}/api/chat", self.base_url))
+                .headers(crate::telemetry::propagation_headers())
                 .json(&body),
             self.connect_timeout,
         )
@@ -64,6 +65,7 @@ impl LlmProvider for OllamaProvider {
         let response = self
             .client
             .get(format!("{}/api/tags", self.base_url))
+            .headers(crate::telemetry::propagation_headers())
             .timeout(self.connect_timeout)
             .send()
             .await

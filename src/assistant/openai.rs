@@ -41,6 +41,7 @@ impl OpenAiProvider {
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let request = request.headers(crate::telemetry::propagation_headers());
         match &self.api_key {
             Some(key) => request.bearer_auth(key.expose_secret()),
             None => request,

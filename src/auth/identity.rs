@@ -164,6 +164,9 @@ async fn lookup(request: &HttpRequest) -> Result<Option<Identity>, AppError> {
         return Ok(None);
     };
     let session = state.sessions.resolve(cookie.value()).await?;
+    if let Some(session) = &session {
+        crate::telemetry::record_user(request, session.user_id);
+    }
     Ok(session.map(|session| Identity { session }))
 }
 
@@ -237,6 +240,7 @@ impl FromRequest for Caller {
                         retry_after_secs: None,
                     });
                 }
+                crate::telemetry::record_user(&request, token.user_id);
                 return Ok(Caller {
                     user_id: token.user_id,
                     email: token.email.clone(),

@@ -137,6 +137,7 @@ impl RevolutProvider {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base_url))
+            .headers(crate::telemetry::propagation_headers())
             .bearer_auth(self.secret_key.expose_secret())
             .header("Revolut-Api-Version", &self.api_version)
             .header(reqwest::header::ACCEPT, "application/json")

@@ -181,6 +181,7 @@ impl VaultKeyProvider {
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
+                .headers(crate::telemetry::propagation_headers())
                 .header("X-Vault-Token", token.expose_secret())
                 .header("X-Vault-Request", "true");
             if let Some(namespace) = &self.namespace {

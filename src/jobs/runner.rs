@@ -160,7 +160,14 @@ impl Runner {
     }
 
     async fn execute(self: Arc<Self>, job: Job, _permit: OwnedSemaphorePermit) {
-        let span = tracing::info_span!("job", job.id = job.id, job.kind = %job.kind, job.attempt = job.attempt);
+        let span = tracing::info_span!(
+            "job",
+            job.id = job.id,
+            job.kind = %job.kind,
+            job.attempt = job.attempt,
+            trace_id = tracing::field::Empty
+        );
+        crate::telemetry::record_trace_id(&span);
         async move {
             let started = Instant::now();
             metrics::counter!("jobs_started_total", "kind" => job.kind.clone()).increment(1);

@@ -177,5 +177,7 @@ pub fn app(
         .wrap(Compress::default())
         .wrap(from_fn(security::headers))
         .wrap(from_fn(crate::metrics::track_requests))
-        .wrap(tracing_actix_web::TracingLogger::default())
+        .wrap(tracing_actix_web::TracingLogger::<
+            crate::telemetry::RequestSpan,
+        >::new())
 }

@@ -266,48 +266,187 @@ fn the_generated_key_is_kept_across_restarts() {
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), first);
 }
 
-#[test]
-fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
+/// A minimal OTLP/HTTP collector: answers every POST with 200 and hands over its path,
+/// content type and body.
+fn otlp_collector() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
     use std::io::{Read as _, Write as _};
-    // A minimal OTLP/HTTP receiver: accepts POSTs and records their path and content type.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (sender, received) = std::sync::mpsc::channel::<String>();
+    let (sender, received) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut stream = stream;
             stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buffer = vec![0u8; 1 << 20];
-            let n = stream.read(&mut buffer).unwrap_or(0);
-            let head = String::from_utf8_lossy(&buffer[..n]).to_lowercase();
+            let mut bytes = Vec::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            let (head, body) = loop {
+                let n = stream.read(&mut buffer).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), Vec::new());
+                }
+                bytes.extend_from_slice(&buffer[..n]);
+                if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&bytes[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while bytes.len() < end + 4 + length {
+                        let n = stream.read(&mut buffer).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        bytes.extend_from_slice(&buffer[..n]);
+                    }
+                    let body = bytes[end + 4..(end + 4 + length).min(bytes.len())].to_vec();
+                    break (head, body);
+                }
+            };
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = sender.send(head);
+            let _ = sender.send((head, body));
         }
     });
+    (endpoint, received)
+}
 
+/// Spans as the collector received them: (name, attributes as text).
+fn decoded_spans(body: &[u8]) -> Vec<(String, std::collections::BTreeMap<String, String>)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message as _;
+    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+    let mut spans = Vec::new();
+    for resource in request.resource_spans {
+        for scope in resource.scope_spans {
+            for span in scope.spans {
+                let mut attributes = std::collections::BTreeMap::new();
+                for kv in span.attributes {
+                    let value = match kv.value.and_then(|v| v.value) {
+                        Some(Any::StringValue(s)) => s,
+                        Some(Any::IntValue(i)) => i.to_string(),
+                        Some(Any::BoolValue(b)) => b.to_string(),
+                        Some(Any::DoubleValue(d)) => d.to_string(),
+                        _ => String::new(),
+                    };
+                    attributes.insert(kv.key, value);
+                }
+                attributes.insert(
+                    "trace_id".to_owned(),
+                    span.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+                );
+                spans.push((span.name, attributes));
+            }
+        }
+    }
+    spans
+}
+
+#[tokio::test]
+async fn request_and_job_spans_reach_an_otlp_collector_with_their_ids_and_no_secrets() {
+    let (endpoint, received) = otlp_collector();
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::new();
+    let password = "Umbrella-Quartz-7731-harbour";
+    let created = conclave(dir.path(), &db.url)
+        .args([
+            "user",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--password",
+            password,
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", stderr_of(&created));
     let mut command = conclave(dir.path(), &db.url);
-    command.env("CONCLAVE__TELEMETRY__OTLP_ENDPOINT", &endpoint);
+    command
+        .env("CONCLAVE__TELEMETRY__OTLP_ENDPOINT", &endpoint)
+        .env("CONCLAVE__CAPTCHA__ENABLED", "false");
     let mut server = serve(command);
-    for _ in 0..3 {
-        http_get(server.port, "/healthz");
-    }
+    let base = format!("http://127.0.0.1:{}", server.port);
+    conclave::crypto::install_tls_provider();
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let health = client
+        .get(format!("{base}/healthz"))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let signed_in = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": "ada@example.com", "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 200);
+    let me = client
+        .get(format!("{base}/api/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    // A sign-up queues the verification mail: a job, with a span of its own.
+    let signup = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&serde_json::json!({ "email": "grace@example.com", "password": "correct horse battery staple", "name": "Grace" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     // Spans are flushed at the latest on shutdown.
     Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     let _ = server.child.wait();
-    let request = received
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the collector received spans");
-    assert!(request.starts_with("post /v1/traces"), "{request}");
-    assert!(
-        request.contains("content-type: application/x-protobuf"),
-        "{request}"
+    let mut spans = Vec::new();
+    while let Ok((head, body)) = received.recv_timeout(Duration::from_secs(5)) {
+        assert!(head.starts_with("post /v1/traces"), "{head}");
+        assert!(
+            head.contains("content-type: application/x-protobuf"),
+            "{head}"
+        );
+        spans.extend(decoded_spans(&body));
+    }
+    let requests: Vec<&std::collections::BTreeMap<String, String>> = spans
+        .iter()
+        .filter(|(_, a)| a.contains_key("http.route"))
+        .map(|(_, a)| a)
+        .collect();
+    let health = requests
+        .iter()
+        .find(|a| a["http.route"] == "/healthz")
+        .unwrap_or_else(|| panic!("the /healthz span: {spans:?}"));
+    assert!(health.contains_key("request_id"));
+    assert_eq!(
+        health["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "an incoming traceparent is continued"
     );
+    let mine = requests
+        .iter()
+        .find(|a| a["http.route"] == "/api/v1/me")
+        .expect("the /api/v1/me span");
+    assert_eq!(
+        mine.get("user_id").map(String::as_str),
+        Some(me["id"].to_string().as_str())
+    );
+    let job = spans
+        .iter()
+        .find(|(name, a)| name == "job" && a.get("job.kind").is_some_and(|k| k.starts_with("mail")))
+        .unwrap_or_else(|| panic!("a job span: {spans:?}"));
+    assert!(job.1.contains_key("job.id"));
+    let everything = format!("{spans:?}");
+    assert!(!everything.contains(password), "no password in any span");
 }
 
 #[test]

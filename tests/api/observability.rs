@@ -231,3 +231,30 @@ async fn the_gauges_behind_the_alerts_are_on_metrics() {
         .expect("a number");
     assert!(free > 0.0);
 }
+
+#[test]
+fn outgoing_requests_carry_the_current_trace_as_traceparent() {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    // Not exporting traces: nothing is added.
+    assert!(conclave::telemetry::propagation_headers().is_empty());
+
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!("an assistant request");
+        let _entered = span.enter();
+        let headers = conclave::telemetry::propagation_headers();
+        let traceparent = headers["traceparent"].to_str().expect("ASCII");
+        let trace_id = span.context().span().span_context().trace_id().to_string();
+        assert!(
+            traceparent.starts_with(&format!("00-{trace_id}-")),
+            "{traceparent} continues {trace_id}"
+        );
+    });
+}
