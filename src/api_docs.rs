@@ -1,5 +1,11 @@
 //! The OpenAPI 3.1 document of the JSON API, generated from the handlers' `#[utoipa::path]`
-//! annotations (each module contributes its `ApiDoc`) and served at `/api/openapi.json`.
+//! annotations (each module contributes its `ApiDoc`) and served at `/api/openapi.json`, and
+//! `/docs`, the same document as a page.
+//!
+//! `/docs` is rendered on the server from the document rather than by a JavaScript viewer: the
+//! viewers (Swagger UI, Redoc, RapiDoc) need inline styles or `eval` that the pages' strict
+//! Content-Security-Policy refuses, and a server-rendered page works without JavaScript, like
+//! every other page. Tools take the JSON.
 
 use actix_web::HttpResponse;
 use utoipa::OpenApi as _;
@@ -71,4 +77,238 @@ pub async fn serve() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(json.clone())
+}
+
+#[derive(serde::Serialize)]
+struct Parameter {
+    name: String,
+    location: String,
+    required: bool,
+    kind: String,
+    description: String,
+}
+
+#[derive(serde::Serialize)]
+struct Response {
+    status: String,
+    description: String,
+    schema: String,
+}
+
+#[derive(serde::Serialize)]
+struct Operation {
+    /// An anchor: `post-api-v1-auth-login`.
+    id: String,
+    method: String,
+    path: String,
+    summary: String,
+    description: String,
+    parameters: Vec<Parameter>,
+    body: String,
+    responses: Vec<Response>,
+}
+
+#[derive(serde::Serialize)]
+struct Tag {
+    name: String,
+    description: String,
+    operations: Vec<Operation>,
+}
+
+#[derive(serde::Serialize)]
+struct Field {
+    name: String,
+    kind: String,
+    required: bool,
+    description: String,
+}
+
+#[derive(serde::Serialize)]
+struct Schema {
+    name: String,
+    description: String,
+    fields: Vec<Field>,
+}
+
+/// A schema's type for people: `string`, `integer | null`, `Problem`, `array of Device`.
+fn kind(schema: &serde_json::Value) -> String {
+    if let Some(reference) = schema["$ref"].as_str() {
+        return reference.rsplit('/').next().unwrap_or(reference).to_owned();
+    }
+    if let Some(options) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+        return options.iter().map(kind).collect::<Vec<_>>().join(" | ");
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        return all.iter().map(kind).collect::<Vec<_>>().join(" & ");
+    }
+    match &schema["type"] {
+        serde_json::Value::String(t) if t == "array" => {
+            format!("array of {}", kind(&schema["items"]))
+        }
+        serde_json::Value::String(t) => t.clone(),
+        serde_json::Value::Array(types) => types
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        _ if schema.is_object() && schema.as_object().is_some_and(|o| o.is_empty()) => {
+            "any".to_owned()
+        }
+        _ => "object".to_owned(),
+    }
+}
+
+fn text(value: &serde_json::Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+/// A description's Markdown (`code`, links) as safe HTML: the chat's sanitising renderer.
+fn prose(value: &serde_json::Value) -> String {
+    match value.as_str() {
+        Some(markdown) if !markdown.is_empty() => crate::chat::markdown::render(markdown),
+        _ => String::new(),
+    }
+}
+
+/// The document, arranged for the page: operations by tag, then the schemas.
+fn arranged() -> (Vec<Tag>, Vec<Schema>, String, String) {
+    let doc = serde_json::to_value(document()).unwrap_or_default();
+    let mut tags: Vec<Tag> = doc["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| Tag {
+            name: text(&t["name"]),
+            description: text(&t["description"]),
+            operations: Vec::new(),
+        })
+        .collect();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let Some(op) = item.get(method) else {
+                continue;
+            };
+            let parameters = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| Parameter {
+                    name: text(&p["name"]),
+                    location: text(&p["in"]),
+                    required: p["required"].as_bool().unwrap_or(false),
+                    kind: kind(&p["schema"]),
+                    description: prose(&p["description"]),
+                })
+                .collect();
+            let body = op["requestBody"]["content"]
+                .as_object()
+                .map(|content| {
+                    content
+                        .iter()
+                        .map(|(media, c)| format!("{} ({media})", kind(&c["schema"])))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let responses = op["responses"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(status, r)| Response {
+                    status: status.clone(),
+                    description: prose(&r["description"]),
+                    schema: r["content"]
+                        .as_object()
+                        .and_then(|c| c.values().next())
+                        .map(|c| kind(&c["schema"]))
+                        .unwrap_or_default(),
+                })
+                .collect();
+            let operation = Operation {
+                id: format!("{method}{}", path.replace(['/', '{', '}'], "-"))
+                    .replace("--", "-")
+                    .trim_end_matches('-')
+                    .to_owned(),
+                method: method.to_uppercase(),
+                path: path.clone(),
+                summary: text(&op["summary"]),
+                description: prose(&op["description"]),
+                parameters,
+                body,
+                responses,
+            };
+            let tag = op["tags"][0].as_str().unwrap_or("other").to_owned();
+            match tags.iter_mut().find(|t| t.name == tag) {
+                Some(found) => found.operations.push(operation),
+                None => tags.push(Tag {
+                    name: tag,
+                    description: String::new(),
+                    operations: vec![operation],
+                }),
+            }
+        }
+    }
+    tags.retain(|t| !t.operations.is_empty());
+    for tag in &mut tags {
+        tag.operations.sort_by(|a, b| {
+            (a.path.as_str(), a.method.as_str()).cmp(&(b.path.as_str(), b.method.as_str()))
+        });
+    }
+    let schemas = doc["components"]["schemas"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, schema)| {
+            let required: Vec<&str> = schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .collect();
+            Schema {
+                name: name.clone(),
+                description: text(&schema["description"]),
+                fields: schema["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(field, s)| Field {
+                        name: field.clone(),
+                        kind: kind(s),
+                        required: required.contains(&field.as_str()),
+                        description: prose(&s["description"]),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    (
+        tags,
+        schemas,
+        prose(&doc["info"]["description"]),
+        text(&doc["openapi"]),
+    )
+}
+
+/// `GET /docs`: the API reference as a page.
+pub async fn page(
+    state: actix_web::web::Data<crate::web::AppState>,
+    page: crate::web::pages::Page,
+) -> Result<HttpResponse, crate::error::AppError> {
+    let (tags, schemas, description, version) = arranged();
+    let mut context = page.context(&state);
+    context.insert("tags", &tags);
+    context.insert("schemas", &schemas);
+    context.insert("description", &description);
+    context.insert("openapi_version", &version);
+    context.insert(
+        "operation_count",
+        &tags.iter().map(|t| t.operations.len()).sum::<usize>(),
+    );
+    crate::web::pages::html(
+        &state,
+        "docs.html",
+        &context,
+        actix_web::http::StatusCode::OK,
+    )
 }

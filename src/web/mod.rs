@@ -107,6 +107,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/readyz", health::readyz))
         .service(get("/metrics", crate::metrics::render))
         .service(get("/api/openapi.json", crate::api_docs::serve))
+        .service(get("/docs", crate::api_docs::page))
         .service(get("/static/{path:.*}", assets::serve))
         .service(get("/sw.js", assets::service_worker))
         .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)))

@@ -104,6 +104,20 @@ async fn every_api_route_is_documented_and_every_documented_route_exists() {
         "documented routes that do not exist: {stale:?}"
     );
 
+    // /docs shows every documented operation, without signing in.
+    let page = app.get("/docs").await;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    for (method, path) in &documented {
+        let marker = format!(
+            "data-operation=\"{} {}\"",
+            method.to_uppercase(),
+            // Tera escapes `/` in attributes.
+            path.replace('/', "&#x2F;")
+        );
+        assert!(page.contains(&marker), "/docs shows {method} {path}");
+    }
+
     // Request bodies are described, e.g. the sign-up's captcha field.
     let signup = &doc["components"]["schemas"]["SignupRequest"];
     assert!(signup["properties"]["captcha"].is_object(), "{signup}");
