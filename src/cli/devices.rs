@@ -15,85 +15,91 @@ use crate::devices::simulator::{self, Options, Stats};
 #[derive(Debug, Subcommand)]
 pub enum DeviceAction {
     /// Run N simulated devices against a server: telemetry, commands, firmware updates.
-    Simulate {
-        /// The server, e.g. http://127.0.0.1:8080.
-        #[arg(long)]
-        url: String,
-        #[arg(long, default_value_t = 1)]
-        count: usize,
-        /// A one-time claim code (repeat for more devices); the tokens it yields are appended
-        /// to --token-file.
-        #[arg(long = "claim-code", value_name = "CODE")]
-        claim_codes: Vec<String>,
-        /// Device tokens, one per line (read first; claimed tokens are added).
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// Speak postcard (conclave.v1.bin) instead of JSON.
-        #[arg(long)]
-        binary: bool,
-        /// The firmware version the devices start with.
-        #[arg(long, default_value = "1.0.0")]
-        firmware: String,
-        /// Telemetry period in milliseconds (default: what the server says).
-        #[arg(long)]
-        interval_ms: Option<u64>,
-        /// Readings per batch.
-        #[arg(long, default_value_t = 3)]
-        readings: usize,
-        /// Distinct metrics the readings are spread over.
-        #[arg(long, default_value_t = 3)]
-        metrics: usize,
-        /// Stop after this many batches per device (once acknowledged).
-        #[arg(long)]
-        batches: Option<u64>,
-        /// Drop the connection without a close frame every N batches (a flaky network).
-        #[arg(long)]
-        disconnect_every: Option<u64>,
-        /// The firmware public key (FILE.pub from `conclave firmware keygen`): updates whose
-        /// signature it does not verify fail, as on a real device.
-        #[arg(long, value_name = "FILE")]
-        public_key: Option<PathBuf>,
-        /// New firmware "does not boot": devices roll back and report it.
-        #[arg(long)]
-        fail_updates: bool,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration_secs: Option<u64>,
-    },
+    Simulate(SimulateArgs),
     /// Write Wi-Fi credentials, the server and a claim code (or token) into a device running
     /// the Conclave firmware, over its serial console; then restart it.
-    Provision {
-        /// The device's serial port, e.g. /dev/ttyACM0 (built-in USB of the ESP32-C3/C6).
-        #[arg(long)]
-        port: String,
-        #[arg(long, default_value_t = 115_200)]
-        baud: u32,
-        #[arg(long)]
-        wifi_ssid: String,
-        /// The Wi-Fi passphrase (empty for an open network); better given in the environment.
-        #[arg(
-            long,
-            env = "CONCLAVE_WIFI_PASSWORD",
-            default_value = "",
-            hide_env_values = true
-        )]
-        wifi_password: String,
-        /// The server's public URL, e.g. https://conclave.example.com.
-        #[arg(long)]
-        server: String,
-        /// A claim code from the device page (exchanged for a token on first connect).
-        #[arg(long, conflicts_with = "token", required_unless_present = "token")]
-        claim_code: Option<String>,
-        /// A device token instead of a claim code.
-        #[arg(long, env = "CONCLAVE_DEVICE_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Keep the device running its old settings until it restarts.
-        #[arg(long)]
-        no_reboot: bool,
-        /// Seconds to wait for the device to answer (it may be booting).
-        #[arg(long, default_value_t = 15)]
-        timeout_secs: u64,
-    },
+    Provision(ProvisionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The server, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// A one-time claim code (repeat for more devices); the tokens it yields are appended
+    /// to --token-file.
+    #[arg(long = "claim-code", value_name = "CODE")]
+    claim_codes: Vec<String>,
+    /// Device tokens, one per line (read first; claimed tokens are added).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Speak postcard (conclave.v1.bin) instead of JSON.
+    #[arg(long)]
+    binary: bool,
+    /// The firmware version the devices start with.
+    #[arg(long, default_value = "1.0.0")]
+    firmware: String,
+    /// Telemetry period in milliseconds (default: what the server says).
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// Readings per batch.
+    #[arg(long, default_value_t = 3)]
+    readings: usize,
+    /// Distinct metrics the readings are spread over.
+    #[arg(long, default_value_t = 3)]
+    metrics: usize,
+    /// Stop after this many batches per device (once acknowledged).
+    #[arg(long)]
+    batches: Option<u64>,
+    /// Drop the connection without a close frame every N batches (a flaky network).
+    #[arg(long)]
+    disconnect_every: Option<u64>,
+    /// The firmware public key (FILE.pub from `conclave firmware keygen`): updates whose
+    /// signature it does not verify fail, as on a real device.
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
+    /// New firmware "does not boot": devices roll back and report it.
+    #[arg(long)]
+    fail_updates: bool,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration_secs: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// The device's serial port, e.g. /dev/ttyACM0 (built-in USB of the ESP32-C3/C6).
+    #[arg(long)]
+    port: String,
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    #[arg(long)]
+    wifi_ssid: String,
+    /// The Wi-Fi passphrase (empty for an open network); better given in the environment.
+    #[arg(
+        long,
+        env = "CONCLAVE_WIFI_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    wifi_password: String,
+    /// The server's public URL, e.g. https://conclave.example.com.
+    #[arg(long)]
+    server: String,
+    /// A claim code from the device page (exchanged for a token on first connect).
+    #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+    claim_code: Option<String>,
+    /// A device token instead of a claim code.
+    #[arg(long, env = "CONCLAVE_DEVICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Keep the device running its old settings until it restarts.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Seconds to wait for the device to answer (it may be booting).
+    #[arg(long, default_value_t = 15)]
+    timeout_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,7 +226,62 @@ pub fn firmware(action: FirmwareAction) -> ExitCode {
 }
 
 pub async fn device(action: DeviceAction) -> Result<(), (u8, anyhow::Error)> {
-    let (
+    match action {
+        DeviceAction::Provision(args) => provision(args).await,
+        DeviceAction::Simulate(args) => simulate(args).await,
+    }
+}
+
+async fn provision(args: ProvisionArgs) -> Result<(), (u8, anyhow::Error)> {
+    let ProvisionArgs {
+        port,
+        baud,
+        wifi_ssid,
+        wifi_password,
+        server,
+        claim_code,
+        token,
+        no_reboot,
+        timeout_secs,
+    } = args;
+    let record = crate::devices::provision::record(
+        &wifi_ssid,
+        &wifi_password,
+        &server,
+        claim_code.as_deref(),
+        token.as_deref(),
+    )
+    .map_err(|e| (exit::DATA, e))?;
+    let request = crate::devices::provision::Request {
+        port,
+        baud,
+        record,
+        reboot: !no_reboot,
+        timeout: Duration::from_secs(timeout_secs.max(1)),
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        crate::devices::provision::provision(&request).map(|p| (p, request))
+    })
+    .await
+    .map_err(|e| (exit::FAILURE, anyhow::anyhow!("{e}")))?;
+    let (provisioned, request) = done.map_err(|e| (exit::UNAVAILABLE, e))?;
+    println!(
+        "provisioned the device on {} ({}): it joins {:?} and connects to {}{}",
+        request.port,
+        provisioned.banner,
+        request.record.wifi_ssid.as_str(),
+        request.record.server_url.as_str(),
+        if request.reboot {
+            "; restarting it now"
+        } else {
+            " after its next restart"
+        }
+    );
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
+    let SimulateArgs {
         url,
         count,
         claim_codes,
@@ -235,85 +296,7 @@ pub async fn device(action: DeviceAction) -> Result<(), (u8, anyhow::Error)> {
         public_key,
         fail_updates,
         duration_secs,
-    ) = match action {
-        DeviceAction::Provision {
-            port,
-            baud,
-            wifi_ssid,
-            wifi_password,
-            server,
-            claim_code,
-            token,
-            no_reboot,
-            timeout_secs,
-        } => {
-            let record = crate::devices::provision::record(
-                &wifi_ssid,
-                &wifi_password,
-                &server,
-                claim_code.as_deref(),
-                token.as_deref(),
-            )
-            .map_err(|e| (exit::DATA, e))?;
-            let request = crate::devices::provision::Request {
-                port,
-                baud,
-                record,
-                reboot: !no_reboot,
-                timeout: Duration::from_secs(timeout_secs.max(1)),
-            };
-            let done = tokio::task::spawn_blocking(move || {
-                crate::devices::provision::provision(&request).map(|p| (p, request))
-            })
-            .await
-            .map_err(|e| (exit::FAILURE, anyhow::anyhow!("{e}")))?;
-            let (provisioned, request) = done.map_err(|e| (exit::UNAVAILABLE, e))?;
-            println!(
-                "provisioned the device on {} ({}): it joins {:?} and connects to {}{}",
-                request.port,
-                provisioned.banner,
-                request.record.wifi_ssid.as_str(),
-                request.record.server_url.as_str(),
-                if request.reboot {
-                    "; restarting it now"
-                } else {
-                    " after its next restart"
-                }
-            );
-            return Ok(());
-        }
-        DeviceAction::Simulate {
-            url,
-            count,
-            claim_codes,
-            token_file,
-            binary,
-            firmware,
-            interval_ms,
-            readings,
-            metrics,
-            batches,
-            disconnect_every,
-            public_key,
-            fail_updates,
-            duration_secs,
-        } => (
-            url,
-            count,
-            claim_codes,
-            token_file,
-            binary,
-            firmware,
-            interval_ms,
-            readings,
-            metrics,
-            batches,
-            disconnect_every,
-            public_key,
-            fail_updates,
-            duration_secs,
-        ),
-    };
+    } = args;
     if count == 0 {
         return Err((exit::DATA, anyhow::anyhow!("--count: at least 1")));
     }

@@ -126,7 +126,8 @@ async fn the_sign_up_and_reset_pages_carry_a_challenge_and_refuse_forms_without_
     for page in ["/signup", "/forgot"] {
         let html = app.get(page).await.text().await.unwrap();
         assert!(html.contains("data-captcha=\""), "{page}: {html}");
-        assert!(html.contains("/static/js/captcha.js"), "{page}");
+        // The widget script, by its content-hashed name.
+        assert!(html.contains("src=\"/static/js/captcha."), "{page}");
         assert!(
             html.contains("<noscript>"),
             "{page} explains why JavaScript is needed"

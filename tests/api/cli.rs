@@ -266,6 +266,31 @@ fn the_generated_key_is_kept_across_restarts() {
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), first);
 }
 
+/// `conclave serve` with `env`, after `conclave user create` made ada@example.com with
+/// `password`.
+fn serve_with_ada(
+    dir: &std::path::Path,
+    database_url: &str,
+    password: &str,
+    env: &[(&str, &str)],
+) -> Server {
+    let created = conclave(dir, database_url)
+        .args([
+            "user",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--password",
+            password,
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", stderr_of(&created));
+    let mut command = conclave(dir, database_url);
+    command.envs(env.iter().copied());
+    serve(command)
+}
+
 /// A minimal OTLP/HTTP collector: answers every POST with 200 and hands over its path,
 /// content type and body.
 fn otlp_collector() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
@@ -349,23 +374,15 @@ async fn request_and_job_spans_reach_an_otlp_collector_with_their_ids_and_no_sec
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::new();
     let password = "Umbrella-Quartz-7731-harbour";
-    let created = conclave(dir.path(), &db.url)
-        .args([
-            "user",
-            "create",
-            "--email",
-            "ada@example.com",
-            "--password",
-            password,
-        ])
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{}", stderr_of(&created));
-    let mut command = conclave(dir.path(), &db.url);
-    command
-        .env("CONCLAVE__TELEMETRY__OTLP_ENDPOINT", &endpoint)
-        .env("CONCLAVE__CAPTCHA__ENABLED", "false");
-    let mut server = serve(command);
+    let mut server = serve_with_ada(
+        dir.path(),
+        &db.url,
+        password,
+        &[
+            ("CONCLAVE__TELEMETRY__OTLP_ENDPOINT", endpoint.as_str()),
+            ("CONCLAVE__CAPTCHA__ENABLED", "false"),
+        ],
+    );
     let base = format!("http://127.0.0.1:{}", server.port);
     conclave::crypto::install_tls_provider();
     let client = reqwest::Client::builder()
@@ -551,23 +568,16 @@ async fn logs_go_to_daily_files_and_never_hold_passwords_tokens_or_message_bodie
     let db = TestDatabase::new();
     let logs = dir.path().join("logs");
     let password = "Umbrella-Quartz-7731-harbour";
-    let created = conclave(dir.path(), &db.url)
-        .args([
-            "user",
-            "create",
-            "--email",
-            "ada@example.com",
-            "--password",
-            password,
-        ])
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{}", stderr_of(&created));
-    let mut command = conclave(dir.path(), &db.url);
-    command
-        .env("CONCLAVE__TELEMETRY__LOG_DIR", &logs)
-        .env("CONCLAVE__TELEMETRY__LOG_FILTER", "debug");
-    let mut server = serve(command);
+    let logs_dir = logs.display().to_string();
+    let mut server = serve_with_ada(
+        dir.path(),
+        &db.url,
+        password,
+        &[
+            ("CONCLAVE__TELEMETRY__LOG_DIR", logs_dir.as_str()),
+            ("CONCLAVE__TELEMETRY__LOG_FILTER", "debug"),
+        ],
+    );
     let base = format!("http://127.0.0.1:{}", server.port);
     conclave::crypto::install_tls_provider();
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());

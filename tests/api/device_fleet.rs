@@ -56,20 +56,25 @@ async fn provision(team: &Team, names: &[&str], tags: &[&str]) -> Vec<(i64, Stri
     .expect("claimed");
     let mut out = Vec::new();
     for token in tokens {
-        let me: Value = team
-            .app
-            .client
-            .get(team.app.url("/api/v1/device"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
-        out.push((me["device_id"].as_i64().expect("id"), token));
+        out.push((device_id(team, &token).await, token));
     }
     out
+}
+
+/// The registry id of the device a token belongs to (`GET /api/v1/device`).
+pub(crate) async fn device_id(team: &Team, token: &str) -> i64 {
+    let me: Value = team
+        .app
+        .client
+        .get(team.app.url("/api/v1/device"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    me["device_id"].as_i64().expect("id")
 }
 
 fn fleet(app: &TestApp, tokens: Vec<String>) -> Options {

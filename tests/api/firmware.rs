@@ -19,7 +19,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::device_fleet::{claim_code, command_status, fleet_team, hex, json_of};
+use crate::device_fleet::{claim_code, command_status, device_id, fleet_team, hex, json_of};
 use crate::helpers::Team;
 
 type DeviceLink = Link<8, 2>;
@@ -114,18 +114,7 @@ async fn the_firmware_link_claims_buffers_offline_and_loses_nothing_across_a_dro
         }
         other => panic!("a used claim code is refused, got {other:?}"),
     }
-    let me: Value = team
-        .app
-        .client
-        .get(team.app.url("/api/v1/device"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    let id = me["device_id"].as_i64().expect("id");
+    let id = device_id(&team, &token).await;
 
     // Ten readings a second apart while the network is down (the device has been up for two
     // minutes): the buffer holds eight batches, so the two oldest (four readings) are dropped
@@ -244,19 +233,7 @@ async fn the_firmware_link_runs_commands_once_and_answers_them() {
         l.state() == State::Online
     })
     .await;
-    let id: i64 = team
-        .app
-        .client
-        .get(team.app.url("/api/v1/device"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent")
-        .json::<Value>()
-        .await
-        .expect("json")["device_id"]
-        .as_i64()
-        .expect("id");
+    let id: i64 = device_id(&team, &token).await;
     let posted = team
         .carl
         .post(
@@ -374,19 +351,7 @@ async fn an_update_is_verified_on_the_device_then_confirmed_or_rolled_back_by_th
     for name in ["good", "bad"] {
         let code = claim_code(&team, name, &["lab"]).await;
         let token = claim(&team, &code).await.expect("token");
-        let id = team
-            .app
-            .client
-            .get(team.app.url("/api/v1/device"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("sent")
-            .json::<Value>()
-            .await
-            .expect("json")["device_id"]
-            .as_i64()
-            .expect("id");
+        let id = device_id(&team, &token).await;
         devices.push((id, token));
     }
     let created = team
@@ -718,19 +683,7 @@ async fn the_firmware_websocket_client_greets_sends_and_closes_cleanly() {
         .await
         .expect("the server answers the close");
 
-    let id = team
-        .app
-        .client
-        .get(team.app.url("/api/v1/device"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent")
-        .json::<Value>()
-        .await
-        .expect("json")["device_id"]
-        .as_i64()
-        .expect("id");
+    let id = device_id(&team, &token).await;
     let raw = json_of(
         &team,
         &format!("/api/v1/devices/{id}/telemetry?metric=adc_mv"),

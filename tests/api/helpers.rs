@@ -212,33 +212,21 @@ impl TestApp {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
-        let mut settings = (*self.state.settings).clone();
-        settings.server.listen = "127.0.0.1:0".parse().expect("address");
         let url = secrecy::ExposeSecret::expose_secret(
-            settings
+            self.state
+                .settings
                 .database
                 .url
                 .as_ref()
                 .expect("test nodes have a database URL"),
         )
         .to_owned();
-        let shared = TestDatabase {
+        self.node_on(TestDatabase {
             url,
             _dir: None,
             _pg: None,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (node, running) = launch(
-            settings,
-            Seams::default(),
-            async {
-                let _ = stopped.await;
-            },
-            shared,
-            tempfile::tempdir().expect("temp dir"),
-        )
-        .await;
-        (node, stop, running)
+        })
+        .await
     }
 
     /// A node with this node's settings and data directory (so the same keys) on another
