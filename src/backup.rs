@@ -740,7 +740,7 @@ mod tests {
                 let at = Utc
                     .with_ymd_and_hms(2026, 11, 30, hour, 0, 0)
                     .single()
-                    .unwrap()
+                    .expect("a valid time")
                     - chrono::TimeDelta::days(day);
                 backups.push((format!("b-{day:02}-{hour:02}"), at));
             }

@@ -267,9 +267,9 @@ mod tests {
     #[test]
     fn hashed_names_resolve_to_their_files() {
         let hashed = url("css/conclave.css");
-        let requested = hashed.strip_prefix("/static/").unwrap();
+        let requested = hashed.strip_prefix("/static/").expect("a /static/ URL");
         assert_ne!(requested, "css/conclave.css");
-        let (file, hash) = resolve(requested).unwrap();
+        let (file, hash) = resolve(requested).expect("the hashed name resolves");
         assert_eq!(file, "css/conclave.css");
         assert_eq!(hash.as_deref().map(str::len), Some(8));
         assert_eq!(
@@ -278,7 +278,7 @@ mod tests {
         );
         let (vendor, _) =
             resolve(url("vendor/highlight/highlight.min.js").trim_start_matches("/static/"))
-                .unwrap();
+                .expect("a vendored file resolves");
         assert_eq!(vendor, "vendor/highlight/highlight.min.js");
         assert_eq!(resolve("css/conclave.zzzzzzzz.css"), None);
         assert_eq!(resolve("css/missing.0123abcd.css"), None);

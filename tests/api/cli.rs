@@ -291,6 +291,18 @@ fn serve_with_ada(
     serve(command)
 }
 
+/// Ada signs in over the JSON API; the status of the answer.
+async fn sign_in_ada(client: &reqwest::Client, base: &str, password: &str) -> u16 {
+    client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": "ada@example.com", "password": password }))
+        .send()
+        .await
+        .expect("sent")
+        .status()
+        .as_u16()
+}
+
 /// A minimal OTLP/HTTP collector: answers every POST with 200 and hands over its path,
 /// content type and body.
 fn otlp_collector() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
@@ -397,13 +409,7 @@ async fn request_and_job_spans_reach_an_otlp_collector_with_their_ids_and_no_sec
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let signed_in = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({ "email": "ada@example.com", "password": password }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 200);
+    assert_eq!(sign_in_ada(&client, &base, password).await, 200);
     let me = client
         .get(format!("{base}/api/v1/me"))
         .send()
@@ -586,20 +592,11 @@ async fn logs_go_to_daily_files_and_never_hold_passwords_tokens_or_message_bodie
         .build()
         .unwrap();
 
-    let wrong = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({ "email": "ada@example.com", "password": "Wrong-Lantern-4410-moss" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let signed_in = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({ "email": "ada@example.com", "password": password }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 200);
+    assert_eq!(
+        sign_in_ada(&client, &base, "Wrong-Lantern-4410-moss").await,
+        401
+    );
+    assert_eq!(sign_in_ada(&client, &base, password).await, 200);
     use reqwest::cookie::CookieStore as _;
     let cookies = jar
         .cookies(&base.parse().unwrap())
