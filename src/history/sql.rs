@@ -568,7 +568,7 @@ fn newest_matches(
     wanted: usize,
 ) -> Result<Vec<Row>, HistoryError> {
     let newest: Option<i64> = match before {
-        Some(before) => Some(before - 1),
+        Some(before) => Some(before.saturating_sub(1)),
         None => messages::table
             .select(diesel::dsl::max(messages::id))
             .first(conn)?,

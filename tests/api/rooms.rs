@@ -755,6 +755,17 @@ async fn search_walks_back_through_a_long_history_for_rare_words_and_pages_on() 
         ]
     );
     assert_eq!(rest.len(), 10 + 4);
+    // A cursor before the first possible id finds nothing (it once overflowed: a 500).
+    for before in ["1", "0", "-9223372036854775808"] {
+        let (status, nothing) = get(
+            &ada,
+            &app,
+            &format!("/api/v1/search?q=carpenter&before={before}"),
+        )
+        .await;
+        assert_eq!(status, 200, "before={before}");
+        assert_eq!(nothing["results"], serde_json::json!([]), "before={before}");
+    }
     // A filter narrows the walk without losing the old match.
     assert_eq!(
         search(format!("q=walrus&room={general}")).await,
