@@ -58,6 +58,26 @@ fn describe() {
         "HTTP request latency by method, route template and status."
     );
     metrics::describe_gauge!("db_pool_connections", "Open database connections.");
+    for (name, help) in [
+        ("tenant_members", "Members of a workspace."),
+        ("tenant_rooms", "Rooms of a workspace (archived ones too)."),
+        ("tenant_devices", "Registered devices of a workspace."),
+        (
+            "tenant_devices_seen_recently",
+            "Devices of a workspace heard from in the last 15 minutes.",
+        ),
+        (
+            "tenant_assistant_requests_today",
+            "Assistant requests a workspace made today (UTC), as metered for its quota.",
+        ),
+        (
+            "tenant_assistant_tokens_today",
+            "Assistant tokens a workspace used today (UTC), as metered for its quota.",
+        ),
+        ("tenant_credits", "A workspace's credit balance."),
+    ] {
+        metrics::describe_gauge!(name, help);
+    }
     metrics::describe_gauge!("jobs_in_state", "Jobs queued, running and dead, by state.");
     metrics::describe_gauge!(
         "jobs_oldest_due_seconds",
@@ -246,6 +266,136 @@ async fn publish_states(state: &AppState) {
     }
 }
 
+/// One workspace's figures for `/metrics`.
+#[derive(Default)]
+struct TenantFigures {
+    slug: String,
+    members: i64,
+    rooms: i64,
+    devices: i64,
+    devices_seen: i64,
+    requests_today: i64,
+    tokens_today: i64,
+    credits: i64,
+}
+
+/// Per-workspace levels (`tenant_*{tenant}`, labelled with the slug) for the per-tenant
+/// dashboard, read at scrape time with one grouped query per table, for at most
+/// `telemetry.tenant_metrics_limit` workspaces (the oldest), so the series stay bounded.
+async fn publish_tenants(state: &AppState) {
+    use crate::schema::{credit_entries, devices, memberships, rooms, tenants, usage_daily};
+    use diesel::prelude::*;
+    let limit = state.settings.telemetry.tenant_metrics_limit;
+    if limit == 0 {
+        return;
+    }
+    let read = state
+        .db
+        .run(move |conn| {
+            let listed: Vec<(i64, String)> = tenants::table
+                .order(tenants::id)
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .select((tenants::id, tenants::slug))
+                .load(conn)?;
+            let ids: Vec<i64> = listed.iter().map(|(id, _)| *id).collect();
+            let count = |rows: Vec<(i64, i64)>| -> std::collections::HashMap<i64, i64> {
+                rows.into_iter().collect()
+            };
+            let members = count(
+                memberships::table
+                    .filter(memberships::tenant_id.eq_any(&ids))
+                    .group_by(memberships::tenant_id)
+                    .select((memberships::tenant_id, diesel::dsl::count_star()))
+                    .load(conn)?,
+            );
+            let rooms = count(
+                rooms::table
+                    .filter(rooms::tenant_id.eq_any(&ids))
+                    .group_by(rooms::tenant_id)
+                    .select((rooms::tenant_id, diesel::dsl::count_star()))
+                    .load(conn)?,
+            );
+            let fleet = count(
+                devices::table
+                    .filter(devices::tenant_id.eq_any(&ids))
+                    .group_by(devices::tenant_id)
+                    .select((devices::tenant_id, diesel::dsl::count_star()))
+                    .load(conn)?,
+            );
+            let recently = chrono::Utc::now().naive_utc() - chrono::TimeDelta::minutes(15);
+            let seen = count(
+                devices::table
+                    .filter(devices::tenant_id.eq_any(&ids))
+                    .filter(devices::last_seen_at.ge(recently))
+                    .group_by(devices::tenant_id)
+                    .select((devices::tenant_id, diesel::dsl::count_star()))
+                    .load(conn)?,
+            );
+            let today = chrono::Utc::now().date_naive().to_string();
+            let usage: std::collections::HashMap<i64, (i64, i64)> = usage_daily::table
+                .filter(usage_daily::tenant_id.eq_any(&ids))
+                .filter(usage_daily::day.eq(today))
+                .select((
+                    usage_daily::tenant_id,
+                    usage_daily::requests,
+                    usage_daily::tokens,
+                ))
+                .load::<(i64, i64, i64)>(conn)?
+                .into_iter()
+                .map(|(tenant, requests, tokens)| (tenant, (requests, tokens)))
+                .collect();
+            // The balance is the newest ledger entry's.
+            let newest: Vec<Option<i64>> = credit_entries::table
+                .filter(credit_entries::tenant_id.eq_any(&ids))
+                .group_by(credit_entries::tenant_id)
+                .select(diesel::dsl::max(credit_entries::id))
+                .load(conn)?;
+            let credits = count(
+                credit_entries::table
+                    .filter(credit_entries::id.eq_any(newest.into_iter().flatten()))
+                    .select((credit_entries::tenant_id, credit_entries::balance_after))
+                    .load(conn)?,
+            );
+            let figures: Vec<TenantFigures> = listed
+                .into_iter()
+                .map(|(id, slug)| {
+                    let (requests_today, tokens_today) = usage.get(&id).copied().unwrap_or((0, 0));
+                    TenantFigures {
+                        slug,
+                        members: members.get(&id).copied().unwrap_or(0),
+                        rooms: rooms.get(&id).copied().unwrap_or(0),
+                        devices: fleet.get(&id).copied().unwrap_or(0),
+                        devices_seen: seen.get(&id).copied().unwrap_or(0),
+                        requests_today,
+                        tokens_today,
+                        credits: credits.get(&id).copied().unwrap_or(0),
+                    }
+                })
+                .collect();
+            Ok::<_, crate::db::DbError>(figures)
+        })
+        .await;
+    match read {
+        Ok(figures) => {
+            for t in figures {
+                let tenant = t.slug;
+                for (name, value) in [
+                    ("tenant_members", t.members),
+                    ("tenant_rooms", t.rooms),
+                    ("tenant_devices", t.devices),
+                    ("tenant_devices_seen_recently", t.devices_seen),
+                    ("tenant_assistant_requests_today", t.requests_today),
+                    ("tenant_assistant_tokens_today", t.tokens_today),
+                    ("tenant_credits", t.credits),
+                ] {
+                    metrics::gauge!(name, "tenant" => tenant.clone()).set(value as f64);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the workspaces' figures for /metrics"),
+    }
+}
+
 /// Free and total bytes of the data directory's filesystem (SQLite, backups, keys).
 fn publish_disk(data_dir: &std::path::Path) {
     if let Ok(stats) = rustix::fs::statvfs(data_dir) {
@@ -276,6 +426,7 @@ pub async fn render(
     }
     publish_jobs(&state).await;
     publish_states(&state).await;
+    publish_tenants(&state).await;
     publish_disk(&state.settings.data_dir);
     let pool = state.db.pool_stats();
     metrics::gauge!("db_pool_connections").set(f64::from(pool.connections));

@@ -1049,6 +1049,9 @@ pub struct TelemetrySettings {
     pub log_retention_days: usize,
     /// Answer `/metrics` only on `server.admin_listen` (404 on the public listener).
     pub metrics_on_admin_listener: bool,
+    /// Workspaces with their own `tenant_*` series on `/metrics` (the oldest first); a bound
+    /// on the series a large installation exports. 0 switches per-workspace metrics off.
+    pub tenant_metrics_limit: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -1171,6 +1174,7 @@ impl Default for TelemetrySettings {
             log_dir: None,
             log_retention_days: 14,
             metrics_on_admin_listener: false,
+            tenant_metrics_limit: 200,
         }
     }
 }

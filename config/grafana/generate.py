@@ -12,7 +12,7 @@ def panel(pid, title, exprs, x, y, w=12, h=8, kind="timeseries", unit=None, desc
          "options": {}}
     if desc: p["description"] = desc
     return p
-def dashboard(uid, title, rows, desc):
+def dashboard(uid, title, rows, desc, extra_vars=()):
     panels = []
     pid = 1
     y = 0
@@ -32,11 +32,12 @@ def dashboard(uid, title, rows, desc):
             {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus", "current": {}},
             {"name": "instance", "type": "query", "datasource": DS, "query": "label_values(conclave_build_info, instance)",
              "refresh": 2, "includeAll": True, "multi": True, "current": {}, "label": "Node"},
-        ]},
+        ] + list(extra_vars)},
         "annotations": {"list": []},
         "panels": panels,
     }
 I = 'instance=~"$instance"'
+T = 'tenant=~"$tenant"'
 dashboards = {
  "overview": ("conclave-overview", "Conclave · overview", "Requests, errors, latency, jobs, database, disk and backups.", [
    [("Requests per second by status", [(f'sum by (status) (rate(http_requests_total{{{I}}}[5m]))', "{{status}}")], "reqps", "timeseries"),
@@ -86,10 +87,24 @@ dashboards = {
     ("Orders completed", [(f'sum(increase(billing_orders_completed_total{{{I}}}[1h]))', "per hour")], "short", "timeseries"),
     ("Quota refusals (429)", [(f'sum(rate(billing_quota_refusals_total{{{I}}}[5m]))', "refused")], "ops", "timeseries")],
  ]),
+ # Per workspace: levels every node reads from the shared database (so `max`, not `sum`),
+ # for the workspaces telemetry.tenant_metrics_limit admits.
+ "tenants": ("conclave-tenants", "Conclave · workspaces", "Per workspace: members, rooms, devices, assistant use against the quota, credits.", [
+   [("Members", [(f'max by (tenant) (tenant_members{{{I},{T}}})', "{{tenant}}")], "short", "timeseries"),
+    ("Rooms", [(f'max by (tenant) (tenant_rooms{{{I},{T}}})', "{{tenant}}")], "short", "timeseries")],
+   [("Assistant requests today", [(f'max by (tenant) (tenant_assistant_requests_today{{{I},{T}}})', "{{tenant}}")], "short", "timeseries"),
+    ("Assistant tokens today", [(f'max by (tenant) (tenant_assistant_tokens_today{{{I},{T}}})', "{{tenant}}")], "short", "timeseries")],
+   [("Devices heard from (15 min) / registered", [(f'max by (tenant) (tenant_devices_seen_recently{{{I},{T}}})', "{{tenant}} seen"), (f'max by (tenant) (tenant_devices{{{I},{T}}})', "{{tenant}} registered")], "short", "timeseries"),
+    ("Credit balance", [(f'max by (tenant) (tenant_credits{{{I},{T}}})', "{{tenant}}")], "short", "timeseries")],
+   [("Busiest workspaces (tokens today)", [(f'topk(10, max by (tenant) (tenant_assistant_tokens_today{{{I}}}))', "{{tenant}}")], "short", "table")],
+ ]),
 }
+TENANT_VAR = {"name": "tenant", "type": "query", "datasource": DS, "query": "label_values(tenant_members, tenant)",
+              "refresh": 2, "includeAll": True, "multi": True, "current": {}, "label": "Workspace"}
 os.makedirs("dashboards", exist_ok=True)
 for name, (uid, title, desc, rows) in dashboards.items():
     with open(f"dashboards/{name}.json", "w") as f:
-        json.dump(dashboard(uid, title, rows, desc), f, indent=2)
+        extra = [TENANT_VAR] if name == "tenants" else []
+        json.dump(dashboard(uid, title, rows, desc, extra), f, indent=2)
         f.write("\n")
 print("ok")

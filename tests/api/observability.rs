@@ -131,7 +131,14 @@ fn the_dashboards_are_grafana_json_with_valid_queries_on_metrics_that_exist() {
     let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["assistant", "billing", "devices", "overview", "realtime"]
+        [
+            "assistant",
+            "billing",
+            "devices",
+            "overview",
+            "realtime",
+            "tenants"
+        ]
     );
     let mut all = Vec::new();
     let mut uids = BTreeSet::new();
@@ -220,6 +227,11 @@ async fn the_gauges_behind_the_alerts_are_on_metrics() {
     for wanted in [
         "logins_total{method=\"password\",outcome=\"invalid_credentials\"} 1",
         "logins_total{method=\"password\",outcome=\"succeeded\"} 1",
+        // The per-workspace dashboard's levels, by the workspace's slug.
+        "tenant_members{tenant=\"default\"} 1",
+        "tenant_rooms{tenant=\"default\"} 0",
+        "tenant_devices{tenant=\"default\"} 0",
+        "tenant_assistant_tokens_today{tenant=\"default\"} 0",
     ] {
         assert!(after.lines().any(|l| l == wanted), "{wanted}:\n{after}");
     }
