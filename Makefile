@@ -1,15 +1,15 @@
 # `make test` is what CI runs (.ci/run) and what a developer runs before pushing: formatting,
 # clippy, the device protocol and logic on the host, the firmware for both chips, the
-# integration suite on SQLite and on PostgreSQL, and the Chromium tests. It installs
-# what it needs (scripts/ensure-tools.sh) and starts a throwaway PostgreSQL cluster unless
-# TEST_DATABASE_URL is given. Every server target uses the one dev profile, so nothing builds
+# integration suite on SQLite and on PostgreSQL, the Chromium tests, and schemathesis against
+# the OpenAPI document. It installs what it needs (scripts/ensure-tools.sh) and starts a
+# throwaway PostgreSQL cluster unless TEST_DATABASE_URL is given. Every server target uses the one dev profile, so nothing builds
 # twice; the firmware is built in release mode, as it is flashed.
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 CARGO_TEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
 
-.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser protocol firmware run bench
+.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser test-api-conformance protocol firmware run bench
 
 # The firmware's workspace (firmware/): the wire protocol and the device logic are tested on the
 # host from here (the host target; their artefacts share target/); the ESP32 application is
@@ -57,7 +57,7 @@ firmware:
 	scripts/firmware-size.sh $(C3_ELF) esp32c3
 	scripts/firmware-size.sh $(C6_ELF) esp32c6
 
-suites: build test-sqlite test-postgres test-browser
+suites: build test-sqlite test-postgres test-browser test-api-conformance
 
 test-sqlite:
 	TEST_BACKEND=sqlite $(CARGO_TEST)
@@ -69,6 +69,12 @@ test-postgres:
 test-browser: build
 	scripts/browser-test.sh sqlite
 	scripts/browser-test.sh postgres
+
+# schemathesis against a live server on each backend: generated input for every operation of
+# /api/openapi.json; no 5xx, and every answer as the document describes it.
+test-api-conformance: build
+	scripts/api-conformance.sh sqlite
+	scripts/api-conformance.sh postgres
 
 run:
 	cargo run

@@ -67,3 +67,11 @@ if ! python3 -c 'import openai, mockllm' >/dev/null 2>&1; then
   echo "ensure-tools: installing the openai and mockllm Python packages"
   python3 -m pip install --quiet --disable-pip-version-check openai mockllm
 fi
+
+# schemathesis feeds every operation of the OpenAPI document generated input
+# (scripts/api-conformance.sh); pinned, as its checks change between versions.
+SCHEMATHESIS_VERSION=4.32.5
+if [ "$(schemathesis --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ]; then
+  echo "ensure-tools: installing schemathesis $SCHEMATHESIS_VERSION"
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi

@@ -36,6 +36,144 @@ use utoipa::OpenApi as _;
 )]
 struct Root;
 
+/// Errors any operation may answer, whatever it does: the problem documents the shared layers
+/// (authentication, the edge's rate limits, the database pool) produce. `document()` adds each
+/// to every operation it applies to unless the operation describes that status itself, so
+/// tools (schemathesis, client generators) know every status the API can send; `/docs` lists
+/// them once instead of under every operation.
+pub const COMMON_ERRORS: &[(&str, &str, Applies)] = &[
+    (
+        "400",
+        "The request is invalid: the path, a field, the query string or the body; `detail` \
+         says which.",
+        Applies::Always,
+    ),
+    (
+        "401",
+        "Not signed in: no session, or the API token is unknown, expired or revoked.",
+        Applies::Always,
+    ),
+    (
+        "403",
+        "Signed in, but not allowed: the role, the token's scopes or the edge policy refuses.",
+        Applies::Always,
+    ),
+    (
+        "404",
+        "Nothing with that id, or nothing the caller may see (other workspaces' ids are \
+         indistinguishable from missing ones).",
+        Applies::WithInput,
+    ),
+    (
+        "413",
+        "The body is larger than the configured limit.",
+        Applies::WithBody,
+    ),
+    (
+        "415",
+        "The body's Content-Type is not the one the operation takes.",
+        Applies::WithBody,
+    ),
+    (
+        "429",
+        "Too many requests: a rate limit or quota; `Retry-After` says when to retry.",
+        Applies::Always,
+    ),
+    (
+        "503",
+        "A dependency (the database) is busy or unreachable; retry after `Retry-After` seconds.",
+        Applies::Always,
+    ),
+];
+
+/// Which operations a common error applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Applies {
+    Always,
+    /// Operations that take ids or other input: path or query parameters, or a body.
+    WithInput,
+    WithBody,
+}
+
+fn add_common_errors(operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let parameters_in = |place: ParameterIn| {
+        operation.parameters.iter().flatten().any(|p| match p {
+            RefOr::T(p) => p.parameter_in == place,
+            RefOr::Ref(_) => false,
+        })
+    };
+    let has_body = operation.request_body.is_some();
+    let has_query = parameters_in(ParameterIn::Query);
+    let has_path = parameters_in(ParameterIn::Path);
+    for (status, description, applies) in COMMON_ERRORS {
+        let applies = match applies {
+            Applies::Always => true,
+            Applies::WithInput => has_body || has_query || has_path,
+            Applies::WithBody => has_body,
+        };
+        if !applies || operation.responses.responses.contains_key(*status) {
+            continue;
+        }
+        let response = ResponseBuilder::new()
+            .description(*description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        operation
+            .responses
+            .responses
+            .insert((*status).to_owned(), RefOr::T(response));
+    }
+}
+
+/// A string that is one of `values`, for fields whose values are checked by hand.
+fn one_of(values: &[&str]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
+
+/// A threshold rule's comparison (`#[schema(schema_with = …)]`).
+pub fn above_or_below() -> utoipa::openapi::Object {
+    one_of(&["above", "below"])
+}
+
+/// A staff role to give, or `none` to take staff access away.
+pub fn staff_role_or_none() -> utoipa::openapi::Object {
+    one_of(&["owner", "admin", "operator", "viewer", "none"])
+}
+
+/// What an edge agent reports after applying a policy.
+pub fn agent_status() -> utoipa::openapi::Object {
+    one_of(&["applied", "check_failed", "error"])
+}
+
+/// A credit adjustment: any integer but zero.
+pub fn nonzero_integer() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, OneOfBuilder, SchemaFormat, Type};
+    let side = |bound: utoipa::openapi::ObjectBuilder| {
+        bound
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .build()
+    };
+    OneOfBuilder::new()
+        .item(side(utoipa::openapi::ObjectBuilder::new().minimum(Some(1))))
+        .item(side(
+            utoipa::openapi::ObjectBuilder::new().maximum(Some(-1)),
+        ))
+        .description(Some("Positive adds, negative takes away; not zero"))
+        .build()
+        .into()
+}
+
 /// The whole document.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = Root::openapi();
@@ -66,6 +204,20 @@ pub fn document() -> utoipa::openapi::OpenApi {
         crate::web::client_errors::ApiDoc::openapi(),
     ] {
         doc.merge(part);
+    }
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            add_common_errors(operation);
+        }
     }
     doc
 }
@@ -170,6 +322,13 @@ fn prose(value: &serde_json::Value) -> String {
     }
 }
 
+/// A response `add_common_errors` added (the page lists those once, at the top).
+fn is_common_error(status: &str, response: &serde_json::Value) -> bool {
+    COMMON_ERRORS
+        .iter()
+        .any(|(code, description, _)| *code == status && response["description"] == *description)
+}
+
 /// The document, arranged for the page: operations by tag, then the schemas.
 fn arranged() -> (Vec<Tag>, Vec<Schema>, String, String) {
     let doc = serde_json::to_value(document()).unwrap_or_default();
@@ -214,6 +373,7 @@ fn arranged() -> (Vec<Tag>, Vec<Schema>, String, String) {
                 .as_object()
                 .into_iter()
                 .flatten()
+                .filter(|(status, r)| !is_common_error(status, r))
                 .map(|(status, r)| Response {
                     status: status.clone(),
                     description: prose(&r["description"]),
@@ -301,6 +461,15 @@ pub async fn page(
     context.insert("schemas", &schemas);
     context.insert("description", &description);
     context.insert("openapi_version", &version);
+    let common: Vec<Response> = COMMON_ERRORS
+        .iter()
+        .map(|(status, description, _)| Response {
+            status: (*status).to_owned(),
+            description: crate::chat::markdown::render(description),
+            schema: "Problem".to_owned(),
+        })
+        .collect();
+    context.insert("common_errors", &common);
     context.insert(
         "operation_count",
         &tags.iter().map(|t| t.operations.len()).sum::<usize>(),

@@ -239,7 +239,7 @@ fn serde_urlencoded_filter(filter: &Filter) -> String {
     out.finish()
 }
 
-#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", summary = "Audit events, newest first, filtered (staff)", params(("actor" = Option<String>, Query), ("tenant" = Option<String>, Query), ("action" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("before" = Option<i64>, Query)), responses((status = 200, description = "OK"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", summary = "Audit events, newest first, filtered (staff)", params(("actor" = Option<String>, Query), ("tenant" = Option<String>, Query), ("action" = Option<String>, Query), ("from" = Option<String>, Query, format = DateTime), ("to" = Option<String>, Query, format = DateTime), ("before" = Option<i64>, Query)), responses((status = 200, description = "OK"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn api(
     state: web::Data<AppState>,
     staff: Staff,

@@ -19,8 +19,8 @@ use crate::web::{AppState, get};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // One resource per path, so GET and POST share it (two would answer POST with 405).
-    cfg.service(get("/admin/backups", page).route(web::post().to(back_up_now)))
-        .service(get("/api/v1/admin/backups", api).route(web::post().to(back_up_now)));
+    cfg.service(get("/admin/backups", page).post(back_up_now))
+        .service(get("/api/v1/admin/backups", api).post(back_up_now));
 }
 
 /// One backup file as the admin area shows it.

@@ -142,8 +142,8 @@ where
     F::Output: actix_web::Responder + 'static,
 {
     let form = api.replacen("/api/v1/admin", "/admin", 1);
-    cfg.service(crate::web::resource(&form).route(web::post().to(handler.clone())))
-        .service(crate::web::resource(api).route(web::post().to(handler)));
+    cfg.service(crate::web::resource(&form).post(handler.clone()))
+        .service(crate::web::resource(api).post(handler));
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -180,7 +180,7 @@ fn answer(
 }
 
 /// The body of an action: JSON from the API, or the fields of an HTML form.
-type Input<T> = actix_web::Either<web::Json<T>, web::Form<T>>;
+type Input<T> = actix_web::Either<crate::web::Json<T>, web::Form<T>>;
 
 fn input<T>(body: Input<T>) -> T {
     match body {

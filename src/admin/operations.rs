@@ -295,7 +295,7 @@ async fn change_room(
         .await
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/archive", tag = "admin", summary = "Archive a room (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/archive", params(("id" = i64, Path)), tag = "admin", summary = "Archive a room (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn archive(
     state: web::Data<AppState>,
     staff: Staff,
@@ -313,7 +313,7 @@ async fn archive(
     answer(&request, "/admin/rooms", "archived", outcome)
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/unarchive", tag = "admin", summary = "Unarchive a room (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/unarchive", params(("id" = i64, Path)), tag = "admin", summary = "Unarchive a room (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn unarchive(
     state: web::Data<AppState>,
     staff: Staff,
@@ -331,10 +331,11 @@ async fn unarchive(
     answer(&request, "/admin/rooms", "unarchived", outcome)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RetentionInput {
     /// Days to keep messages; empty or absent: the workspace's setting applies.
     #[serde(default, deserialize_with = "empty_as_none")]
+    #[schema(minimum = 1, maximum = 36500)]
     retention_days: Option<i32>,
 }
 
@@ -358,7 +359,7 @@ fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, 
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/retention", tag = "admin", summary = "Set a room's retention in days, or null for the workspace's (operators)", request_body = Object, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/retention", params(("id" = i64, Path)), tag = "admin", summary = "Set a room's retention in days, or null for the workspace's (operators)", request_body = RetentionInput, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn retention(
     state: web::Data<AppState>,
     staff: Staff,
@@ -378,13 +379,14 @@ async fn retention(
     answer(&request, "/admin/rooms", "retention_changed", outcome)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct HoldInput {
     /// `true`/`false` (JSON) or `on`/`off` (forms).
+    #[schema(value_type = bool)]
     on: serde_json::Value,
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/legal-hold", tag = "admin", summary = "Put a room on legal hold or lift it (operators)", request_body = Object, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/rooms/{id}/legal-hold", params(("id" = i64, Path)), tag = "admin", summary = "Put a room on legal hold or lift it (operators)", request_body = HoldInput, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn legal_hold(
     state: web::Data<AppState>,
     staff: Staff,
@@ -530,7 +532,7 @@ async fn jobs_page(
     html(&state, "admin/jobs.html", &context, StatusCode::OK)
 }
 
-#[utoipa::path(get, path = "/api/v1/admin/jobs", tag = "admin", summary = "Jobs in a state, and the count in each (staff)", params(("state" = Option<String>, Query, description = "queued, running, dead (default) or succeeded")), responses((status = 200, description = "OK"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/admin/jobs", tag = "admin", summary = "Jobs in a state, and the count in each (staff)", params(("state" = Option<String>, Query, description = "queued, running, dead (default) or succeeded", pattern = r"^(queued|running|dead|succeeded)$")), responses((status = 200, description = "OK"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn jobs_api(
     state: web::Data<AppState>,
     staff: Staff,
@@ -555,7 +557,7 @@ fn job_state(
     found.ok_or_else(|| AppError::NotFound("No such job.".to_owned()))
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/jobs/{id}/retry", tag = "admin", summary = "Queue a dead job again (operators)", responses((status = 200, description = "Queued"), (status = 409, description = "Not dead", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/jobs/{id}/retry", params(("id" = i64, Path)), tag = "admin", summary = "Queue a dead job again (operators)", responses((status = 200, description = "Queued"), (status = 409, description = "Not dead", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn retry_job(
     state: web::Data<AppState>,
     staff: Staff,
@@ -608,7 +610,7 @@ async fn retry_job(
     answer(&request, "/admin/jobs?state=dead", "retried", outcome)
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/jobs/{id}/drop", tag = "admin", summary = "Delete a job that is not running (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/jobs/{id}/drop", params(("id" = i64, Path)), tag = "admin", summary = "Delete a job that is not running (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn drop_job(
     state: web::Data<AppState>,
     staff: Staff,
@@ -770,14 +772,16 @@ async fn billing_api(state: web::Data<AppState>, staff: Staff) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(json!({ "orders": orders, "ledger": entries })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct AdjustInput {
     tenant_id: i64,
+    #[schema(schema_with = crate::api_docs::nonzero_integer)]
     amount: i64,
+    #[schema(max_length = 500, pattern = r"\S")]
     reason: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/billing/adjustments", tag = "admin", summary = "Add or take away credits with a reason (admins)", request_body = Object, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/billing/adjustments", tag = "admin", summary = "Add or take away credits with a reason (admins)", request_body = AdjustInput, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn adjust(
     state: web::Data<AppState>,
     staff: Staff,

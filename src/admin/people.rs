@@ -22,14 +22,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/api/v1/admin/users", users_api))
         .service(
             resource("/admin/tenants")
-                .route(web::get().to(tenants_page))
-                .route(web::head().to(tenants_page))
-                .route(web::post().to(create_tenant)),
+                .get(tenants_page)
+                .post(create_tenant),
         )
         .service(
             resource("/api/v1/admin/tenants")
-                .route(web::get().to(tenants_api))
-                .route(web::post().to(create_tenant)),
+                .get(tenants_api)
+                .post(create_tenant),
         )
         .service(get("/api/v1/admin/tenants/{id}/members", members_api));
     action(cfg, "/api/v1/admin/users/{id}/disable", disable);
@@ -256,7 +255,7 @@ async fn set_disabled(
     Ok(json!({ "user_id": user, "email": email, "disabled": disabled, "changed": changed }))
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/users/{id}/disable", tag = "admin", summary = "Disable an account and end its sessions (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/disable", params(("id" = i64, Path)), tag = "admin", summary = "Disable an account and end its sessions (operators)", responses((status = 200, description = "Done: before and after"), (status = 409, description = "Your own account", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn disable(
     state: web::Data<AppState>,
     staff: Staff,
@@ -267,7 +266,7 @@ async fn disable(
     answer(&request, "/admin/users", "disabled", outcome)
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/users/{id}/enable", tag = "admin", summary = "Enable an account (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/enable", params(("id" = i64, Path)), tag = "admin", summary = "Enable an account (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn enable(
     state: web::Data<AppState>,
     staff: Staff,
@@ -278,7 +277,7 @@ async fn enable(
     answer(&request, "/admin/users", "enabled", outcome)
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/users/{id}/unlock", tag = "admin", summary = "Clear a lockout and the failure count (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/unlock", params(("id" = i64, Path)), tag = "admin", summary = "Clear a lockout and the failure count (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn unlock(
     state: web::Data<AppState>,
     staff: Staff,
@@ -323,7 +322,7 @@ async fn unlock(
     answer(&request, "/admin/users", "unlocked", outcome)
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/users/{id}/sign-out", tag = "admin", summary = "End every session of a person (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/sign-out", params(("id" = i64, Path)), tag = "admin", summary = "End every session of a person (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn sign_out(
     state: web::Data<AppState>,
     staff: Staff,
@@ -351,7 +350,7 @@ async fn sign_out(
     answer(&request, "/admin/users", "signed_out", outcome)
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/users/{id}/reset-2fa", tag = "admin", summary = "Remove a person's 2FA and end their sessions (admins)", responses((status = 200, description = "Done"), (status = 409, description = "2FA is not on", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/reset-2fa", params(("id" = i64, Path)), tag = "admin", summary = "Remove a person's 2FA and end their sessions (admins)", responses((status = 200, description = "Done"), (status = 409, description = "2FA is not on", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn reset_two_factor(
     state: web::Data<AppState>,
     staff: Staff,
@@ -397,13 +396,14 @@ async fn reset_two_factor(
     answer(&request, "/admin/users", "two_factor_reset", outcome)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RoleInput {
     /// The staff role: owner, admin, operator, viewer — or `none` to take admin access away.
+    #[schema(schema_with = crate::api_docs::staff_role_or_none)]
     role: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/users/{id}/role", tag = "admin", summary = "Set a staff role: owner, admin, operator, viewer or none (admins; never above one's own)", request_body = Object, responses((status = 200, description = "Done: before and after"), (status = 409, description = "The last staff owner", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/role", params(("id" = i64, Path)), tag = "admin", summary = "Set a staff role: owner, admin, operator, viewer or none (admins; never above one's own)", request_body = RoleInput, responses((status = 200, description = "Done: before and after"), (status = 409, description = "The last staff owner", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn change_role(
     state: web::Data<AppState>,
     staff: Staff,
@@ -598,15 +598,22 @@ async fn members_api(
     Ok(HttpResponse::Ok().json(json!({ "members": tenant.members })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = AdminNewTenant)]
 struct NewTenant {
+    #[schema(
+        max_length = 80,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$")]
     slug: String,
     /// The account that will own it.
+    #[schema(format = Email)]
     owner_email: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/tenants", tag = "admin", summary = "Create a workspace owned by an existing account (admins)", request_body = Object, responses((status = 200, description = "Created"), (status = 409, description = "Slug taken", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/tenants", tag = "admin", summary = "Create a workspace owned by an existing account (admins)", request_body = NewTenant, responses((status = 200, description = "Created"), (status = 409, description = "Slug taken", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn create_tenant(
     state: web::Data<AppState>,
     staff: Staff,
@@ -665,12 +672,12 @@ async fn create_tenant(
     answer(&request, "/admin/tenants", "tenant_created", outcome)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PlanInput {
     plan: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/tenants/{id}/plan", tag = "admin", summary = "Put a workspace on a plan (admins)", request_body = Object, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/tenants/{id}/plan", params(("id" = i64, Path)), tag = "admin", summary = "Put a workspace on a plan (admins)", request_body = PlanInput, responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn change_plan(
     state: web::Data<AppState>,
     staff: Staff,

@@ -13,7 +13,7 @@ use crate::web::{AppState, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/admin/assistant", page))
-        .service(resource("/admin/assistant/reload").route(web::post().to(reload_form)));
+        .service(resource("/admin/assistant/reload").post(reload_form));
 }
 
 async fn page(

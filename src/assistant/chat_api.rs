@@ -23,35 +23,32 @@ const MAX_SYSTEM_PROMPT: usize = 4_000;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource("/api/v1/assistant/chats")
-            .route(web::get().to(list_chats))
-            .route(web::post().to(create_chat)),
+            .get(list_chats)
+            .post(create_chat),
     )
     .service(get("/api/v1/assistant/chats/search", search_chats))
     .service(
         resource("/api/v1/assistant/chats/{id}")
-            .route(web::get().to(get_chat))
-            .route(web::patch().to(update_chat))
-            .route(web::delete().to(delete_chat)),
+            .get(get_chat)
+            .patch(update_chat)
+            .delete(delete_chat),
     )
-    .service(resource("/api/v1/assistant/chats/{id}/messages").route(web::post().to(send)))
-    .service(resource("/api/v1/assistant/chats/{id}/regenerate").route(web::post().to(regenerate)))
+    .service(resource("/api/v1/assistant/chats/{id}/messages").post(send))
+    .service(resource("/api/v1/assistant/chats/{id}/regenerate").post(regenerate))
+    .service(resource("/api/v1/assistant/chats/{id}/artifacts").get(list_artifacts))
     .service(
-        resource("/api/v1/assistant/chats/{id}/artifacts").route(web::get().to(list_artifacts)),
+        resource("/api/v1/assistant/chats/{id}/artifacts/{message}/{index}").get(download_artifact),
     )
-    .service(
-        resource("/api/v1/assistant/chats/{id}/artifacts/{message}/{index}")
-            .route(web::get().to(download_artifact)),
-    )
-    .service(resource("/api/v1/assistant/replies/{id}/stop").route(web::post().to(stop)))
+    .service(resource("/api/v1/assistant/replies/{id}/stop").post(stop))
     .service(
         resource("/api/v1/me/assistant")
-            .route(web::get().to(get_preferences))
-            .route(web::put().to(put_preferences)),
+            .get(get_preferences)
+            .put(put_preferences),
     )
     .service(
         resource("/api/v1/rooms/{id}/assistant")
-            .route(web::get().to(get_room_assistant))
-            .route(web::put().to(put_room_assistant)),
+            .get(get_room_assistant)
+            .put(put_room_assistant),
     );
 }
 
@@ -142,6 +139,7 @@ async fn list_chats(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
 #[serde(deny_unknown_fields)]
 pub struct NewChat {
     /// `standard` (default), `private` (your password unlocks it) or `ephemeral` (memory only).
+    #[schema(value_type = Option<crate::chat::Privacy>)]
     privacy: Option<String>,
     /// A model from `GET /api/v1/assistant/models`; default: yours, else the server's.
     model: Option<String>,
@@ -165,7 +163,7 @@ pub struct NewChat {
 async fn create_chat(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Json<NewChat>,
+    body: crate::web::Json<NewChat>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let privacy = match body.privacy.as_deref().map(str::trim) {
@@ -269,7 +267,7 @@ async fn update_chat(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<i64>,
-    body: web::Json<ChatPatch>,
+    body: crate::web::Json<ChatPatch>,
 ) -> Result<HttpResponse, AppError> {
     let (access, mut setting) = own_chat(&state, caller.user_id, *id).await?;
     let body = body.into_inner();
@@ -339,7 +337,9 @@ async fn delete_chat(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
+    #[schema(pattern = r"\S")]
     body: String,
+    #[schema(min_length = 1, max_length = 200)]
     idempotency_key: Option<String>,
 }
 
@@ -363,7 +363,7 @@ async fn send(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<i64>,
-    body: web::Json<SendMessage>,
+    body: crate::web::Json<SendMessage>,
 ) -> Result<HttpResponse, AppError> {
     let (access, _) = own_chat(&state, caller.user_id, *id).await?;
     let body = body.into_inner();
@@ -439,7 +439,7 @@ struct SearchQuery {
     path = "/api/v1/assistant/chats/search",
     tag = "assistant",
     summary = "Search the messages of your chats",
-    params(("q" = String, Query, description = "Words to find")),
+    params(("q" = String, Query, description = "Words to find", pattern = r"[^\W_]")),
     responses(
         (status = 200, description = "Matching messages"),
         (status = 400, description = "No words to search for", body = crate::error::Problem, content_type = "application/problem+json")
@@ -581,7 +581,7 @@ async fn get_preferences(
 async fn put_preferences(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Json<Preferences>,
+    body: crate::web::Json<Preferences>,
 ) -> Result<HttpResponse, AppError> {
     let preferences = Preferences {
         system_prompt: check_prompt("system_prompt", &body.system_prompt)?,
@@ -645,7 +645,7 @@ async fn put_room_assistant(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<i64>,
-    body: web::Json<RoomAssistant>,
+    body: crate::web::Json<RoomAssistant>,
 ) -> Result<HttpResponse, AppError> {
     let access = state.chat.access(caller.user_id, *id).await?;
     let model = check_model(&state, "model", body.model.as_deref().unwrap_or(""))?;

@@ -438,6 +438,7 @@ pub fn sweep_abandoned(
 
 /// A person's standing instructions and default model.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = AssistantPreferences)]
 pub struct Preferences {
     pub system_prompt: String,
     /// Empty: the configured default.

@@ -18,14 +18,12 @@ use crate::error::AppError;
 use crate::web::{AppState, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/chat/completions").route(web::post().to(chat_completions)))
+    cfg.service(resource("/v1/chat/completions").post(chat_completions))
         .service(crate::web::get("/v1/models", list_models_openai))
         .service(crate::web::get("/api/v1/assistant/models", list_models))
         .service(crate::web::get("/api/v1/me/usage", my_usage))
-        .service(
-            resource("/api/v1/admin/assistant/providers").route(web::get().to(provider_status)),
-        )
-        .service(resource("/api/v1/admin/assistant/reload").route(web::post().to(reload)));
+        .service(resource("/api/v1/admin/assistant/providers").get(provider_status))
+        .service(resource("/api/v1/admin/assistant/reload").post(reload));
 }
 
 /// An error as OpenAI's API and SDKs shape it.
@@ -554,7 +552,7 @@ struct UsageReport {
     path = "/api/v1/me/usage",
     tag = "assistant",
     summary = "Your assistant usage per day, model and variant",
-    params(("days" = Option<u32>, Query, description = "How many days back, 1 to 366 (default 30)")),
+    params(("days" = Option<u32>, Query, description = "How many days back, 1 to 366 (default 30)", minimum = 1, maximum = 366)),
     responses(
         (status = 200, body = UsageReport),
         (status = 400, description = "days out of range", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -35,9 +35,9 @@ const KEEP_TURNS: usize = 40;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/guest", guest_page))
-        .service(resource("/guest/messages").route(web::post().to(send_form)))
-        .service(resource("/guest/reset").route(web::post().to(reset_form)))
-        .service(resource("/api/v1/guest/messages").route(web::post().to(send_streamed)));
+        .service(resource("/guest/messages").post(send_form))
+        .service(resource("/guest/reset").post(reset_form))
+        .service(resource("/api/v1/guest/messages").post(send_streamed));
 }
 
 #[derive(Default)]
@@ -243,7 +243,7 @@ struct GuestMessage {
 async fn send_streamed(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<GuestMessage>,
+    body: crate::web::Json<GuestMessage>,
 ) -> Result<HttpResponse, AppError> {
     enabled(&state)?;
     let (guest, cookie) = guest_of(&state, &request);

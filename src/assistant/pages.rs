@@ -22,15 +22,15 @@ use crate::web::{AppState, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/assistant", chats_page))
-        .service(resource("/assistant/new").route(web::post().to(new_form)))
-        .service(resource("/assistant/preferences").route(web::post().to(preferences_form)))
+        .service(resource("/assistant/new").post(new_form))
+        .service(resource("/assistant/preferences").post(preferences_form))
         .service(get("/assistant/{id}", chat_page))
-        .service(resource("/assistant/{id}/messages").route(web::post().to(send_form)))
-        .service(resource("/assistant/{id}/settings").route(web::post().to(settings_form)))
-        .service(resource("/assistant/{id}/regenerate").route(web::post().to(regenerate_form)))
-        .service(resource("/assistant/{id}/delete").route(web::post().to(delete_form)))
-        .service(resource("/assistant/replies/{id}/stop").route(web::post().to(stop_form)))
-        .service(resource("/rooms/{id}/assistant").route(web::post().to(room_form)));
+        .service(resource("/assistant/{id}/messages").post(send_form))
+        .service(resource("/assistant/{id}/settings").post(settings_form))
+        .service(resource("/assistant/{id}/regenerate").post(regenerate_form))
+        .service(resource("/assistant/{id}/delete").post(delete_form))
+        .service(resource("/assistant/replies/{id}/stop").post(stop_form))
+        .service(resource("/rooms/{id}/assistant").post(room_form));
 }
 
 #[derive(Deserialize)]

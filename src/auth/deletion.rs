@@ -30,9 +30,7 @@ pub const ACCOUNT_DELETED: &str = "account.deleted";
 /// The form's route; `DELETE /api/v1/me` joins `GET /api/v1/me` in `handlers::configure`
 /// (one resource per path: a second one would shadow the first).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        crate::web::resource("/settings/account/delete").route(web::post().to(delete_form)),
-    );
+    cfg.service(crate::web::resource("/settings/account/delete").post(delete_form));
 }
 
 /// Workspaces that stop deletion: the person is their only owner and others remain.
@@ -180,7 +178,7 @@ pub(crate) async fn api_delete(
     state: web::Data<AppState>,
     request: HttpRequest,
     caller: Caller,
-    body: web::Json<DeleteRequest>,
+    body: crate::web::Json<DeleteRequest>,
 ) -> Result<HttpResponse, AppError> {
     let erasure =
         delete_account(&state, &request, caller.user_id, body.into_inner().password).await?;

@@ -22,18 +22,18 @@ use crate::web::pages::{Page, TokenQuery, html};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
-    cfg.service(resource("/api/v1/auth/login").route(web::post().to(api_login)))
-        .service(resource("/api/v1/auth/logout").route(web::post().to(api_logout)))
-        .service(get("/api/v1/me", api_me).route(web::delete().to(super::deletion::api_delete)))
-        .service(get("/login", login_page).route(web::post().to(login_form)))
-        .service(resource("/api/v1/auth/login/mfa").route(web::post().to(api_login_mfa)))
-        .service(get("/login/2fa", second_factor_page).route(web::post().to(second_factor_form)))
-        .service(resource("/logout").route(web::post().to(logout_form)))
-        .service(resource("/api/v1/auth/signup").route(web::post().to(api_signup)))
+    cfg.service(resource("/api/v1/auth/login").post(api_login))
+        .service(resource("/api/v1/auth/logout").post(api_logout))
+        .service(get("/api/v1/me", api_me).delete(super::deletion::api_delete))
+        .service(get("/login", login_page).post(login_form))
+        .service(resource("/api/v1/auth/login/mfa").post(api_login_mfa))
+        .service(get("/login/2fa", second_factor_page).post(second_factor_form))
+        .service(resource("/logout").post(logout_form))
+        .service(resource("/api/v1/auth/signup").post(api_signup))
         .service(get("/api/v1/auth/captcha", super::captcha::api_challenge))
-        .service(resource("/api/v1/auth/verify").route(web::post().to(api_verify)))
-        .service(get("/signup", signup_page).route(web::post().to(signup_form)))
-        .service(get("/verify", verify_page).route(web::post().to(verify_form)));
+        .service(resource("/api/v1/auth/verify").post(api_verify))
+        .service(get("/signup", signup_page).post(signup_form))
+        .service(get("/verify", verify_page).post(verify_form));
 }
 
 impl From<SignupError> for AppError {
@@ -78,7 +78,7 @@ pub struct SignupRequest {
 /// `POST /api/v1/auth/signup`: 202 whether or not the address already had an account.
 async fn api_signup(
     state: web::Data<AppState>,
-    body: web::Json<SignupRequest>,
+    body: crate::web::Json<SignupRequest>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let plan = state
@@ -133,7 +133,7 @@ pub(crate) fn token_problem(error: TokenError) -> AppError {
 /// `POST /api/v1/auth/verify`: `{"token"}` from the verification link.
 async fn api_verify(
     state: web::Data<AppState>,
-    body: web::Json<VerifyRequest>,
+    body: crate::web::Json<VerifyRequest>,
 ) -> Result<HttpResponse, AppError> {
     match state.signup.verify(body.into_inner().token).await? {
         Ok(email) => Ok(HttpResponse::Ok().json(json!({ "status": "verified", "email": email }))),
@@ -480,7 +480,7 @@ pub struct LoginRequest {
 async fn api_login(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<LoginRequest>,
+    body: crate::web::Json<LoginRequest>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let outcome = state
@@ -545,7 +545,7 @@ fn challenge_of(request: &HttpRequest, state: &AppState) -> Result<String, AppEr
 async fn api_login_mfa(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<SecondFactorRequest>,
+    body: crate::web::Json<SecondFactorRequest>,
 ) -> Result<HttpResponse, AppError> {
     let challenge = challenge_of(&request, &state)?;
     let (session, device) = state

@@ -25,10 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/login/oidc/{provider}", start))
         .service(get("/login/oidc/{provider}/callback", callback))
         .service(get("/api/v1/me/identities", api_list))
-        .service(resource("/api/v1/me/identities/{id}").route(web::delete().to(api_unlink)))
-        .service(
-            resource("/settings/identities/{id}/disconnect").route(web::post().to(unlink_form)),
-        );
+        .service(resource("/api/v1/me/identities/{id}").delete(api_unlink))
+        .service(resource("/settings/identities/{id}/disconnect").post(unlink_form));
 }
 
 fn flow_cookie_name(secure: bool) -> &'static str {

@@ -18,12 +18,12 @@ const RESET_SENT: &str = "If this address has an account, a link to choose a new
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
-    cfg.service(resource("/api/v1/me/password").route(web::post().to(api_change)))
-        .service(resource("/api/v1/auth/password/forgot").route(web::post().to(api_forgot)))
-        .service(resource("/api/v1/auth/password/reset").route(web::post().to(api_reset)))
-        .service(resource("/settings/password").route(web::post().to(change_form)))
-        .service(get("/forgot", forgot_page).route(web::post().to(forgot_form)))
-        .service(get("/reset", reset_page).route(web::post().to(reset_form)));
+    cfg.service(resource("/api/v1/me/password").post(api_change))
+        .service(resource("/api/v1/auth/password/forgot").post(api_forgot))
+        .service(resource("/api/v1/auth/password/reset").post(api_reset))
+        .service(resource("/settings/password").post(change_form))
+        .service(get("/forgot", forgot_page).post(forgot_form))
+        .service(get("/reset", reset_page).post(reset_form));
 }
 
 impl From<PasswordError> for AppError {
@@ -86,7 +86,7 @@ async fn api_change(
     state: web::Data<AppState>,
     request: HttpRequest,
     identity: Identity,
-    body: web::Json<ChangeRequest>,
+    body: crate::web::Json<ChangeRequest>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     state
@@ -167,7 +167,7 @@ pub struct ForgotRequest {
 /// `POST /api/v1/auth/password/forgot`: 202 whatever the address.
 async fn api_forgot(
     state: web::Data<AppState>,
-    body: web::Json<ForgotRequest>,
+    body: crate::web::Json<ForgotRequest>,
 ) -> Result<HttpResponse, AppError> {
     state.captcha.check(body.captcha.as_deref()).await?;
     state.passwords.forgot(&body.email).await?;
@@ -195,7 +195,7 @@ pub struct ResetRequest {
 /// `POST /api/v1/auth/password/reset`.
 async fn api_reset(
     state: web::Data<AppState>,
-    body: web::Json<ResetRequest>,
+    body: crate::web::Json<ResetRequest>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     state

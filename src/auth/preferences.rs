@@ -31,12 +31,13 @@ pub const THEME_COOKIE: &str = "conclave_theme";
 const MAX_DOCUMENT: usize = 8 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(get("/api/v1/me/preferences", api_get).route(web::patch().to(api_patch)))
+    cfg.service(get("/api/v1/me/preferences", api_get).patch(api_patch))
         .service(get("/settings/preferences", page))
-        .service(resource("/settings/preferences/save").route(web::post().to(save_form)));
+        .service(resource("/settings/preferences/save").post(save_form));
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = UserPreferences)]
 #[serde(deny_unknown_fields, default)]
 pub struct Preferences {
     /// `system`, `light` or `dark`.
@@ -138,6 +139,7 @@ impl Theme {
 
 /// A refused value, named by its path in the document.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = FieldProblem)]
 pub struct Problem {
     pub field: String,
     pub message: String,
@@ -380,12 +382,12 @@ async fn api_get(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespo
 
 #[utoipa::path(patch, path = "/api/v1/me/preferences", tag = "account",
     summary = "Change preferences with a JSON merge patch (null restores a default)",
-    request_body = Object,
-    responses((status = 200, body = PreferencesView), (status = 422, body = PreferenceErrors)))]
+    request_body(content = Preferences, description = "A JSON merge patch (RFC 7396) of the preferences: only the fields to change; `null` restores a default"),
+    responses((status = 200, body = PreferencesView), (status = 422, description = "A value is refused; `errors` names each", body = PreferenceErrors, content_type = "application/problem+json")))]
 async fn api_patch(
     state: web::Data<AppState>,
     caller: Caller,
-    patch: web::Json<Value>,
+    patch: crate::web::Json<Value>,
 ) -> Result<HttpResponse, AppError> {
     match update(&state, caller.user_id, &patch).await? {
         Ok(preferences) => {

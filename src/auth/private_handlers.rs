@@ -17,10 +17,10 @@ use crate::web::AppState;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
     cfg.service(get("/api/v1/me/private", api_status))
-        .service(resource("/api/v1/me/private/unlock").route(web::post().to(api_unlock)))
-        .service(resource("/api/v1/me/private/lock").route(web::post().to(api_lock)))
-        .service(resource("/private/unlock").route(web::post().to(unlock_form)))
-        .service(resource("/private/lock").route(web::post().to(lock_form)));
+        .service(resource("/api/v1/me/private/unlock").post(api_unlock))
+        .service(resource("/api/v1/me/private/lock").post(api_lock))
+        .service(resource("/private/unlock").post(unlock_form))
+        .service(resource("/private/lock").post(lock_form));
 }
 
 impl From<PersonalKeyError> for AppError {
@@ -105,7 +105,7 @@ async fn api_unlock(
     state: web::Data<AppState>,
     request: HttpRequest,
     caller: Caller,
-    body: web::Json<UnlockRequest>,
+    body: crate::web::Json<UnlockRequest>,
 ) -> Result<HttpResponse, AppError> {
     unlock(&state, &request, caller.user_id, body.into_inner().password).await?;
     Ok(HttpResponse::NoContent().finish())

@@ -14,15 +14,11 @@ use crate::web::pages::Page;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
-    cfg.service(
-        get("/api/v1/me/sessions", list_sessions).route(web::delete().to(revoke_other_sessions)),
-    )
-    .service(resource("/api/v1/me/sessions/{id}").route(web::delete().to(revoke_session)))
-    .service(get("/settings/security", security_page))
-    .service(resource("/settings/sessions/{id}/revoke").route(web::post().to(revoke_session_form)))
-    .service(
-        resource("/settings/sessions/revoke-others").route(web::post().to(revoke_others_form)),
-    );
+    cfg.service(get("/api/v1/me/sessions", list_sessions).delete(revoke_other_sessions))
+        .service(resource("/api/v1/me/sessions/{id}").delete(revoke_session))
+        .service(get("/settings/security", security_page))
+        .service(resource("/settings/sessions/{id}/revoke").post(revoke_session_form))
+        .service(resource("/settings/sessions/revoke-others").post(revoke_others_form));
 }
 
 fn describe(row: &SessionRow, current: &str) -> serde_json::Value {

@@ -16,10 +16,10 @@ use crate::web::pages::{Page, html};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
-    cfg.service(get("/api/v1/me/tokens", list_tokens).route(web::post().to(create_token)))
-        .service(resource("/api/v1/me/tokens/{id}").route(web::delete().to(revoke_token)))
-        .service(get("/settings/tokens", tokens_page).route(web::post().to(create_form)))
-        .service(resource("/settings/tokens/{id}/revoke").route(web::post().to(revoke_form)));
+    cfg.service(get("/api/v1/me/tokens", list_tokens).post(create_token))
+        .service(resource("/api/v1/me/tokens/{id}").delete(revoke_token))
+        .service(get("/settings/tokens", tokens_page).post(create_form))
+        .service(resource("/settings/tokens/{id}/revoke").post(revoke_form));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -70,7 +70,7 @@ fn event(
 async fn create_token(
     state: web::Data<AppState>,
     identity: Identity,
-    body: web::Json<CreateToken>,
+    body: crate::web::Json<CreateToken>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let (row, token) = issue(

@@ -15,18 +15,14 @@ use crate::web::pages::Page;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::resource;
-    cfg.service(resource("/api/v1/me/2fa/totp").route(web::post().to(api_enrol)))
-        .service(resource("/api/v1/me/2fa/totp/confirm").route(web::post().to(api_confirm)))
-        .service(resource("/api/v1/me/2fa/totp/disable").route(web::post().to(api_disable)))
-        .service(
-            resource("/api/v1/me/2fa/recovery-codes").route(web::post().to(api_recovery_codes)),
-        )
-        .service(resource("/settings/2fa/start").route(web::post().to(start_form)))
-        .service(resource("/settings/2fa/confirm").route(web::post().to(confirm_form)))
-        .service(
-            resource("/settings/2fa/recovery-codes").route(web::post().to(recovery_codes_form)),
-        )
-        .service(resource("/settings/2fa/disable").route(web::post().to(disable_form)));
+    cfg.service(resource("/api/v1/me/2fa/totp").post(api_enrol))
+        .service(resource("/api/v1/me/2fa/totp/confirm").post(api_confirm))
+        .service(resource("/api/v1/me/2fa/totp/disable").post(api_disable))
+        .service(resource("/api/v1/me/2fa/recovery-codes").post(api_recovery_codes))
+        .service(resource("/settings/2fa/start").post(start_form))
+        .service(resource("/settings/2fa/confirm").post(confirm_form))
+        .service(resource("/settings/2fa/recovery-codes").post(recovery_codes_form))
+        .service(resource("/settings/2fa/disable").post(disable_form));
 }
 
 impl From<TwoFactorError> for AppError {
@@ -104,7 +100,7 @@ pub struct CodeRequest {
 async fn api_confirm(
     state: web::Data<AppState>,
     identity: Identity,
-    body: web::Json<CodeRequest>,
+    body: crate::web::Json<CodeRequest>,
 ) -> Result<HttpResponse, AppError> {
     let codes = state
         .two_factor
@@ -130,7 +126,7 @@ async fn api_recovery_codes(
     state: web::Data<AppState>,
     request: actix_web::HttpRequest,
     identity: Identity,
-    body: web::Json<PasswordRequest>,
+    body: crate::web::Json<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
     check_password(
         &state,
@@ -166,7 +162,7 @@ async fn api_disable(
     state: web::Data<AppState>,
     request: actix_web::HttpRequest,
     identity: Identity,
-    body: web::Json<PasswordRequest>,
+    body: crate::web::Json<PasswordRequest>,
 ) -> Result<HttpResponse, AppError> {
     check_password(
         &state,

@@ -21,28 +21,28 @@ use crate::web::pages::{Page, back_to as back, html};
 use crate::web::{AppState, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/v1/usage").route(web::get().to(usage)))
-        .service(resource("/api/v1/billing/plans").route(web::get().to(list_plans)))
-        .service(resource("/api/v1/billing/checkout").route(web::post().to(checkout)))
-        .service(resource("/api/v1/billing/orders").route(web::get().to(list_orders)))
-        .service(resource("/api/v1/billing/orders/{id}").route(web::get().to(get_order)))
-        .service(resource("/api/v1/billing/orders/{id}/refund").route(web::post().to(refund)))
-        .service(resource("/api/v1/billing/credits").route(web::get().to(credits)))
-        .service(resource("/api/v1/billing/credits/adjustments").route(web::post().to(adjust)))
-        .service(resource("/api/v1/billing/webhooks/revolut").route(web::post().to(webhook)))
+    cfg.service(resource("/api/v1/usage").get(usage))
+        .service(resource("/api/v1/billing/plans").get(list_plans))
+        .service(resource("/api/v1/billing/checkout").post(checkout))
+        .service(resource("/api/v1/billing/orders").get(list_orders))
+        .service(resource("/api/v1/billing/orders/{id}").get(get_order))
+        .service(resource("/api/v1/billing/orders/{id}/refund").post(refund))
+        .service(resource("/api/v1/billing/credits").get(credits))
+        .service(resource("/api/v1/billing/credits/adjustments").post(adjust))
+        .service(resource("/api/v1/billing/webhooks/revolut").post(webhook))
         .service(get("/billing", billing_page))
-        .service(resource("/billing/checkout").route(web::post().to(checkout_form)))
+        .service(resource("/billing/checkout").post(checkout_form))
         .service(
             resource("/billing/welcome")
-                .route(web::get().to(welcome_page))
-                .route(web::post().to(welcome_form)),
+                .get(welcome_page)
+                .post(welcome_form),
         )
         .service(get("/billing/orders/{id}", order_page))
         .service(get("/billing/orders/{id}/receipt", receipt_page))
         .service(
             resource("/billing/fake-checkout/{id}")
-                .route(web::get().to(fake_checkout_page))
-                .route(web::post().to(fake_checkout_form)),
+                .get(fake_checkout_page)
+                .post(fake_checkout_form),
         );
 }
 
@@ -212,7 +212,7 @@ fn order_json(order: &Order) -> Value {
 async fn checkout(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Json<CheckoutRequest>,
+    body: crate::web::Json<CheckoutRequest>,
 ) -> Result<HttpResponse, AppError> {
     let (tenant, role) = workspace(&state, caller.user_id, body.tenant_id).await?;
     require_admin(role)?;
@@ -364,7 +364,9 @@ async fn credits(
 pub struct Adjustment {
     tenant_id: i64,
     /// Tokens: positive adds, negative takes away (never below zero).
+    #[schema(schema_with = crate::api_docs::nonzero_integer)]
     amount: i64,
+    #[schema(max_length = 500, pattern = r"\S")]
     reason: String,
 }
 
@@ -384,7 +386,7 @@ async fn adjust(
     state: web::Data<AppState>,
     caller: Caller,
     request: HttpRequest,
-    body: web::Json<Adjustment>,
+    body: crate::web::Json<Adjustment>,
 ) -> Result<HttpResponse, AppError> {
     crate::tenancy::require_deployment_admin(
         &state.db,

@@ -15,40 +15,36 @@ use crate::tenancy::Authorizer;
 use crate::web::{AppState, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/api/v1/rooms")
-            .route(web::get().to(list_rooms))
-            .route(web::post().to(create_room)),
-    )
-    .service(
-        resource("/api/v1/rooms/{id}")
-            .route(web::get().to(get_room))
-            .route(web::patch().to(update_room))
-            .route(web::delete().to(delete_room)),
-    )
-    .service(
-        resource("/api/v1/rooms/{id}/members")
-            .route(web::get().to(list_members))
-            .route(web::post().to(add_member)),
-    )
-    .service(
-        resource("/api/v1/rooms/{id}/members/{user}")
-            .route(web::patch().to(change_member))
-            .route(web::delete().to(remove_member)),
-    )
-    .service(
-        resource("/api/v1/rooms/{id}/messages")
-            .route(web::get().to(list_messages))
-            .route(web::post().to(post_message)),
-    )
-    .service(
-        resource("/api/v1/rooms/{id}/messages/{msg}")
-            .route(web::patch().to(edit_message))
-            .route(web::delete().to(delete_message)),
-    )
-    .service(get("/api/v1/rooms/{id}/export", export_room))
-    .service(get("/api/v1/search", search))
-    .service(get("/api/v1/me/export", export));
+    cfg.service(resource("/api/v1/rooms").get(list_rooms).post(create_room))
+        .service(
+            resource("/api/v1/rooms/{id}")
+                .get(get_room)
+                .patch(update_room)
+                .delete(delete_room),
+        )
+        .service(
+            resource("/api/v1/rooms/{id}/members")
+                .get(list_members)
+                .post(add_member),
+        )
+        .service(
+            resource("/api/v1/rooms/{id}/members/{user}")
+                .patch(change_member)
+                .delete(remove_member),
+        )
+        .service(
+            resource("/api/v1/rooms/{id}/messages")
+                .get(list_messages)
+                .post(post_message),
+        )
+        .service(
+            resource("/api/v1/rooms/{id}/messages/{msg}")
+                .patch(edit_message)
+                .delete(delete_message),
+        )
+        .service(get("/api/v1/rooms/{id}/export", export_room))
+        .service(get("/api/v1/search", search))
+        .service(get("/api/v1/me/export", export));
 }
 
 /// The room as JSON, with the caller's role and what they may do in it.
@@ -72,6 +68,7 @@ pub fn room_json(access: &RoomAccess) -> serde_json::Value {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only rooms of this workspace.
@@ -109,12 +106,20 @@ pub struct CreateRoom {
     /// The workspace; default: my first.
     tenant_id: Option<i64>,
     /// Required unless `direct_with` is given.
+    #[schema(
+        min_length = 1,
+        max_length = 80,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 500)]
     topic: String,
     /// `public` (default) or `private`.
+    #[schema(value_type = Option<crate::chat::Visibility>)]
     visibility: Option<String>,
     /// `standard` (default: the workspace's default).
+    #[schema(value_type = Option<crate::chat::Privacy>)]
     privacy: Option<String>,
     /// Open the direct room with this user instead (made once per pair).
     direct_with: Option<i64>,
@@ -138,7 +143,7 @@ async fn create_room(
     state: web::Data<AppState>,
     request: HttpRequest,
     caller: Caller,
-    body: web::Json<CreateRoom>,
+    body: crate::web::Json<CreateRoom>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let user_id = caller.user_id;
@@ -217,12 +222,18 @@ async fn get_room(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRoom {
+    #[schema(
+        min_length = 1,
+        max_length = 80,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: Option<String>,
+    #[schema(max_length = 500)]
     topic: Option<String>,
     archived: Option<bool>,
     /// Days to keep messages; `null` to follow the workspace's setting.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 36500)]
     retention_days: Option<Option<i32>>,
     legal_hold: Option<bool>,
 }
@@ -254,7 +265,7 @@ async fn update_room(
     request: HttpRequest,
     caller: Caller,
     room: web::Path<i64>,
-    body: web::Json<UpdateRoom>,
+    body: crate::web::Json<UpdateRoom>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let room_id = room.into_inner();
@@ -336,6 +347,7 @@ pub struct AddMember {
     user_id: Option<i64>,
     /// `owner`, `moderator`, `member` or `readonly`; default: member (read-only for
     /// workspace viewers).
+    #[schema(value_type = Option<crate::chat::RoomRole>)]
     role: Option<String>,
 }
 
@@ -358,7 +370,7 @@ async fn add_member(
     request: HttpRequest,
     caller: Caller,
     room: web::Path<i64>,
-    body: web::Json<AddMember>,
+    body: crate::web::Json<AddMember>,
 ) -> Result<HttpResponse, AppError> {
     let room_id = room.into_inner();
     let role: Option<RoomRole> = body
@@ -387,6 +399,7 @@ async fn add_member(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeMember {
+    #[schema(value_type = crate::chat::RoomRole)]
     role: String,
 }
 
@@ -409,7 +422,7 @@ async fn change_member(
     request: HttpRequest,
     caller: Caller,
     path: web::Path<(i64, i64)>,
-    body: web::Json<ChangeMember>,
+    body: crate::web::Json<ChangeMember>,
 ) -> Result<HttpResponse, AppError> {
     let (room_id, target) = path.into_inner();
     let role: RoomRole = body.role.parse().map_err(AppError::BadRequest)?;
@@ -448,6 +461,7 @@ async fn remove_member(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Messages just before this id (the previous page).
@@ -511,9 +525,11 @@ async fn list_messages(
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
     /// Markdown.
+    #[schema(pattern = r"\S")]
     body: String,
     reply_to: Option<i64>,
     /// A retried post with the same key answers the stored message instead of a copy.
+    #[schema(min_length = 1, max_length = 200)]
     idempotency_key: Option<String>,
 }
 
@@ -537,7 +553,7 @@ async fn post_message(
     state: web::Data<AppState>,
     caller: Caller,
     room: web::Path<i64>,
-    body: web::Json<PostMessage>,
+    body: crate::web::Json<PostMessage>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let (message, created) = state
@@ -562,6 +578,7 @@ async fn post_message(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditMessage {
+    #[schema(pattern = r"\S")]
     body: String,
 }
 
@@ -583,7 +600,7 @@ async fn edit_message(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<(i64, i64)>,
-    body: web::Json<EditMessage>,
+    body: crate::web::Json<EditMessage>,
 ) -> Result<HttpResponse, AppError> {
     let (room_id, message_id) = path.into_inner();
     let message = state
@@ -620,9 +637,11 @@ async fn delete_message(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SearchQueryParams {
     /// Words; every one must match (any form: "meetings" finds "meeting").
+    #[param(pattern = r"[^\W_]")]
     q: String,
     /// Only this room.
     room: Option<i64>,
@@ -635,6 +654,7 @@ pub struct SearchQueryParams {
     /// The next page: results older than this message id.
     before: Option<i64>,
     /// 1 to 100; default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 

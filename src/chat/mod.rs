@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::tenancy::{Authorizer, Role};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RoomRole {
     #[serde(rename = "readonly")]
@@ -75,7 +75,7 @@ impl FromStr for RoomRole {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     Public,
@@ -106,7 +106,7 @@ impl FromStr for Visibility {
 }
 
 /// How a conversation's history is kept (see the `history` module).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Privacy {
     Standard,

@@ -18,30 +18,25 @@ use crate::web::pages::{Page, back_to as back, html};
 use crate::web::{AppState, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/rooms")
-            .route(web::get().to(rooms_page))
-            .route(web::head().to(rooms_page))
-            .route(web::post().to(create_form)),
-    )
-    .service(resource("/rooms/direct").route(web::post().to(direct_form)))
-    .service(get("/rooms/{id}", room_page))
-    .service(get("/rooms/{id}/export", export_download))
-    .service(resource("/rooms/{id}/messages").route(web::post().to(post_form)))
-    .service(
-        resource("/rooms/{id}/messages/{msg}/edit")
-            .route(web::get().to(edit_page))
-            .route(web::post().to(edit_form)),
-    )
-    .service(resource("/rooms/{id}/messages/{msg}/delete").route(web::post().to(delete_form)))
-    .service(resource("/rooms/{id}/join").route(web::post().to(join_form)))
-    .service(resource("/rooms/{id}/leave").route(web::post().to(leave_form)))
-    .service(resource("/rooms/{id}/members").route(web::post().to(invite_form)))
-    .service(resource("/rooms/{id}/members/{user}/role").route(web::post().to(role_form)))
-    .service(resource("/rooms/{id}/members/{user}/remove").route(web::post().to(remove_form)))
-    .service(resource("/rooms/{id}/settings").route(web::post().to(settings_form)))
-    .service(resource("/rooms/{id}/delete").route(web::post().to(delete_room_form)))
-    .service(get("/search", search_page));
+    cfg.service(resource("/rooms").get(rooms_page).post(create_form))
+        .service(resource("/rooms/direct").post(direct_form))
+        .service(get("/rooms/{id}", room_page))
+        .service(get("/rooms/{id}/export", export_download))
+        .service(resource("/rooms/{id}/messages").post(post_form))
+        .service(
+            resource("/rooms/{id}/messages/{msg}/edit")
+                .get(edit_page)
+                .post(edit_form),
+        )
+        .service(resource("/rooms/{id}/messages/{msg}/delete").post(delete_form))
+        .service(resource("/rooms/{id}/join").post(join_form))
+        .service(resource("/rooms/{id}/leave").post(leave_form))
+        .service(resource("/rooms/{id}/members").post(invite_form))
+        .service(resource("/rooms/{id}/members/{user}/role").post(role_form))
+        .service(resource("/rooms/{id}/members/{user}/remove").post(remove_form))
+        .service(resource("/rooms/{id}/settings").post(settings_form))
+        .service(resource("/rooms/{id}/delete").post(delete_room_form))
+        .service(get("/search", search_page));
 }
 
 #[derive(Deserialize)]

@@ -34,9 +34,9 @@ use crate::tenancy::Authorizer;
 use crate::web::{AppState, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/v1/ws").route(web::get().to(connect)))
-        .service(resource("/api/v1/admin/connections").route(web::get().to(list_connections)))
-        .service(resource("/api/v1/admin/connections/{id}").route(web::delete().to(disconnect)));
+    cfg.service(resource("/api/v1/ws").get(connect))
+        .service(resource("/api/v1/admin/connections").get(list_connections))
+        .service(resource("/api/v1/admin/connections/{id}").delete(disconnect));
 }
 
 /// Replayed history is read in pages of this many messages.

@@ -15,34 +15,24 @@ use crate::error::AppError;
 use crate::web::{AppState, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(get("/api/v1/devices/{id}/commands", commands).route(web::post().to(send_command)))
+    cfg.service(get("/api/v1/devices/{id}/commands", commands).post(send_command))
         .service(get("/api/v1/devices/{id}/commands/{command}", command))
-        .service(get("/api/v1/devices/{id}/rules", rules).route(web::post().to(add_rule)))
-        .service(resource("/api/v1/devices/{id}/rules/{rule}").route(web::delete().to(delete_rule)))
+        .service(get("/api/v1/devices/{id}/rules", rules).post(add_rule))
+        .service(resource("/api/v1/devices/{id}/rules/{rule}").delete(delete_rule))
         .service(get("/api/v1/devices/{id}/rooms", device_rooms))
         .service(
             resource("/api/v1/rooms/{room}/devices/{device}")
-                .route(web::put().to(add_to_room))
-                .route(web::delete().to(remove_from_room)),
+                .put(add_to_room)
+                .delete(remove_from_room),
         )
-        .service(get("/api/v1/tenants/{tenant}/firmware/keys", keys).route(web::post().to(add_key)))
-        .service(
-            resource("/api/v1/tenants/{tenant}/firmware/keys/{key}")
-                .route(web::delete().to(delete_key)),
-        )
-        .service(get("/api/v1/tenants/{tenant}/firmware", images).route(web::post().to(upload)))
-        .service(
-            resource("/api/v1/tenants/{tenant}/firmware/{image}")
-                .route(web::delete().to(delete_image)),
-        )
-        .service(
-            get("/api/v1/tenants/{tenant}/rollouts", rollouts)
-                .route(web::post().to(create_rollout)),
-        )
+        .service(get("/api/v1/tenants/{tenant}/firmware/keys", keys).post(add_key))
+        .service(resource("/api/v1/tenants/{tenant}/firmware/keys/{key}").delete(delete_key))
+        .service(get("/api/v1/tenants/{tenant}/firmware", images).post(upload))
+        .service(resource("/api/v1/tenants/{tenant}/firmware/{image}").delete(delete_image))
+        .service(get("/api/v1/tenants/{tenant}/rollouts", rollouts).post(create_rollout))
         .service(get("/api/v1/tenants/{tenant}/rollouts/{rollout}", rollout))
         .service(
-            resource("/api/v1/tenants/{tenant}/rollouts/{rollout}/{action}")
-                .route(web::post().to(steer_rollout)),
+            resource("/api/v1/tenants/{tenant}/rollouts/{rollout}/{action}").post(steer_rollout),
         )
         .service(get("/api/v1/device/firmware/{image}", download));
 }
@@ -51,8 +41,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct NewCommand {
     /// The command's name (letters, digits, `_ . -`).
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     name: String,
     #[serde(default)]
+    #[schema(max_items = 32)]
     args: Vec<String>,
 }
 
@@ -67,7 +59,7 @@ async fn send_command(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<i64>,
-    body: web::Json<NewCommand>,
+    body: crate::web::Json<NewCommand>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let command = state
@@ -78,6 +70,7 @@ async fn send_command(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Limit {
     /// At most this many, newest first (default 50, at most 200).
     limit: Option<i64>,
@@ -136,7 +129,7 @@ async fn add_rule(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<i64>,
-    body: web::Json<NewRule>,
+    body: crate::web::Json<NewRule>,
 ) -> Result<HttpResponse, AppError> {
     let rule = state
         .devices
@@ -235,8 +228,13 @@ async fn keys(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     /// The `.pub` file `conclave firmware keygen` wrote: 64 hex digits.
+    #[schema(pattern = r"^[0-9a-fA-F]{64}$")]
     public_key: String,
 }
 
@@ -245,12 +243,13 @@ pub struct NewKey {
     request_body = NewKey,
     responses((status = 201, body = FirmwareKey),
         (status = 400, description = "Not an ed25519 public key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Below admin", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 403, description = "Below admin", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The workspace has this key already", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn add_key(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<i64>,
-    body: web::Json<NewKey>,
+    body: crate::web::Json<NewKey>,
 ) -> Result<HttpResponse, AppError> {
     let key = state
         .devices
@@ -296,10 +295,13 @@ async fn images(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// e.g. `1.4.2`.
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     version: String,
     /// The image's ed25519 signature, 128 hex digits (`conclave firmware sign` writes it).
+    #[param(pattern = r"^[0-9a-fA-F]{128}$")]
     signature: String,
 }
 
@@ -385,7 +387,7 @@ async fn create_rollout(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<i64>,
-    body: web::Json<NewRollout>,
+    body: crate::web::Json<NewRollout>,
 ) -> Result<HttpResponse, AppError> {
     let rollout = state
         .devices

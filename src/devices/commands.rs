@@ -218,8 +218,10 @@ impl Rule {
 pub struct NewRule {
     /// A room the device is a member of.
     pub room_id: i64,
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub metric: String,
     /// `above` or `below`.
+    #[schema(schema_with = crate::api_docs::above_or_below)]
     pub op: String,
     pub threshold: f64,
 }

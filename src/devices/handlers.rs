@@ -23,37 +23,41 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     super::api::configure(cfg);
     // Before `/devices/{id}`, which would take `/devices/firmware` for a device id.
     super::pages::configure(cfg);
-    cfg.service(
-        resource("/api/v1/tenants/{tenant}/devices/claims").route(web::post().to(create_claim)),
-    )
-    .service(resource("/api/v1/devices/claim").route(web::post().to(claim)))
-    .service(get("/api/v1/devices", list))
-    .service(
-        get("/api/v1/devices/{id}", show)
-            .route(web::patch().to(update))
-            .route(web::delete().to(remove)),
-    )
-    .service(
-        resource("/api/v1/devices/{id}/token")
-            .route(web::post().to(rotate))
-            .route(web::delete().to(revoke)),
-    )
-    .service(get("/api/v1/devices/{id}/telemetry", telemetry))
-    .service(get("/api/v1/device", me))
-    .service(get("/devices", page))
-    .service(resource("/devices/claims").route(web::post().to(claim_form)))
-    .service(get("/devices/{id}", device_page))
-    .service(resource("/devices/{id}/rotate").route(web::post().to(rotate_form)))
-    .service(resource("/devices/{id}/revoke").route(web::post().to(revoke_form)))
-    .service(resource("/devices/{id}/delete").route(web::post().to(delete_form)));
+    cfg.service(resource("/api/v1/tenants/{tenant}/devices/claims").post(create_claim))
+        .service(resource("/api/v1/devices/claim").post(claim))
+        .service(get("/api/v1/devices", list))
+        .service(
+            get("/api/v1/devices/{id}", show)
+                .patch(update)
+                .delete(remove),
+        )
+        .service(
+            resource("/api/v1/devices/{id}/token")
+                .post(rotate)
+                .delete(revoke),
+        )
+        .service(get("/api/v1/devices/{id}/telemetry", telemetry))
+        .service(get("/api/v1/device", me))
+        .service(get("/devices", page))
+        .service(resource("/devices/claims").post(claim_form))
+        .service(get("/devices/{id}", device_page))
+        .service(resource("/devices/{id}/rotate").post(rotate_form))
+        .service(resource("/devices/{id}/revoke").post(revoke_form))
+        .service(resource("/devices/{id}/delete").post(delete_form));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewClaim {
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     /// e.g. `sensor`, `esp32c3`.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,32}$")]
     kind: String,
     #[serde(default)]
+    #[schema(max_items = 16, value_type = Vec<crate::devices::Tag>)]
     tags: Vec<String>,
 }
 
@@ -70,7 +74,7 @@ async fn create_claim(
     caller: Caller,
     request: HttpRequest,
     path: web::Path<i64>,
-    body: web::Json<NewClaim>,
+    body: crate::web::Json<NewClaim>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let claim = state
@@ -122,7 +126,7 @@ pub struct ClaimRequest {
 async fn claim(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<ClaimRequest>,
+    body: crate::web::Json<ClaimRequest>,
 ) -> Result<HttpResponse, AppError> {
     if let Some(ip) = client_addr(&request)
         && state.device_claims.0.check_key(&ip).is_err()
@@ -140,6 +144,7 @@ async fn claim(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this workspace's devices.
     tenant: Option<i64>,
@@ -170,7 +175,12 @@ async fn show(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: Option<String>,
+    #[schema(max_items = 16, value_type = Option<Vec<crate::devices::Tag>>)]
     tags: Option<Vec<String>>,
 }
 
@@ -181,7 +191,7 @@ async fn update(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<i64>,
-    body: web::Json<DevicePatch>,
+    body: crate::web::Json<DevicePatch>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let device = state
@@ -235,14 +245,19 @@ async fn revoke(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TelemetryQuery {
     /// One metric; all when left out.
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     metric: Option<String>,
     /// RFC 3339; default 24 hours before `to`.
+    #[param(format = DateTime)]
     from: Option<String>,
     /// RFC 3339; default now.
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Bucket size: `30s`, `5m`, `1h`, `1d` (or seconds); raw readings when left out.
+    #[param(pattern = r"^[0-9]{1,9}[smhd]?$")]
     step: Option<String>,
 }
 

@@ -154,6 +154,21 @@ fn slug_like(field: &str, value: &str) -> Result<String, AppError> {
     }
 }
 
+/// A device tag, as the API document describes it (`parse_tags` checks tags; it folds case).
+pub struct Tag;
+
+impl utoipa::PartialSchema for Tag {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^[A-Za-z0-9_.-]{1,32}$"))
+            .description(Some("1 to 32 letters, digits, `-`, `_` or `.`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Tag {}
+
 pub fn parse_tags(tags: &[String]) -> Result<Vec<String>, AppError> {
     if tags.len() > MAX_TAGS {
         return Err(AppError::BadRequest(format!("tags: at most {MAX_TAGS}")));

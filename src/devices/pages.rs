@@ -16,21 +16,15 @@ use crate::web::{AppState, client_ip, get, resource};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/devices/firmware", firmware_page))
-        .service(resource("/devices/firmware/keys").route(web::post().to(add_key_form)))
-        .service(resource("/devices/rollouts").route(web::post().to(create_rollout_form)))
+        .service(resource("/devices/firmware/keys").post(add_key_form))
+        .service(resource("/devices/rollouts").post(create_rollout_form))
         .service(get("/devices/rollouts/{tenant}/{id}", rollout_page))
-        .service(
-            resource("/devices/rollouts/{tenant}/{id}/{action}").route(web::post().to(steer_form)),
-        )
-        .service(resource("/devices/{id}/commands").route(web::post().to(command_form)))
-        .service(resource("/devices/{id}/rooms").route(web::post().to(add_room_form)))
-        .service(
-            resource("/devices/{id}/rooms/{room}/remove").route(web::post().to(remove_room_form)),
-        )
-        .service(resource("/devices/{id}/rules").route(web::post().to(add_rule_form)))
-        .service(
-            resource("/devices/{id}/rules/{rule}/delete").route(web::post().to(delete_rule_form)),
-        );
+        .service(resource("/devices/rollouts/{tenant}/{id}/{action}").post(steer_form))
+        .service(resource("/devices/{id}/commands").post(command_form))
+        .service(resource("/devices/{id}/rooms").post(add_room_form))
+        .service(resource("/devices/{id}/rooms/{room}/remove").post(remove_room_form))
+        .service(resource("/devices/{id}/rules").post(add_rule_form))
+        .service(resource("/devices/{id}/rules/{rule}/delete").post(delete_rule_form));
 }
 
 /// What the device page adds to its context: commands, rooms (and rooms it could join),

@@ -60,7 +60,23 @@ pub async fn enforce(
         }
     }
     if let Err((reason, error)) = judge(&active, &req, client).await {
-        return Ok(refuse(req, reason, error));
+        let mut response = refuse(req, reason, error);
+        if reason == "method" {
+            // RFC 9110: a 405 names the methods that do work here, less the denied ones.
+            let denied = &active.policy.waf.deny_methods;
+            let allow = crate::web::allowed_methods(response.request())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|method| !denied.iter().any(|d| d.eq_ignore_ascii_case(method)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+                response
+                    .headers_mut()
+                    .insert(actix_web::http::header::ALLOW, value);
+            }
+        }
+        return Ok(response);
     }
     next.call(req)
         .await

@@ -17,20 +17,20 @@ use crate::web::{AppState, client_ip, get, resource};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource("/api/v1/admin/edge/policy")
-            .route(web::get().to(current))
-            .route(web::put().to(replace)),
+            .get(current)
+            .put(replace),
     )
     .service(get("/api/v1/admin/edge/versions", versions))
     .service(get("/api/v1/admin/edge/versions/{version}", version))
-    .service(resource("/api/v1/admin/edge/rollback").route(web::post().to(rollback)))
-    .service(resource("/api/v1/admin/edge/preview").route(web::post().to(preview)))
+    .service(resource("/api/v1/admin/edge/rollback").post(rollback))
+    .service(resource("/api/v1/admin/edge/preview").post(preview))
     .service(get("/api/v1/admin/edge/render", rendered))
     .service(get("/api/v1/admin/edge/agents", agents))
-    .service(resource("/api/v1/admin/edge/agents/{name}").route(web::put().to(report)))
+    .service(resource("/api/v1/admin/edge/agents/{name}").put(report))
     .service(get("/admin/edge", page))
-    .service(resource("/admin/edge/preview").route(web::post().to(preview_form)))
-    .service(resource("/admin/edge/save").route(web::post().to(save_form)))
-    .service(resource("/admin/edge/rollback").route(web::post().to(rollback_form)));
+    .service(resource("/admin/edge/preview").post(preview_form))
+    .service(resource("/admin/edge/save").post(save_form))
+    .service(resource("/admin/edge/rollback").post(rollback_form));
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -88,13 +88,13 @@ fn parse_value(value: &serde_json::Value) -> Result<EdgePolicy, Vec<FieldError>>
 }
 
 #[utoipa::path(put, path = "/api/v1/admin/edge/policy", tag = "admin", request_body = NewPolicy,
-    responses((status = 200, body = ActivePolicy), (status = 422, body = PolicyErrors),
+    responses((status = 200, body = ActivePolicy), (status = 422, description = "The policy is refused; `errors` names each problem", body = PolicyErrors, content_type = "application/problem+json"),
               (status = 403, description = "Needs the admin role")))]
 async fn replace(
     state: web::Data<AppState>,
     staff: Staff,
     request: HttpRequest,
-    body: web::Json<NewPolicy>,
+    body: crate::web::Json<NewPolicy>,
 ) -> Result<HttpResponse, AppError> {
     staff.require(Action::Edge)?;
     let body = body.into_inner();
@@ -122,7 +122,7 @@ async fn versions(state: web::Data<AppState>, staff: Staff) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(state.edge.history(100).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/admin/edge/versions/{version}", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/edge/versions/{version}", params(("version" = i64, Path)), tag = "admin",
     responses((status = 200, body = ActivePolicy), (status = 404, description = "No such version")))]
 async fn version(
     state: web::Data<AppState>,
@@ -146,7 +146,7 @@ async fn rollback(
     state: web::Data<AppState>,
     staff: Staff,
     request: HttpRequest,
-    body: web::Json<Rollback>,
+    body: crate::web::Json<Rollback>,
 ) -> Result<HttpResponse, AppError> {
     staff.require(Action::Edge)?;
     let version = state
@@ -165,8 +165,11 @@ pub struct PreviewRequest {
 
 /// Renders a draft without saving it: the text an export of it would be.
 #[utoipa::path(post, path = "/api/v1/admin/edge/preview", tag = "admin", request_body = PreviewRequest,
-    responses((status = 200, content_type = "text/plain"), (status = 422, body = PolicyErrors)))]
-async fn preview(staff: Staff, body: web::Json<PreviewRequest>) -> Result<HttpResponse, AppError> {
+    responses((status = 200, content_type = "text/plain"), (status = 422, description = "The policy is refused; `errors` names each problem", body = PolicyErrors, content_type = "application/problem+json")))]
+async fn preview(
+    staff: Staff,
+    body: crate::web::Json<PreviewRequest>,
+) -> Result<HttpResponse, AppError> {
     staff.require(Action::View)?;
     match parse_value(&body.policy) {
         Ok(policy) => Ok(text(render(&policy, 0, body.format), None)),
@@ -175,8 +178,10 @@ async fn preview(staff: Staff, body: web::Json<PreviewRequest>) -> Result<HttpRe
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RenderQuery {
     /// `caddy`, `nginx` or `nftables`.
+    #[param(value_type = crate::edge::render::Format)]
     format: String,
     /// A stored version; the active one when left out.
     version: Option<i64>,
@@ -221,23 +226,25 @@ async fn agents(state: web::Data<AppState>, staff: Staff) -> Result<HttpResponse
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AgentStatus {
+    #[schema(value_type = crate::edge::render::Format)]
     format: String,
     /// The version now in force on the agent's proxy (after a failed check: the one kept).
     applied_version: Option<i64>,
     /// `applied`, `check_failed` or `error`.
+    #[schema(schema_with = crate::api_docs::agent_status)]
     status: String,
     error: Option<String>,
 }
 
 /// An edge agent reports what it applied. Needs the operator role (an agent's token).
-#[utoipa::path(put, path = "/api/v1/admin/edge/agents/{name}", tag = "admin", request_body = AgentStatus,
+#[utoipa::path(put, path = "/api/v1/admin/edge/agents/{name}", params(("name" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$")), tag = "admin", request_body = AgentStatus,
     responses((status = 204), (status = 400, description = "Bad name or status")))]
 async fn report(
     state: web::Data<AppState>,
     staff: Staff,
     request: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<AgentStatus>,
+    body: crate::web::Json<AgentStatus>,
 ) -> Result<HttpResponse, AppError> {
     staff.require(Action::Operate)?;
     let name = path.into_inner();

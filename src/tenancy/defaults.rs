@@ -23,8 +23,8 @@ use crate::web::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
-    cfg.service(get("/api/v1/tenants/{id}", api_get).route(web::patch().to(api_update)))
-        .service(resource("/workspaces/{id}/settings").route(web::post().to(settings_form)));
+    cfg.service(get("/api/v1/tenants/{id}", api_get).patch(api_update))
+        .service(resource("/workspaces/{id}/settings").post(settings_form));
 }
 
 /// A workspace as its members see it.
@@ -47,12 +47,16 @@ pub struct Workspace {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspacePatch {
+    #[schema(
+        max_length = 80,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::chat::Privacy>)]
     pub default_privacy: Option<String>,
     /// `null` keeps messages until deleted.
     #[serde(default, deserialize_with = "crate::chat::api::double_option")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 36500)]
     pub retention_days: Option<Option<i32>>,
 }
 
@@ -196,7 +200,7 @@ async fn api_update(
     request: HttpRequest,
     caller: Caller,
     tenant: web::Path<i64>,
-    body: web::Json<WorkspacePatch>,
+    body: crate::web::Json<WorkspacePatch>,
 ) -> Result<HttpResponse, AppError> {
     let workspace = update(
         &state,

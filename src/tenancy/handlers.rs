@@ -27,10 +27,10 @@ const INVITATION_DAYS: i64 = 7;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::{get, resource};
-    cfg.service(get("/api/v1/tenants", list_tenants).route(web::post().to(create_tenant)))
-        .service(resource("/api/v1/tenants/{id}/invitations").route(web::post().to(invite)))
-        .service(resource("/api/v1/invitations/accept").route(web::post().to(api_accept)))
-        .service(get("/invite", invite_page).route(web::post().to(accept_form)));
+    cfg.service(get("/api/v1/tenants", list_tenants).post(create_tenant))
+        .service(resource("/api/v1/tenants/{id}/invitations").post(invite))
+        .service(resource("/api/v1/invitations/accept").post(api_accept))
+        .service(get("/invite", invite_page).post(accept_form));
 }
 
 pub(crate) fn event(
@@ -76,7 +76,12 @@ async fn list_tenants(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewTenant {
+    #[schema(
+        max_length = 80,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$")]
     slug: String,
 }
 
@@ -113,7 +118,7 @@ pub(crate) fn parse_slug(slug: &str) -> Result<String, AppError> {
 async fn create_tenant(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Json<NewTenant>,
+    body: crate::web::Json<NewTenant>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let name = crate::auth::users::parse_display_name(&body.name).map_err(AppError::BadRequest)?;
@@ -158,7 +163,9 @@ async fn create_tenant(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewInvitation {
+    #[schema(format = Email)]
     email: String,
+    #[schema(value_type = crate::tenancy::Role)]
     role: String,
 }
 
@@ -182,7 +189,7 @@ async fn invite(
     state: web::Data<AppState>,
     caller: Caller,
     tenant: web::Path<i64>,
-    body: web::Json<NewInvitation>,
+    body: crate::web::Json<NewInvitation>,
 ) -> Result<HttpResponse, AppError> {
     let body = body.into_inner();
     let (id, email, role, expires_at) = create_invitation(
@@ -422,7 +429,7 @@ async fn accept(
 async fn api_accept(
     state: web::Data<AppState>,
     identity: Identity,
-    body: web::Json<AcceptRequest>,
+    body: crate::web::Json<AcceptRequest>,
 ) -> Result<HttpResponse, AppError> {
     let (tenant_id, name, role) = accept(&state, &identity, body.into_inner().token).await?;
     Ok(HttpResponse::Ok()

@@ -28,27 +28,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/api/v1/tenants/{id}/members", api_members))
         .service(
             resource("/api/v1/tenants/{id}/members/{user_id}")
-                .route(web::patch().to(api_change_role))
-                .route(web::delete().to(api_remove)),
+                .patch(api_change_role)
+                .delete(api_remove),
         )
         .service(
             resource("/api/v1/tenants/{id}/invitations/{invitation_id}")
-                .route(web::delete().to(api_revoke_invitation)),
+                .delete(api_revoke_invitation),
         )
         .service(get("/workspaces", workspaces_page))
         .service(get("/workspaces/{id}", workspace_page))
-        .service(resource("/workspaces/{id}/invite").route(web::post().to(invite_form)))
-        .service(
-            resource("/workspaces/{id}/members/{user_id}/role").route(web::post().to(role_form)),
-        )
-        .service(
-            resource("/workspaces/{id}/members/{user_id}/remove")
-                .route(web::post().to(remove_form)),
-        )
-        .service(
-            resource("/workspaces/{id}/invitations/{invitation_id}/revoke")
-                .route(web::post().to(revoke_form)),
-        );
+        .service(resource("/workspaces/{id}/invite").post(invite_form))
+        .service(resource("/workspaces/{id}/members/{user_id}/role").post(role_form))
+        .service(resource("/workspaces/{id}/members/{user_id}/remove").post(remove_form))
+        .service(resource("/workspaces/{id}/invitations/{invitation_id}/revoke").post(revoke_form));
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -330,6 +322,7 @@ async fn api_members(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RoleChange {
+    #[schema(value_type = crate::tenancy::Role)]
     role: String,
 }
 
@@ -353,7 +346,7 @@ async fn api_change_role(
     request: HttpRequest,
     caller: Caller,
     path: web::Path<(i64, i64)>,
-    body: web::Json<RoleChange>,
+    body: crate::web::Json<RoleChange>,
 ) -> Result<HttpResponse, AppError> {
     let (tenant_id, target) = path.into_inner();
     let role: Role = body.role.parse().map_err(AppError::BadRequest)?;

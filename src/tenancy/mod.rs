@@ -19,7 +19,8 @@ use crate::schema::{memberships, tenants};
 /// The workspace every installation starts with (created by the accounts migration).
 pub const DEFAULT_TENANT_SLUG: &str = "default";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = WorkspaceRole)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,

@@ -56,11 +56,17 @@ impl ClientErrorLimiter {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ClientErrorReport {
+    #[schema(max_length = 2000, pattern = r"\S")]
     message: String,
+    #[schema(max_length = 2000)]
     source: Option<String>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     line: Option<u32>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     column: Option<u32>,
+    #[schema(max_length = 16000)]
     stack: Option<String>,
+    #[schema(max_length = 2000)]
     page: Option<String>,
 }
 
@@ -102,7 +108,7 @@ impl ClientErrorReport {
 pub async fn report(
     state: web::Data<AppState>,
     request: HttpRequest,
-    report: web::Json<ClientErrorReport>,
+    report: crate::web::Json<ClientErrorReport>,
 ) -> Result<HttpResponse, AppError> {
     let ip = super::client_addr(&request)
         .ok_or_else(|| AppError::BadRequest("The client address is unknown.".to_owned()))?;

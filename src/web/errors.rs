@@ -172,12 +172,22 @@ pub async fn not_found(request: actix_web::HttpRequest) -> Result<HttpResponse, 
     Err(AppError::NotFound(format!("There is nothing at {path}.")))
 }
 
-pub async fn method_not_allowed(request: actix_web::HttpRequest) -> Result<HttpResponse, AppError> {
-    Err(AppError::MethodNotAllowed(format!(
-        "{} is not allowed on {}.",
+/// 405 for a method the path does not route, with `Allow` naming the ones it does.
+pub async fn method_not_allowed(
+    request: actix_web::HttpRequest,
+    allow: String,
+) -> Result<HttpResponse, actix_web::Error> {
+    let error = AppError::MethodNotAllowed(format!(
+        "{} is not allowed on {}; use {allow}.",
         request.method(),
         request.path()
-    )))
+    ));
+    let mut response = actix_web::ResponseError::error_response(&error);
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    // `render` turns the error into the page or problem document and keeps the header.
+    Err(actix_web::error::InternalError::from_response(error, response).into())
 }
 
 /// A query string that does not parse (e.g. `?limit=abc`) is a 400 problem document naming the

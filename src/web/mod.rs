@@ -6,6 +6,7 @@ pub mod client_errors;
 pub mod csrf;
 pub mod errors;
 pub mod health;
+pub mod json;
 pub mod pages;
 pub mod security;
 pub mod templates;
@@ -20,6 +21,7 @@ use crate::db::Db;
 use crate::jobs::Queue;
 use crate::settings::Settings;
 
+pub use json::Json;
 pub use templates::Templates;
 
 /// Everything a handler may need, built once at start-up.
@@ -83,21 +85,107 @@ pub fn client_ip(request: &actix_web::HttpRequest) -> Option<String> {
     client_addr(request).map(|ip| ip.to_string())
 }
 
-/// A resource that answers 405 (as a problem document) for methods it does not route.
-pub fn resource(path: &str) -> Resource {
-    web::resource(path).default_service(web::to(errors::method_not_allowed))
+/// One path's routes, by method. Actix's `Resource` cannot list the methods its routes take,
+/// so this builder records them as they are added and, for any other method, answers 405 (a
+/// problem document) with the `Allow` header RFC 9110 requires, naming the methods that work.
+pub struct Endpoint {
+    path: String,
+    resource: Resource,
+    allowed: Vec<&'static str>,
 }
 
-/// A resource answering GET and HEAD (actix sends no body for HEAD) with `handler`.
-pub fn get<F, Args>(path: &str, handler: F) -> Resource
+/// A path with no routes yet; add them with `.get(…)`, `.post(…)`, `.put(…)`, `.patch(…)`,
+/// `.delete(…)`.
+pub fn resource(path: &str) -> Endpoint {
+    Endpoint {
+        path: path.to_owned(),
+        resource: web::resource(path),
+        allowed: Vec::new(),
+    }
+}
+
+/// A path answering GET and HEAD (actix sends no body for HEAD) with `handler`.
+pub fn get<F, Args>(path: &str, handler: F) -> Endpoint
 where
     F: actix_web::Handler<Args> + Clone,
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    resource(path)
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
+    resource(path).get(handler)
+}
+
+macro_rules! endpoint_methods {
+    ($($(#[$doc:meta])* $name:ident => $route:ident, $method:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name<F, Args>(mut self, handler: F) -> Self
+            where
+                F: actix_web::Handler<Args>,
+                Args: actix_web::FromRequest + 'static,
+                F::Output: actix_web::Responder + 'static,
+            {
+                self.resource = self.resource.route(web::$route().to(handler));
+                self.allowed.push($method);
+                self
+            }
+        )*
+    };
+}
+
+impl Endpoint {
+    /// GET and HEAD.
+    pub fn get<F, Args>(mut self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args> + Clone,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.resource = self
+            .resource
+            .route(web::get().to(handler.clone()))
+            .route(web::head().to(handler));
+        self.allowed.extend(["GET", "HEAD"]);
+        self
+    }
+
+    endpoint_methods! {
+        post => post, "POST";
+        put => put, "PUT";
+        patch => patch, "PATCH";
+        delete => delete, "DELETE";
+    }
+}
+
+/// The methods each registered path pattern takes, for refusals made before routing (the
+/// edge's denied methods) that must still name them in `Allow`. Filled as endpoints register;
+/// every app built in the process registers the same routes.
+static ALLOWED: std::sync::LazyLock<
+    std::sync::RwLock<std::collections::HashMap<String, Vec<&'static str>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The methods the path of `request` takes, when it matches a registered endpoint.
+pub fn allowed_methods(request: &actix_web::HttpRequest) -> Option<Vec<&'static str>> {
+    let pattern = request.match_pattern()?;
+    ALLOWED
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&pattern)
+        .cloned()
+}
+
+impl actix_web::dev::HttpServiceFactory for Endpoint {
+    fn register(self, config: &mut actix_web::dev::AppService) {
+        ALLOWED
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.path.clone(), self.allowed.clone());
+        let allow = self.allowed.join(", ");
+        self.resource
+            .default_service(web::to(move |request: actix_web::HttpRequest| {
+                errors::method_not_allowed(request, allow.clone())
+            }))
+            .register(config);
+    }
 }
 
 /// Routes of the foundation. Domain modules add theirs with their own `configure`.
@@ -110,7 +198,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/docs", crate::api_docs::page))
         .service(get("/static/{path:.*}", assets::serve))
         .service(get("/sw.js", assets::service_worker))
-        .service(resource("/api/v1/client-errors").route(web::post().to(client_errors::report)))
+        .service(resource("/api/v1/client-errors").post(client_errors::report))
         .configure(crate::auth::handlers::configure)
         .configure(crate::auth::session_handlers::configure)
         .configure(crate::auth::password_handlers::configure)

@@ -379,6 +379,8 @@ async fn waf_rules_refuse_probes_traversal_methods_agents_and_large_bodies() {
         .await
         .expect("sent");
     assert_eq!(trace.status(), 405);
+    // The refusal still names what works there (RFC 9110).
+    assert_eq!(trace.headers()["allow"], "GET, HEAD");
     let agent = client
         .get(app.url("/"))
         .header("User-Agent", "sqlmap/1.7 (https://sqlmap.org)")

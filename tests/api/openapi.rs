@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::helpers::spawn_app;
 
 /// `(method, path)` of every `/api/v1` and `/v1` route registered in `src/` (`get("/api/v1/…", …)`,
-/// `resource("/api/v1/…").route(web::post()…)` and the admin area's `action(cfg, "/api/v1/…",
-/// …)` (a POST) calls).
+/// `resource("/api/v1/…").post(…)` and the admin area's `action(cfg, "/api/v1/…", …)` (a POST)
+/// calls).
 fn registered_routes() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     let mut stack = vec![std::path::PathBuf::from(concat!(
@@ -53,7 +53,7 @@ fn registered_routes() -> BTreeSet<(String, String)> {
                         continue;
                     }
                     for method in ["get", "post", "put", "patch", "delete"] {
-                        if chain.contains(&format!("web::{method}()")) {
+                        if chain.contains(&format!(".{method}(")) {
                             routes.insert((method.to_owned(), route.clone()));
                         }
                     }
@@ -88,6 +88,41 @@ async fn every_api_route_is_documented_and_every_documented_route_exists() {
             }
         }
     }
+    // Path parameters are exactly the path's placeholders (a query struct without
+    // `parameter_in = Query` would document its fields as path parameters).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let placeholders: BTreeSet<&str> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .collect();
+        for (method, op) in item.as_object().unwrap() {
+            let in_path: BTreeSet<&str> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "path")
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert_eq!(
+                in_path, placeholders,
+                "{method} {path}: path parameters and placeholders differ"
+            );
+        }
+    }
+
+    // Every operation names the errors the shared layers may answer, as problem documents.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for status in ["401", "403", "429", "503"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} documents {status}"
+                );
+            }
+        }
+    }
+
     let registered = registered_routes();
     assert!(
         registered.len() >= 30,

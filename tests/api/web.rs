@@ -154,12 +154,37 @@ async fn error_pages_escape_what_the_user_typed() {
 }
 
 #[tokio::test]
-async fn wrong_method_is_405_with_a_clear_message() {
+async fn wrong_method_is_405_with_a_clear_message_and_the_allowed_methods() {
     let app = spawn_app().await;
     let response = app.client.post(app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
     let problem: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(problem["detail"], "POST is not allowed on /healthz.");
+    assert_eq!(
+        problem["detail"],
+        "POST is not allowed on /healthz; use GET, HEAD."
+    );
+
+    // A path with several methods names them all, for API clients and for browsers alike.
+    let response = app
+        .client
+        .put(app.url("/api/v1/rooms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, HEAD, POST");
+    let page = app
+        .client
+        .delete(app.url("/login"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 405);
+    let allow = page.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    assert!(page.text().await.unwrap().contains("<html"));
 }
 
 #[tokio::test]

@@ -31,6 +31,13 @@ test('the API reference lists every operation and its schemas', async () => {
   assert.match(await completions.innerText(), /OpenAI/);
   await page.locator('#schema-Problem summary').click();
   assert.match(await page.locator('#schema-Problem').innerText(), /status/);
+  // The errors the shared layers answer are listed once, not under every operation.
+  const common = page.locator('#common-errors');
+  await common.locator('summary').click();
+  for (const status of ['400', '401', '403', '404', '413', '415', '429', '503']) {
+    assert.match(await common.innerText(), new RegExp(`\\b${status}\\b`));
+  }
+  assert.doesNotMatch(await login.innerText(), /^503\b/m, 'the common 503 is not repeated');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `nothing overflows sideways (${overflow}px)`);
   await page.screenshot({ path: `${artifacts}docs-${backend}.png`, fullPage: false });
