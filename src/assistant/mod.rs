@@ -168,6 +168,9 @@ pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(concat!("conclave/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(std::time::Duration::from_secs(60))
+        // A provider's URL is configured; a redirect elsewhere (a captive portal, a hijacked
+        // DNS name) is an error, not a place to send prompts to.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default()
 }

@@ -135,12 +135,18 @@ pub(crate) trait Parser: Send + 'static {
     fn finish(&mut self, out: &mut VecDeque<Result<Delta, ProviderError>>);
 }
 
+/// The most a provider may send for one answer. A long chat answer is tens of kilobytes; the
+/// cap bounds what a broken or hostile provider can make a node hold (an endless line, an
+/// event that never ends), and ends such a stream with a clear error.
+pub(crate) const MAX_ANSWER_BYTES: usize = 4 << 20;
+
 struct Driven<P> {
     body: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     parser: P,
     ready: VecDeque<Result<Delta, ProviderError>>,
     ended: bool,
     idle: Duration,
+    received: usize,
 }
 
 /// The deltas of a provider's streamed answer. A read that takes longer than `idle` fails the
@@ -156,6 +162,7 @@ pub(crate) fn drive<P: Parser>(
         ready: VecDeque::new(),
         ended: false,
         idle,
+        received: 0,
     };
     Box::pin(futures_util::stream::unfold(
         state,
@@ -177,7 +184,17 @@ pub(crate) fn drive<P: Parser>(
                             .ready
                             .push_back(Err(ProviderError::Timeout("idle stream")));
                     }
-                    Ok(Some(Ok(chunk))) => state.parser.feed(&chunk, &mut state.ready),
+                    Ok(Some(Ok(chunk))) => {
+                        state.received = state.received.saturating_add(chunk.len());
+                        if state.received > MAX_ANSWER_BYTES {
+                            state.ready.push_back(Err(ProviderError::Malformed(format!(
+                                "the answer exceeds {} MiB",
+                                MAX_ANSWER_BYTES >> 20
+                            ))));
+                        } else {
+                            state.parser.feed(&chunk, &mut state.ready);
+                        }
+                    }
                     Ok(Some(Err(error))) => {
                         state
                             .ready

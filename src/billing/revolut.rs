@@ -125,6 +125,9 @@ impl RevolutProvider {
         Self {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(settings.timeout_secs))
+                // The API's answers are never redirects: one means a wrong base URL or someone
+                // in the way, and is an error rather than a request sent elsewhere.
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("conclave/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),

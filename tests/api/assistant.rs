@@ -72,6 +72,7 @@ fn with_fake(settings: &mut Settings, fake: &str) {
         "broken",
         "slow",
         "stall",
+        "flood",
     ] {
         assistant
             .models
@@ -316,7 +317,7 @@ async fn broken_streams_end_with_a_clear_error_and_are_billed_as_they_ended() {
         team_with_fake(|settings| settings.assistant.breaker_failures = 100).await;
     let app = &team.app;
 
-    for model in ["cut", "malformed", "stall"] {
+    for model in ["cut", "malformed", "stall", "flood"] {
         let (status, events, done) = stream(app, &token, ask(model, "one two three")).await;
         assert_eq!(status, 200, "{model}: the stream had started");
         assert!(!done, "{model}: no [DONE] after a failure");
@@ -349,7 +350,12 @@ async fn broken_streams_end_with_a_clear_error_and_are_billed_as_they_ended() {
         "the provider's own reason is passed on: {answer}"
     );
 
-    let rows = settled_usage(app, 6).await;
+    // A provider that never ends its event is cut off at the answer cap, with a reason.
+    let (_, events, _) = stream(app, &token, ask("flood", "x")).await;
+    let error = events.last().unwrap()["error"]["message"].as_str().unwrap();
+    assert!(error.contains("exceeds 4 MiB"), "{error}");
+
+    let rows = settled_usage(app, 8).await;
     let outcomes: Vec<&str> = rows.iter().map(|r| r.6.as_str()).collect();
     assert_eq!(
         outcomes,
@@ -359,7 +365,9 @@ async fn broken_streams_end_with_a_clear_error_and_are_billed_as_they_ended() {
             "incomplete",
             "incomplete",
             "incomplete",
-            "failed"
+            "incomplete",
+            "failed",
+            "incomplete"
         ]
     );
     assert!(rows[0].4 > 0, "the partial answer's tokens are counted");

@@ -206,7 +206,7 @@ async fn openai(seen: web::Data<Seen>, body: web::Json<Value>) -> HttpResponse {
             usize::MAX,
         ),
         "cut" => (words(&reply), Duration::ZERO, 2),
-        "malformed" | "stall" => (words(&reply), Duration::ZERO, 1),
+        "malformed" | "stall" | "flood" => (words(&reply), Duration::ZERO, 1),
         _ => (words(&reply), Duration::ZERO, usize::MAX),
     };
     let sent: Vec<String> = list.into_iter().take(limit).collect();
@@ -226,6 +226,14 @@ async fn openai(seen: web::Data<Seen>, body: web::Json<Value>) -> HttpResponse {
         }
         "stall" => {
             pieces.push((Duration::from_secs(30), ": too late\n\n".to_owned()));
+            return streamed(&seen, pieces, "text/event-stream");
+        }
+        "flood" => {
+            // An event that never ends: 6 MiB of one line.
+            pieces.push((Duration::ZERO, "data: ".to_owned()));
+            for _ in 0..96 {
+                pieces.push((Duration::ZERO, "x".repeat(64 * 1024)));
+            }
             return streamed(&seen, pieces, "text/event-stream");
         }
         _ => {}
