@@ -288,6 +288,33 @@ async fn bad_input_and_expired_codes_are_refused() {
 }
 
 #[tokio::test]
+async fn guessing_claim_codes_is_throttled_per_address() {
+    let team = team_with(|settings| settings.devices.claims_per_minute_per_ip = 3).await;
+    let app = &team.app;
+    let (_, created) = claim(
+        app,
+        &team.ada,
+        team.tenant,
+        json!({"name": "door", "kind": "sensor"}),
+    )
+    .await;
+    for guess in ["AAAA-BBBB-CCCC", "AAAA-BBBB-CCCD", "AAAA-BBBB-CCCE"] {
+        let (status, _) = redeem(app, guess).await;
+        assert_eq!(status, 400, "{guess}: a wrong code");
+    }
+    // The fourth attempt in the minute is refused before the code is even looked at: the
+    // right code too, so guessing cannot go faster than the limit.
+    let response = reqwest::Client::new()
+        .post(app.url("/api/v1/devices/claim"))
+        .json(&json!({ "code": created["code"] }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "60");
+}
+
+#[tokio::test]
 async fn the_plan_caps_devices_counting_open_codes_and_names_are_unique() {
     let team = team_with(|settings| {
         settings.billing.plans.insert(
