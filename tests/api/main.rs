@@ -26,6 +26,7 @@ mod fake_llm;
 mod firmware;
 mod guests;
 mod helpers;
+mod isolation;
 mod jobs;
 mod login;
 mod mail;
