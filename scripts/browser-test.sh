@@ -6,17 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${1:-sqlite}
 
-data=$(mktemp -d /tmp/conclave-browser.XXXXXX)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export CONCLAVE__DATA_DIR="$data"
-export CONCLAVE__SERVER__LISTEN="127.0.0.1:$port"
-export CONCLAVE__TELEMETRY__LOG_FILTER=warn
-if [ "$backend" = postgres ]; then
-  : "${TEST_DATABASE_URL:?browser tests on postgres need TEST_DATABASE_URL}"
-  db="conclave_browser_$$"
-  psql "$TEST_DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
-  export CONCLAVE__DATABASE__URL="${TEST_DATABASE_URL%/*}/$db"
-fi
+# shellcheck source=scripts/test-server.sh
+source scripts/test-server.sh
+test_server_environment browser "$backend"
 
 # A person to sign in as, created the way an operator would.
 export CONCLAVE_TEST_EMAIL="ada@example.com"
@@ -100,9 +92,7 @@ cleanup() {
   kill "$IDP_PID" 2>/dev/null || true
   kill "$llm" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
-  if [ "$backend" = postgres ]; then
-    psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
-  fi
+  test_server_drop_database
   rm -rf "$data"
 }
 trap cleanup EXIT

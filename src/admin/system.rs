@@ -196,7 +196,7 @@ async fn caches_api(state: web::Data<AppState>, staff: Staff) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(json!({ "caches": caches(&state) })))
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/caches/{name}/clear", params(("name" = String, Path)), tag = "admin", summary = "Clear a cache on this node (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/admin/caches/{name}/clear", params(("name" = String, Path, description = "sessions, quota, assistant_rooms or oidc_discovery", pattern = r"^[a-z_]{1,32}$")), tag = "admin", summary = "Clear a cache on this node (operators)", responses((status = 200, description = "Done: before and after"), (status = 403, description = "No staff role, or not enough of one", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such thing", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn clear(
     state: web::Data<AppState>,
     staff: Staff,

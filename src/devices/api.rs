@@ -410,7 +410,7 @@ async fn rollout(
 
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/rollouts/{rollout}/{action}", tag = "firmware",
     summary = "halt, resume or rollback a rollout (operators)",
-    params(("tenant" = i64, Path), ("rollout" = i64, Path), ("action" = String, Path)),
+    params(("tenant" = i64, Path), ("rollout" = i64, Path), ("action" = String, Path, pattern = r"^(halt|resume|rollback)$")),
     responses((status = 200, body = Rollout),
         (status = 409, description = "Not possible in the rollout's state", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn steer_rollout(
