@@ -918,7 +918,7 @@ except NotFoundError as e:
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("models: broken,claude,cut,echo,local,malformed,quiet,slow,stall"),
+        stdout.contains("models: broken,claude,cut,echo,flood,local,malformed,quiet,slow,stall"),
         "{stdout}"
     );
     assert!(
