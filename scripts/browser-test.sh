@@ -40,6 +40,12 @@ export CONCLAVE_ADMIN_EMAIL="edsger@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_ADMIN_EMAIL" \
   --password "$CONCLAVE_TEST_PASSWORD" --name "Edsger Dijkstra" --owner >/dev/null)
 
+# Xavier, a staff owner whose display name is itself a payload, is the XSS test's own.
+export CONCLAVE_XSS_EMAIL="xavier@example.com"
+(cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_XSS_EMAIL" \
+  --password "$CONCLAVE_TEST_PASSWORD" --name 'Xavier <img src=x id=xss-name onerror="window.__pwned=1">' \
+  --owner >/dev/null)
+
 # Lise, an operator, is the devices test's own.
 export CONCLAVE_DEVICES_EMAIL="lise@example.com"
 (cd "$data" && "$OLDPWD/target/debug/conclave" user create --email "$CONCLAVE_DEVICES_EMAIL" \
