@@ -29,6 +29,8 @@ pub mod events {
     pub const RECOVERY_CODE_USED: &str = "2fa.recovery_code_used";
     pub const TOKEN_CREATED: &str = "token.created";
     pub const TOKEN_REVOKED: &str = "token.revoked";
+    /// An address presented too many unknown API tokens and is refused for a minute.
+    pub const TOKEN_GUESSING_THROTTLED: &str = "token.guessing_throttled";
     pub const IDENTITY_LINKED: &str = "identity.linked";
     pub const IDENTITY_UNLINKED: &str = "identity.unlinked";
 }

@@ -357,6 +357,9 @@ pub struct AccountSettings {
     pub lockout_minutes: u64,
     /// Sign-in attempts accepted per client IP and minute; 0 means no limit.
     pub login_attempts_per_ip_per_minute: u32,
+    /// Unknown API tokens accepted per client IP and minute; past that, the address gets 429
+    /// for a minute (even with a valid token) and the audit log records it. 0: no limit.
+    pub invalid_tokens_per_ip_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -389,6 +392,7 @@ impl Default for AccountSettings {
             lockout_threshold: 5,
             lockout_minutes: 15,
             login_attempts_per_ip_per_minute: 30,
+            invalid_tokens_per_ip_per_minute: 20,
         }
     }
 }

@@ -257,6 +257,9 @@ impl Application {
             device_claims: crate::devices::handlers::ClaimLimiter::per_minute(
                 settings.devices.claims_per_minute_per_ip,
             ),
+            token_guard: crate::auth::api_tokens::TokenGuard::per_minute(
+                settings.accounts.invalid_tokens_per_ip_per_minute,
+            ),
             billing,
             edge,
         });

@@ -63,7 +63,7 @@ async fn token_caller(
             "Send a Conclave API token: Authorization: Bearer cnv_… (create one under Settings → API tokens).",
         ));
     };
-    let token = crate::auth::identity::resolve_token(state, presented)
+    let token = crate::auth::identity::resolve_token(state, request, presented)
         .await
         .map_err(|e| match e {
             AppError::Unavailable(message) => openai_error(
@@ -78,6 +78,21 @@ async fn token_caller(
                 "invalid_api_key",
                 "The API token is not valid, expired or was revoked.",
             ),
+            AppError::RateLimited { retry_after_secs } => {
+                let mut refused = openai_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "rate_limited",
+                    "Too many unknown API tokens from this address; try again in a minute.",
+                );
+                if let Some(secs) = retry_after_secs {
+                    refused.headers_mut().insert(
+                        actix_web::http::header::RETRY_AFTER,
+                        actix_web::http::header::HeaderValue::from(secs),
+                    );
+                }
+                refused
+            }
             other => {
                 tracing::error!(error = %other, "token lookup failed");
                 openai_error(

@@ -6,6 +6,12 @@ use diesel::prelude::*;
 use rand::RngCore as _;
 use serde::Serialize;
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
 use super::sessions::token_id;
 use crate::db::{DbConnection, write_transaction};
 use crate::schema::{api_tokens, users};
@@ -227,4 +233,45 @@ pub fn is_live(conn: &mut DbConnection, id: i64) -> QueryResult<bool> {
         .first(conn)
         .optional()?;
     Ok(matches!(expires, Some(None)) || matches!(expires, Some(Some(at)) if at > now))
+}
+
+/// Throttles guessing of API tokens per client address: `per_minute` unknown tokens are
+/// answered 401; the next one blocks the address for a minute (429, valid tokens too, so a
+/// guess cannot tell), once per block recorded in the audit log. Tokens carry 256 random bits,
+/// so this is about noise and detection rather than odds.
+pub struct TokenGuard {
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    blocked: moka::sync::Cache<IpAddr, ()>,
+}
+
+/// How long an address that guessed too often is refused.
+pub const TOKEN_BLOCK: Duration = Duration::from_secs(60);
+
+impl TokenGuard {
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self {
+            failures: NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(TOKEN_BLOCK)
+                .build(),
+        }
+    }
+
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        self.blocked.contains_key(&ip)
+    }
+
+    /// Counts an unknown token from `ip`; true when this one blocks the address.
+    pub fn failed(&self, ip: IpAddr) -> bool {
+        let Some(failures) = &self.failures else {
+            return false;
+        };
+        if failures.check_key(&ip).is_ok() {
+            return false;
+        }
+        let newly = !self.blocked.contains_key(&ip);
+        self.blocked.insert(ip, ());
+        newly
+    }
 }

@@ -227,7 +227,7 @@ impl FromRequest for Caller {
                         "application state missing"
                     )));
                 };
-                let token = resolve_token(state, presented).await?;
+                let token = resolve_token(state, &request, presented).await?;
                 let safe = matches!(
                     *request.method(),
                     actix_web::http::Method::GET | actix_web::http::Method::HEAD
@@ -263,23 +263,51 @@ impl FromRequest for Caller {
     }
 }
 
-/// The API token a client presented, or 401 `invalid_token`.
+/// The API token a client presented, or 401 `invalid_token`; 429 while the client's address
+/// is blocked for guessing (`TokenGuard`).
 pub async fn resolve_token(
     state: &AppState,
+    request: &HttpRequest,
     presented: String,
 ) -> Result<super::api_tokens::TokenIdentity, AppError> {
-    state
+    let client = crate::web::client_addr(request);
+    let throttled = || AppError::RateLimited {
+        retry_after_secs: Some(super::api_tokens::TOKEN_BLOCK.as_secs()),
+    };
+    if client.is_some_and(|ip| state.token_guard.is_blocked(ip)) {
+        return Err(throttled());
+    }
+    let found = state
         .db
         .run(move |conn| {
             super::api_tokens::resolve(conn, &presented).map_err(crate::db::DbError::from)
         })
-        .await?
-        .ok_or_else(|| AppError::Coded {
-            status: actix_web::http::StatusCode::UNAUTHORIZED,
-            code: "invalid_token",
-            message: "The API token is not valid, expired or was revoked.".to_owned(),
-            retry_after_secs: None,
-        })
+        .await?;
+    if let Some(token) = found {
+        return Ok(token);
+    }
+    if let Some(ip) = client
+        && state.token_guard.failed(ip)
+    {
+        metrics::counter!("rate_limited_total", "scope" => "api_token").increment(1);
+        let (_, user_agent) = crate::web::client_info(request);
+        let event = crate::audit::AuditEvent {
+            event: crate::audit::events::TOKEN_GUESSING_THROTTLED,
+            ip: Some(ip.to_string()),
+            user_agent,
+            ..crate::audit::AuditEvent::default()
+        };
+        if let Err(e) = crate::audit::record_now(&state.db, event).await {
+            tracing::warn!(error = %e, "cannot audit a blocked token guesser");
+        }
+        return Err(throttled());
+    }
+    Err(AppError::Coded {
+        status: actix_web::http::StatusCode::UNAUTHORIZED,
+        code: "invalid_token",
+        message: "The API token is not valid, expired or was revoked.".to_owned(),
+        retry_after_secs: None,
+    })
 }
 
 /// `Option<Identity>` for pages that look different when signed in.

@@ -98,7 +98,7 @@ async fn authenticate(
     token: Option<String>,
 ) -> Result<Principal, AppError> {
     if let Some(presented) = token {
-        let identity = crate::auth::identity::resolve_token(state, presented).await?;
+        let identity = crate::auth::identity::resolve_token(state, request, presented).await?;
         return Ok(Principal {
             kind: ConnectionKind::Token,
             user_id: identity.user_id,

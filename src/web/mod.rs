@@ -52,6 +52,8 @@ pub struct AppState {
     pub edge: crate::edge::Edge,
     pub devices: crate::devices::Registry,
     pub device_claims: crate::devices::handlers::ClaimLimiter,
+    /// Unknown API tokens per client address (`accounts.invalid_tokens_per_ip_per_minute`).
+    pub token_guard: crate::auth::api_tokens::TokenGuard,
     /// Wraps room data keys; `/readyz` reports whether it answers.
     pub key_provider: Arc<dyn crate::history::keys::KeyProvider>,
 }

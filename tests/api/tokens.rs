@@ -257,6 +257,74 @@ async fn invalid_token_requests_name_the_field() {
 }
 
 #[tokio::test]
+async fn guessing_tokens_is_throttled_per_address_and_audited_once() {
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.accounts.invalid_tokens_per_ip_per_minute = 3;
+    })
+    .await;
+    app.create_user("ada@example.com", PASSWORD, true).await;
+    assert_eq!(app.login("ada@example.com", PASSWORD).await.status(), 200);
+    let created: Value = create(&app, json!({"name": "script", "scopes": ["read"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let script = reqwest::Client::new();
+    let me = |bearer: String| {
+        script
+            .get(app.url("/api/v1/rooms"))
+            .bearer_auth(bearer)
+            .send()
+    };
+    assert_eq!(
+        me(token.clone()).await.unwrap().status(),
+        200,
+        "the token works"
+    );
+    for n in 0..3 {
+        let guess = me(format!("cnv_guess{n}")).await.unwrap();
+        assert_eq!(guess.status(), 401, "guess {n}");
+    }
+    // The next guess blocks the address for a minute: every token gets 429, the right one too,
+    // on every surface that takes tokens.
+    for bearer in [
+        "cnv_guess3".to_owned(),
+        "cnv_guess4".to_owned(),
+        token.clone(),
+    ] {
+        let refused = me(bearer).await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert_eq!(refused.headers()["retry-after"], "60");
+    }
+    let models = script
+        .get(app.url("/v1/models"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 429);
+    let body: Value = models.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "rate_limited",
+        "OpenAI-shaped: {body}"
+    );
+    // Recorded once, with the address, for the security team.
+    let audit = app
+        .state
+        .db
+        .run(|conn| conclave::audit::page(conn, 0, None, 100).map_err(conclave::db::DbError::from))
+        .await
+        .unwrap();
+    let throttled: Vec<_> = audit
+        .iter()
+        .filter(|e| e.event == "token.guessing_throttled")
+        .collect();
+    assert_eq!(throttled.len(), 1, "{audit:?}");
+    assert_eq!(throttled[0].ip.as_deref(), Some("127.0.0.1"));
+}
+
+#[tokio::test]
 async fn the_tokens_page_creates_shows_once_and_revokes() {
     let app = crate::helpers::spawn_app().await;
     app.create_user("ada@example.com", "correct horse battery staple", true)
