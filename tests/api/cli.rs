@@ -704,3 +704,142 @@ async fn logs_go_to_daily_files_and_never_hold_passwords_tokens_or_message_bodie
         .expect("the browser error is logged");
     assert!(reported.contains("conclave::client"), "{reported}");
 }
+
+/// Ada signed in on a fresh client: the client (with the session cookie) and the CSRF token
+/// unsafe requests carry.
+async fn ada_client(base: &str, password: &str) -> (reqwest::Client, String) {
+    use reqwest::cookie::CookieStore as _;
+    conclave::crypto::install_tls_provider();
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .build()
+        .unwrap();
+    assert_eq!(sign_in_ada(&client, base, password).await, 200);
+    let cookies = jar
+        .cookies(&base.parse().unwrap())
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .unwrap_or_default();
+    let csrf = cookies
+        .split("; ")
+        .find_map(|c| c.strip_prefix("conclave_csrf="))
+        .expect("a CSRF cookie")
+        .to_owned();
+    (client, csrf)
+}
+
+/// A fault: the process is killed (SIGKILL, no shutdown) while four writers post messages.
+/// Every message the server acknowledged (201) is there after a restart on the same data,
+/// readable, in order, and the node answers ready at once.
+#[tokio::test]
+async fn kill_9_under_write_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
+    let password = "Lantern-Harbour-5521-quartz";
+    let mut server = serve_with_ada(dir.path(), &db.url, password, &[]);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let (client, csrf) = ada_client(&base, password).await;
+    let token: serde_json::Value = client
+        .post(format!("{base}/api/v1/me/tokens"))
+        .header("X-CSRF-Token", &csrf)
+        .json(&serde_json::json!({ "name": "writer", "scopes": ["read", "write"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().expect("a token").to_owned();
+    let script = reqwest::Client::new();
+    let room: serde_json::Value = script
+        .post(format!("{base}/api/v1/rooms"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "ledger" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room = room["id"].as_i64().expect("room id");
+
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let (script, token, base) = (script.clone(), token.clone(), base.clone());
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let body = format!("entry {writer}-{n}");
+                let sent = script
+                    .post(format!("{base}/api/v1/rooms/{room}/messages"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({ "body": body }))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(answer) if answer.status() == 201 => {
+                        acknowledged.lock().unwrap().push(body);
+                    }
+                    // The process is gone (or dying): stop; what was not acknowledged may be lost.
+                    _ => break,
+                }
+            }
+        }));
+    }
+    // Kill once a good number of posts are acknowledged (and more are in flight).
+    let started = Instant::now();
+    while acknowledged.lock().unwrap().len() < 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "writers too slow"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 200);
+
+    // Back on the same data: ready at once, and every acknowledged message is there.
+    let server = serve(conclave(dir.path(), &db.url));
+    let (status, body) = http_get(server.port, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let mut stored = std::collections::HashSet::new();
+    let mut after = 0_i64;
+    loop {
+        let page: serde_json::Value = script
+            .get(format!(
+                "{base}/api/v1/rooms/{room}/messages?after={after}&limit=200"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let messages = page["messages"].as_array().expect("messages");
+        if messages.is_empty() {
+            break;
+        }
+        for message in messages {
+            stored.insert(message["body"].as_str().expect("readable").to_owned());
+            after = after.max(message["id"].as_i64().expect("id"));
+        }
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|body| !stored.contains(*body))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost: {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
+}
