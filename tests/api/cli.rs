@@ -728,9 +728,10 @@ async fn ada_client(base: &str, password: &str) -> (reqwest::Client, String) {
     (client, csrf)
 }
 
-/// A fault: the process is killed (SIGKILL, no shutdown) while four writers post messages.
-/// Every message the server acknowledged (201) is there after a restart on the same data,
-/// readable, in order, and the node answers ready at once.
+/// A fault: the process is killed (SIGKILL, no shutdown) while four writers post messages and
+/// a fifth adds credits to the ledger one at a time. Every message the server acknowledged
+/// (201) is there after a restart on the same data, readable, every acknowledged ledger entry
+/// counts in the balance, and the node answers ready at once.
 #[tokio::test]
 async fn kill_9_under_write_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -782,6 +783,29 @@ async fn kill_9_under_write_load_loses_no_acknowledged_message() {
                         acknowledged.lock().unwrap().push(body);
                     }
                     // The process is gone (or dying): stop; what was not acknowledged may be lost.
+                    _ => break,
+                }
+            }
+        }));
+    }
+    let credited = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    {
+        let (script, token, base) = (script.clone(), token.clone(), base.clone());
+        let credited = credited.clone();
+        writers.push(tokio::spawn(async move {
+            loop {
+                let sent = script
+                    .post(format!("{base}/api/v1/billing/credits/adjustments"))
+                    .bearer_auth(&token)
+                    .json(
+                        &serde_json::json!({ "tenant_id": 1, "amount": 1, "reason": "fault test" }),
+                    )
+                    .send()
+                    .await;
+                match sent {
+                    Ok(answer) if answer.status() == 201 => {
+                        credited.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     _ => break,
                 }
             }
@@ -841,5 +865,22 @@ async fn kill_9_under_write_load_loses_no_acknowledged_message() {
         "{} of {} acknowledged messages lost: {lost:?}",
         lost.len(),
         acknowledged.len()
+    );
+    // Each acknowledged +1 is in the balance (one in flight may have committed unacknowledged).
+    let credited = credited.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(credited > 0, "the ledger writer got answers");
+    let ledger: serde_json::Value = script
+        .get(format!("{base}/api/v1/billing/credits?tenant=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let balance = ledger["balance"].as_i64().expect("a balance");
+    assert!(
+        balance == credited || balance == credited + 1,
+        "{credited} acknowledged credits, balance {balance}"
     );
 }
