@@ -586,32 +586,15 @@ async fn logs_go_to_daily_files_and_never_hold_passwords_tokens_or_message_bodie
     );
     let base = format!("http://127.0.0.1:{}", server.port);
     conclave::crypto::install_tls_provider();
-    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .build()
-        .unwrap();
-
     assert_eq!(
-        sign_in_ada(&client, &base, "Wrong-Lantern-4410-moss").await,
+        sign_in_ada(&reqwest::Client::new(), &base, "Wrong-Lantern-4410-moss").await,
         401
     );
-    assert_eq!(sign_in_ada(&client, &base, password).await, 200);
-    use reqwest::cookie::CookieStore as _;
-    let cookies = jar
-        .cookies(&base.parse().unwrap())
-        .and_then(|v| v.to_str().ok().map(str::to_owned))
-        .unwrap_or_default();
-    let csrf = cookies
-        .split("; ")
-        .find_map(|c| c.strip_prefix("conclave_csrf="))
-        .expect("a CSRF cookie")
-        .to_owned();
-    let session = cookies
-        .split("; ")
-        .find(|c| !c.starts_with("conclave_csrf="))
-        .and_then(|c| c.split_once('=').map(|(_, v)| v.to_owned()))
-        .expect("a session cookie");
+    let AdaClient {
+        client,
+        csrf,
+        session,
+    } = ada_client(&base, password).await;
     let post = |path: &str, body: serde_json::Value| {
         client
             .post(format!("{base}{path}"))
@@ -705,9 +688,17 @@ async fn logs_go_to_daily_files_and_never_hold_passwords_tokens_or_message_bodie
     assert!(reported.contains("conclave::client"), "{reported}");
 }
 
-/// Ada signed in on a fresh client: the client (with the session cookie) and the CSRF token
-/// unsafe requests carry.
-async fn ada_client(base: &str, password: &str) -> (reqwest::Client, String) {
+/// Ada signed in on a fresh client.
+struct AdaClient {
+    /// Sends the session cookie.
+    client: reqwest::Client,
+    /// The CSRF token unsafe requests carry.
+    csrf: String,
+    /// The session cookie's value.
+    session: String,
+}
+
+async fn ada_client(base: &str, password: &str) -> AdaClient {
     use reqwest::cookie::CookieStore as _;
     conclave::crypto::install_tls_provider();
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
@@ -725,7 +716,16 @@ async fn ada_client(base: &str, password: &str) -> (reqwest::Client, String) {
         .find_map(|c| c.strip_prefix("conclave_csrf="))
         .expect("a CSRF cookie")
         .to_owned();
-    (client, csrf)
+    let session = cookies
+        .split("; ")
+        .find(|c| !c.starts_with("conclave_csrf="))
+        .and_then(|c| c.split_once('=').map(|(_, v)| v.to_owned()))
+        .expect("a session cookie");
+    AdaClient {
+        client,
+        csrf,
+        session,
+    }
 }
 
 /// A fault: the process is killed (SIGKILL, no shutdown) while four writers post messages and
@@ -739,7 +739,7 @@ async fn kill_9_under_write_load_loses_no_acknowledged_message() {
     let password = "Lantern-Harbour-5521-quartz";
     let mut server = serve_with_ada(dir.path(), &db.url, password, &[]);
     let base = format!("http://127.0.0.1:{}", server.port);
-    let (client, csrf) = ada_client(&base, password).await;
+    let AdaClient { client, csrf, .. } = ada_client(&base, password).await;
     let token: serde_json::Value = client
         .post(format!("{base}/api/v1/me/tokens"))
         .header("X-CSRF-Token", &csrf)
