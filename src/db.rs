@@ -57,6 +57,71 @@ pub enum DbError {
     Query(#[from] diesel::result::Error),
 }
 
+/// A failure of the database's environment rather than of the statement: the request may
+/// succeed later without any change on the caller's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The server is gone, restarting or refusing connections (PostgreSQL).
+    Unreachable,
+    /// The volume holding the database is full (SQLite's SQLITE_FULL; ENOSPC anywhere).
+    StorageFull,
+}
+
+/// Which outage, if any, a query error is. diesel has kinds for a closed connection; a
+/// PostgreSQL shutting down (SQLSTATE 57P01–57P03) and a full SQLite volume are only told
+/// apart by their messages, which both servers have kept stable for many years.
+pub fn outage_of(error: &diesel::result::Error) -> Option<Outage> {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match error {
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => Some(Outage::Unreachable),
+        Error::DatabaseError(_, info) => {
+            let message = info.message();
+            if message.contains("database or disk is full") {
+                Some(Outage::StorageFull)
+            } else if [
+                "terminating connection due to administrator command",
+                "the database system is shutting down",
+                "the database system is starting up",
+                "the database system is in recovery mode",
+                "server closed the connection unexpectedly",
+            ]
+            .iter()
+            .any(|known| message.contains(known))
+            {
+                Some(Outage::Unreachable)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The outage anywhere in an error's chain of causes.
+pub fn outage_in(error: &(dyn std::error::Error + 'static)) -> Option<Outage> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(query) = current.downcast_ref::<diesel::result::Error>()
+            && let Some(outage) = outage_of(query)
+        {
+            return Some(outage);
+        }
+        if current.downcast_ref::<r2d2::Error>().is_some() {
+            return Some(Outage::Unreachable);
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return Some(Outage::StorageFull);
+        }
+        cause = current.source();
+    }
+    None
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error(transparent)]

@@ -80,7 +80,7 @@ impl Problem {
 
 impl AppError {
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
-        Self::Internal(error.into())
+        Self::from(error.into())
     }
 
     /// What a user is told. For server-side failures this is deliberately vague.
@@ -165,10 +165,8 @@ impl ResponseError for AppError {
 impl From<crate::db::DbError> for AppError {
     fn from(error: crate::db::DbError) -> Self {
         match error {
-            crate::db::DbError::PoolTimeout(_) => {
-                Self::Unavailable("The database is busy or unreachable; please retry.".to_owned())
-            }
-            other => Self::Internal(other.into()),
+            crate::db::DbError::PoolTimeout(_) => Self::database_unreachable(),
+            other => Self::from(anyhow::Error::new(other)),
         }
     }
 }
@@ -177,13 +175,39 @@ impl From<diesel::result::Error> for AppError {
     fn from(error: diesel::result::Error) -> Self {
         match error {
             diesel::result::Error::NotFound => Self::NotFound("Not found.".to_owned()),
-            other => Self::Internal(anyhow::Error::new(other).context("database query failed")),
+            other => Self::from(anyhow::Error::new(other).context("database query failed")),
         }
     }
 }
 
+/// Every internal failure passes here: an outage of the database or of the disk, wherever it
+/// is in the chain of causes, is answered as what it is (503 to retry, 507 storage full)
+/// instead of a bare 500, on every route alike.
 impl From<anyhow::Error> for AppError {
     fn from(error: anyhow::Error) -> Self {
-        Self::Internal(error)
+        match crate::db::outage_in(error.as_ref()) {
+            Some(crate::db::Outage::Unreachable) => {
+                tracing::warn!(error = ?error, "database unreachable");
+                Self::database_unreachable()
+            }
+            Some(crate::db::Outage::StorageFull) => {
+                tracing::error!(error = ?error, "storage full: a write was refused");
+                Self::Coded {
+                    status: StatusCode::INSUFFICIENT_STORAGE,
+                    code: "storage_full",
+                    message: "The server's storage is full, so nothing was saved. Reading still \
+                              works; the operator has been alerted."
+                        .to_owned(),
+                    retry_after_secs: Some(60),
+                }
+            }
+            None => Self::Internal(error),
+        }
+    }
+}
+
+impl AppError {
+    fn database_unreachable() -> Self {
+        Self::Unavailable("The database is busy or unreachable; please retry.".to_owned())
     }
 }

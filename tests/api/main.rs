@@ -23,6 +23,7 @@ mod device_gateway;
 mod devices;
 mod edge;
 mod fake_llm;
+mod faults;
 mod firmware;
 mod guests;
 mod helpers;
