@@ -8,9 +8,10 @@ WORKDIR /src
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpq-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
-# Dependencies first, so source edits do not rebuild them. The device protocol and logic are
-# path dependencies (the firmware's own crates; the firmware application is not needed).
+# Dependencies first, so source edits do not rebuild them. The I/O-free core, the device
+# protocol and logic are path dependencies (the firmware application is not needed).
 COPY Cargo.toml Cargo.lock ./
+COPY crates/conclave-core crates/conclave-core
 COPY firmware/protocol firmware/protocol
 COPY firmware/core firmware/core
 RUN mkdir -p src benches \

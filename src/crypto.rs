@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretBox};
 
 use crate::settings::{Mode, Settings};
 
-pub const KEY_LEN: usize = 32;
+pub use conclave_core::keys::{KEY_LEN, decode_key};
 const GENERATED_KEY_FILE: &str = "secret.key";
 
 /// 32 secret bytes, zeroed on drop, never printed.
@@ -31,19 +31,6 @@ impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey([redacted])")
     }
-}
-
-/// Decodes a base64 key (standard or URL-safe alphabet, padding optional) of exactly 32 bytes.
-pub fn decode_key(text: &str) -> Result<[u8; KEY_LEN], String> {
-    let trimmed = text.trim();
-    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(trimmed.trim_end_matches('='))
-        .or_else(|_| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed.trim_end_matches('='))
-        })
-        .map_err(|_| "must be base64 (generate one with `openssl rand -base64 32`)".to_owned())?;
-    <[u8; KEY_LEN]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("must decode to {KEY_LEN} bytes, got {}", bytes.len()))
 }
 
 /// The configured key, or in development mode the generated one.

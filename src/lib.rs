@@ -22,7 +22,7 @@ pub mod jobs;
 pub mod mail;
 pub mod metrics;
 pub mod schema;
-pub mod settings;
+pub use conclave_core::settings;
 pub mod startup;
 pub mod telemetry;
 pub mod tenancy;

@@ -13,42 +13,7 @@ use crate::settings::{BillingSettings, PlanPeriod, PlanSettings};
 
 /// The configured plans, or the built-in ones when none are configured.
 pub fn effective(settings: &BillingSettings) -> BTreeMap<String, PlanSettings> {
-    if !settings.plans.is_empty() {
-        return settings.plans.clone();
-    }
-    BTreeMap::from([
-        (
-            "free".to_owned(),
-            PlanSettings {
-                label: "Free".to_owned(),
-                daily_requests: Some(200),
-                daily_tokens: Some(200_000),
-                monthly_tokens: Some(2_000_000),
-                ..PlanSettings::default()
-            },
-        ),
-        (
-            "pro".to_owned(),
-            PlanSettings {
-                label: "Pro".to_owned(),
-                price_minor: 1_500,
-                daily_requests: Some(5_000),
-                daily_tokens: Some(5_000_000),
-                monthly_tokens: Some(100_000_000),
-                ..PlanSettings::default()
-            },
-        ),
-        (
-            "credits".to_owned(),
-            PlanSettings {
-                label: "1M token credits".to_owned(),
-                price_minor: 1_000,
-                period: PlanPeriod::CreditPack,
-                credits: 1_000_000,
-                ..PlanSettings::default()
-            },
-        ),
-    ])
+    settings.effective_plans()
 }
 
 /// A plan as pages and the API show it.

@@ -12,7 +12,7 @@
 
 pub mod api;
 pub mod hub;
-pub mod markdown;
+pub use conclave_core::markdown;
 pub mod pages;
 pub mod protocol;
 pub mod relay;

@@ -6,6 +6,7 @@
 //! documents every key; `tests/settings.rs` fails when the two disagree. No key name ends in
 //! `_file`: that suffix is reserved for "read this secret from a file".
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -532,9 +533,49 @@ impl Default for RevolutSettings {
 }
 
 impl BillingSettings {
+    /// The configured plans, or the built-in ones when none are configured.
+    pub fn effective_plans(&self) -> BTreeMap<String, PlanSettings> {
+        if !self.plans.is_empty() {
+            return self.plans.clone();
+        }
+        BTreeMap::from([
+            (
+                "free".to_owned(),
+                PlanSettings {
+                    label: "Free".to_owned(),
+                    daily_requests: Some(200),
+                    daily_tokens: Some(200_000),
+                    monthly_tokens: Some(2_000_000),
+                    ..PlanSettings::default()
+                },
+            ),
+            (
+                "pro".to_owned(),
+                PlanSettings {
+                    label: "Pro".to_owned(),
+                    price_minor: 1_500,
+                    daily_requests: Some(5_000),
+                    daily_tokens: Some(5_000_000),
+                    monthly_tokens: Some(100_000_000),
+                    ..PlanSettings::default()
+                },
+            ),
+            (
+                "credits".to_owned(),
+                PlanSettings {
+                    label: "1M token credits".to_owned(),
+                    price_minor: 1_000,
+                    period: PlanPeriod::CreditPack,
+                    credits: 1_000_000,
+                    ..PlanSettings::default()
+                },
+            ),
+        ])
+    }
+
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let plans = crate::billing::plans::effective(self);
+        let plans = self.effective_plans();
         if !plans.contains_key(&self.default_plan) {
             problems.push(format!(
                 "billing.default_plan: {:?} is not a plan",
@@ -1365,10 +1406,7 @@ impl Settings {
         config_file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let env: Vec<(String, String)> = env.into_iter().collect();
         let mut figment = Figment::new();
-        // Key path → the variable that set it, so errors can name the variable.
-        let mut env_sources: Vec<(String, String)> = Vec::new();
         if let Some(path) = config_file {
             if !path.is_file() {
                 return Err(ConfigError::one(format!(
@@ -1378,6 +1416,25 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        let mut settings = Self::layered(figment, env)?;
+        settings.source = config_file.map(Path::to_path_buf);
+        Ok(settings)
+    }
+
+    /// The settings a configuration file's text alone gives (defaults for the rest), checked
+    /// like a file: what the `config` fuzz target feeds with arbitrary text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::layered(Figment::new().merge(Toml::string(text)), Vec::new())
+    }
+
+    /// The environment's variables over `figment`, extracted and validated.
+    fn layered(
+        mut figment: Figment,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // Key path → the variable that set it, so errors can name the variable.
+        let mut env_sources: Vec<(String, String)> = Vec::new();
         // figment reads the real process environment; tests hand in their own list, so the
         // variables are turned into one keyed provider per variable here. Values go in as
         // strings and `extract_lossy` converts them to the field's type: a password made of
@@ -1417,7 +1474,6 @@ impl Settings {
                 .collect(),
         })?;
         settings.validate()?;
-        settings.source = config_file.map(Path::to_path_buf);
         settings.from_env = env_sources;
         Ok(settings)
     }
@@ -1429,7 +1485,7 @@ impl Settings {
             problems.push(e);
         }
         if let Some(key) = &self.security.secret_key
-            && let Err(e) = crate::crypto::decode_key(key.expose_secret())
+            && let Err(e) = crate::keys::decode_key(key.expose_secret())
         {
             problems.push(format!("security.secret_key: {e}"));
         }
@@ -1446,7 +1502,7 @@ impl Settings {
                     .map(|(i, k)| (format!("keys.previous_keks[{i}]"), k)),
             )
         {
-            if let Err(e) = crate::crypto::decode_key(key.expose_secret()) {
+            if let Err(e) = crate::keys::decode_key(key.expose_secret()) {
                 problems.push(format!("{name}: {e}"));
             }
         }
