@@ -7,9 +7,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
-CARGO_TEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run --no-fail-fast" || echo "cargo test --no-fail-fast")
+CARGO_TEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run --workspace --no-fail-fast" || echo "cargo test --workspace --no-fail-fast")
 
-.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser test-api-conformance protocol firmware run bench
+.PHONY: test tools fmt-check clippy build suites test-sqlite test-postgres test-browser test-api-conformance protocol firmware fuzz run bench
 
 # The firmware's workspace (firmware/): the wire protocol and the device logic are tested on the
 # host from here (the host target; their artefacts share target/); the ESP32 application is
@@ -21,7 +21,7 @@ C3_ELF := firmware/target/riscv32imc-unknown-none-elf/release/conclave-firmware
 C6_ELF := firmware/target/riscv32imac-unknown-none-elf/release/conclave-firmware
 C6 := --target riscv32imac-unknown-none-elf --no-default-features --features esp32c6
 
-test: tools fmt-check clippy protocol firmware
+test: tools fmt-check clippy protocol firmware fuzz
 	scripts/with-postgres.sh $(MAKE) --no-print-directory suites
 
 tools:
@@ -30,9 +30,11 @@ tools:
 fmt-check:
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path firmware/Cargo.toml --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+	cargo fmt --manifest-path firmware/protocol/fuzz/Cargo.toml -- --check
 
 clippy:
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 build:
 	cargo build
@@ -56,6 +58,33 @@ firmware:
 	cd firmware && cargo build --release $(C6)
 	scripts/firmware-size.sh $(C3_ELF) esp32c3
 	scripts/firmware-size.sh $(C6_ELF) esp32c6
+
+# Every parser of untrusted input under libFuzzer, FUZZ_SECONDS each, starting from the
+# committed seeds (fuzz/seeds/<target>): realtime frames, the device protocol with the server's
+# decoders and with the firmware's (no_std), provider event streams, webhook signatures, Markdown
+# and the configuration file. cargo-fuzz on the stable toolchain: `--sanitizer none`, since the
+# code under test forbids `unsafe` and AddressSanitizer would need nightly. A crash fails the
+# run and leaves its input in fuzz/artifacts/<target>/ (`cargo fuzz run <target> <file>` replays
+# it); -timeout turns a hang into a failure too.
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := realtime_frame device_frame sse webhook markdown config
+FUZZ_RUN := cargo fuzz run --sanitizer none
+FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -timeout=5 -print_final_stats=1
+fuzz:
+	cargo fuzz build --sanitizer none
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
+	  mkdir -p fuzz/corpus/$$target; \
+	  $(FUZZ_RUN) $$target fuzz/corpus/$$target fuzz/seeds/$$target -- $(FUZZ_FLAGS) 2>&1 \
+	    | grep -E "^(INFO: Seed|Done|stat::number_of_executed_units|==|SUMMARY|thread)|panicked|Failing input|Reproduce" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+	cd firmware/protocol && cargo fuzz build --sanitizer none
+	@echo "fuzz: decode (the firmware's decoders) for $(FUZZ_SECONDS) s"
+	@cd firmware/protocol && mkdir -p fuzz/corpus/decode && \
+	  $(FUZZ_RUN) decode fuzz/corpus/decode fuzz/seeds/decode -- $(FUZZ_FLAGS) 2>&1 \
+	    | grep -E "^(INFO: Seed|Done|stat::number_of_executed_units|==|SUMMARY|thread)|panicked|Failing input|Reproduce" ; \
+	  test $${PIPESTATUS[0]} -eq 0
 
 suites: build test-sqlite test-postgres test-browser test-api-conformance
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs when it is missing, so a fresh machine needs no manual steps:
-# PostgreSQL server binaries, Chromium, Node.js + npm, nginx, Caddy, nftables, promtool and amtool, the playwright-core package, and the
+# PostgreSQL server binaries, Chromium, Node.js + npm, nginx, Caddy, nftables, promtool and amtool, the playwright-core package, cargo-fuzz, and the
 # rustfmt/clippy components. Uses Debian packages and the npm registry only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,4 +74,11 @@ SCHEMATHESIS_VERSION=4.32.5
 if [ "$(schemathesis --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ]; then
   echo "ensure-tools: installing schemathesis $SCHEMATHESIS_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+# cargo-fuzz runs the fuzz targets (`make fuzz`); pinned, built once from crates.io (~1 min).
+CARGO_FUZZ_VERSION=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_FUZZ_VERSION" ]; then
+  echo "ensure-tools: installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
