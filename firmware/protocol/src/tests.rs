@@ -104,6 +104,17 @@ fn every_message_round_trips_in_json_and_binary() {
     }
 }
 
+/// Found by fuzzing: a long decimal that serde_json's default (fast) parser rounded one ulp
+/// away from the nearest double, so re-encoding the reading changed it.
+#[cfg(feature = "std")]
+#[test]
+fn a_reading_with_many_digits_survives_decoding_and_encoding_again() {
+    let frame = br#"{"telemetry":{"seq":10,"at_ms":1796031460,"readings":[{"metric":"temperature","value":21.555555555555544444444444444444444444444444444444444444444444444444461}]}}"#;
+    let decoded = from_json::<DeviceMessage>(frame).expect("decodes");
+    let again = to_json(&decoded).expect("encodes");
+    assert_eq!(from_json::<DeviceMessage>(&again), Ok(decoded));
+}
+
 #[test]
 fn the_firmware_json_reader_and_writer_agree_with_the_servers() {
     // The firmware (serde-json-core) reads what the server (serde_json) writes, escapes too…
