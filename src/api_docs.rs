@@ -18,7 +18,8 @@ use utoipa::OpenApi as _;
             session cookie (browsers; unsafe requests then need the `X-CSRF-Token` header from \
             the `csrf-token` meta tag or the `conclave_csrf` cookie) or with \
             `Authorization: Bearer <personal API token>`. Errors are RFC 9457 problem documents \
-            whose `error` field is a stable code.",
+            whose `error` field is a stable code. No text may contain the NUL character \
+            (`\\u0000`, `%00`): it is refused with 400.",
         license(name = "Proprietary")
     ),
     components(schemas(crate::error::Problem)),

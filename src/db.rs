@@ -100,6 +100,23 @@ pub fn outage_of(error: &diesel::result::Error) -> Option<Outage> {
     }
 }
 
+/// True when PostgreSQL refused a text value for holding a NUL character (SQLSTATE 22021):
+/// bad input that slipped past the request checks (a form field, say), not a server fault.
+pub fn nul_refused_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(diesel::result::Error::DatabaseError(_, info)) =
+            current.downcast_ref::<diesel::result::Error>()
+            && info.message().contains("invalid byte sequence")
+            && info.message().contains("0x00")
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
 /// The outage anywhere in an error's chain of causes.
 pub fn outage_in(error: &(dyn std::error::Error + 'static)) -> Option<Outage> {
     let mut cause = Some(error);

@@ -185,6 +185,11 @@ impl From<diesel::result::Error> for AppError {
 /// instead of a bare 500, on every route alike.
 impl From<anyhow::Error> for AppError {
     fn from(error: anyhow::Error) -> Self {
+        if crate::db::nul_refused_in(error.as_ref()) {
+            return Self::BadRequest(
+                "Text may not contain the NUL character (\\u0000).".to_owned(),
+            );
+        }
         match crate::db::outage_in(error.as_ref()) {
             Some(crate::db::Outage::Unreachable) => {
                 tracing::warn!(error = ?error, "database unreachable");

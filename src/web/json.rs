@@ -46,11 +46,50 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
         let document = web::Json::<serde_json::Value>::from_request(request, payload);
         Box::pin(async move {
             let mut document = document.await?.into_inner();
+            if let Some(field) = nul_in(&document, "") {
+                return Err(AppError::BadRequest(format!(
+                    "{field}: text may not contain the NUL character (\\u0000)"
+                ))
+                .into());
+            }
             integral_numbers(&mut document);
             T::deserialize(document)
                 .map(Json)
                 .map_err(|e| AppError::BadRequest(format!("The JSON body is invalid: {e}")).into())
         })
+    }
+}
+
+/// The path of the first string (or key) holding a NUL character: PostgreSQL cannot store one
+/// in text, and no field of ours means to take one, so it is refused on every backend alike.
+fn nul_in(value: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    let here = || {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path.to_owned()
+        }
+    };
+    match value {
+        Value::String(text) if text.contains('\0') => Some(here()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_in(item, &format!("{}[{i}]", here()))),
+        Value::Object(fields) => fields.iter().find_map(|(name, field)| {
+            let inner = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            if name.contains('\0') {
+                Some(here())
+            } else {
+                nul_in(field, &inner)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -78,8 +117,22 @@ fn integral_numbers(value: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::integral_numbers;
+    use super::{integral_numbers, nul_in};
     use serde_json::json;
+
+    #[test]
+    fn a_nul_anywhere_is_found_with_its_path() {
+        assert_eq!(nul_in(&json!({"name": "ok", "tags": ["a", "b"]}), ""), None);
+        assert_eq!(
+            nul_in(&json!({"name": "a\u{0}b"}), "").as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            nul_in(&json!({"rule": {"tags": ["x", "\u{0}"]}}), "").as_deref(),
+            Some("rule.tags[1]")
+        );
+        assert_eq!(nul_in(&json!("\u{0}"), "").as_deref(), Some("body"));
+    }
 
     #[test]
     fn integral_floats_become_integers_and_others_stay() {

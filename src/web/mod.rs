@@ -263,6 +263,7 @@ pub fn app(
         .configure(configure)
         .default_service(web::to(errors::not_found))
         .wrap(from_fn(csrf::guard))
+        .wrap(from_fn(reject_nul))
         .wrap(from_fn(crate::edge::enforce::enforce))
         .wrap(from_fn(errors::render))
         .wrap(Compress::default())
@@ -271,4 +272,27 @@ pub fn app(
         .wrap(tracing_actix_web::TracingLogger::<
             crate::telemetry::RequestSpan,
         >::new())
+}
+
+/// A NUL character (`%00`) in the path or the query string is refused before any handler sees
+/// it: PostgreSQL cannot store or compare one, and no route means to take one. (JSON bodies
+/// are checked by [`Json`], with the field named.)
+async fn reject_nul(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let has_nul = |text: &str| text.contains('\0') || text.contains("%00");
+    let uri = req.uri();
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        let refusal = crate::error::AppError::BadRequest(
+            "The address may not contain the NUL character (%00).".to_owned(),
+        );
+        return Ok(req.error_response(refusal).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(|response| response.map_into_left_body())
 }

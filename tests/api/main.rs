@@ -27,6 +27,7 @@ mod faults;
 mod firmware;
 mod guests;
 mod helpers;
+mod injection;
 mod isolation;
 mod jobs;
 mod login;
