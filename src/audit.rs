@@ -31,6 +31,8 @@ pub mod events {
     pub const TOKEN_REVOKED: &str = "token.revoked";
     /// An address presented too many unknown API tokens and is refused for a minute.
     pub const TOKEN_GUESSING_THROTTLED: &str = "token.guessing_throttled";
+    /// An address tried more device claim codes than allowed and is refused for a minute.
+    pub const CLAIM_GUESSING_THROTTLED: &str = "device.claim_guessing_throttled";
     pub const IDENTITY_LINKED: &str = "identity.linked";
     pub const IDENTITY_UNLINKED: &str = "identity.unlinked";
 }

@@ -93,15 +93,37 @@ async fn create_claim(
     Ok(HttpResponse::Created().json(claim))
 }
 
-/// Claim attempts per address: codes carry ~60 bits, this only keeps the log quiet.
-pub struct ClaimLimiter(DefaultKeyedRateLimiter<IpAddr>);
+/// Claim attempts per address: codes carry ~60 bits, so this is about noise and detection
+/// rather than odds. An address over the limit is refused (429) and recorded in the audit log
+/// once per minute it keeps trying, not once per attempt.
+pub struct ClaimLimiter {
+    attempts: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses refused within the last minute (already audited).
+    refused: moka::sync::Cache<IpAddr, ()>,
+}
 
 impl ClaimLimiter {
     /// `per_minute` attempts per address (`devices.claims_per_minute_per_ip`).
     pub fn per_minute(per_minute: u32) -> Self {
-        Self(RateLimiter::keyed(Quota::per_minute(
-            NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN),
-        )))
+        Self {
+            attempts: RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN),
+            )),
+            refused: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// `None` when `ip` may try; `Some(first)` when it is refused, `first` on the first
+    /// refusal of a run (the one to audit). The cache's entry API decides `first` atomically,
+    /// so two concurrent refusals audit once.
+    fn refuse(&self, ip: IpAddr) -> Option<bool> {
+        if self.attempts.check_key(&ip).is_ok() {
+            return None;
+        }
+        Some(self.refused.entry(ip).or_insert(()).is_fresh())
     }
 }
 
@@ -129,8 +151,21 @@ async fn claim(
     body: crate::web::Json<ClaimRequest>,
 ) -> Result<HttpResponse, AppError> {
     if let Some(ip) = client_addr(&request)
-        && state.device_claims.0.check_key(&ip).is_err()
+        && let Some(first) = state.device_claims.refuse(ip)
     {
+        metrics::counter!("rate_limited_total", "scope" => "device_claim").increment(1);
+        if first {
+            let (_, user_agent) = crate::web::client_info(&request);
+            let event = crate::audit::AuditEvent {
+                event: crate::audit::events::CLAIM_GUESSING_THROTTLED,
+                ip: Some(ip.to_string()),
+                user_agent,
+                ..crate::audit::AuditEvent::default()
+            };
+            if let Err(e) = crate::audit::record_now(&state.db, event).await {
+                tracing::warn!(error = %e, "cannot audit a blocked claim-code guesser");
+            }
+        }
         return Err(AppError::RateLimited {
             retry_after_secs: Some(60),
         });

@@ -288,7 +288,7 @@ async fn bad_input_and_expired_codes_are_refused() {
 }
 
 #[tokio::test]
-async fn guessing_claim_codes_is_throttled_per_address() {
+async fn guessing_claim_codes_is_throttled_per_address_and_audited_once() {
     let team = team_with(|settings| settings.devices.claims_per_minute_per_ip = 3).await;
     let app = &team.app;
     let (_, created) = claim(
@@ -312,6 +312,23 @@ async fn guessing_claim_codes_is_throttled_per_address() {
         .expect("sent");
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "60");
+    // Going on is refused too, and the run is recorded once, with the address.
+    for guess in ["AAAA-BBBB-CCCF", "AAAA-BBBB-CCCG"] {
+        let (status, _) = redeem(app, guess).await;
+        assert_eq!(status, 429, "{guess}");
+    }
+    let audit = app
+        .state
+        .db
+        .run(|conn| conclave::audit::page(conn, 0, None, 100).map_err(conclave::db::DbError::from))
+        .await
+        .expect("audit");
+    let throttled: Vec<_> = audit
+        .iter()
+        .filter(|e| e.event == "device.claim_guessing_throttled")
+        .collect();
+    assert_eq!(throttled.len(), 1, "{audit:?}");
+    assert_eq!(throttled[0].ip.as_deref(), Some("127.0.0.1"));
 }
 
 #[tokio::test]
