@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use common::{
-    ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self, refuse_if_busy,
+    ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self, refuse_if_busy, report,
     sign_in_for_token, write_into_benchmarks_md,
 };
 use futures_util::StreamExt as _;
@@ -141,6 +141,7 @@ async fn one_stream(
 struct FirstToken {
     p50: f64,
     p99: f64,
+    samples: Vec<f64>,
 }
 
 async fn first_tokens(
@@ -160,6 +161,7 @@ async fn first_tokens(
     FirstToken {
         p50: percentile(&times, 50.0),
         p99: percentile(&times, 99.0),
+        samples: times,
     }
 }
 
@@ -168,6 +170,7 @@ struct Streams {
     p99: f64,
     tokens: usize,
     seconds: f64,
+    gaps: Vec<f64>,
 }
 
 async fn many_streams(
@@ -202,6 +205,7 @@ async fn many_streams(
         p99: percentile(&gaps, 99.0),
         tokens: delivered,
         seconds: started.elapsed().as_secs_f64(),
+        gaps,
     }
 }
 
@@ -263,6 +267,55 @@ fn main() {
         let added_first = our_first.p50 - base_first.p50;
         let added_gap = our_streams.p99 - base_streams.p99;
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let first_chart = report::latency_chart(
+            "assistant_first_token",
+            "Assistant: time to the first token",
+            &[
+                report::Series {
+                    label: "through Conclave",
+                    samples: &our_first.samples,
+                },
+                report::Series {
+                    label: "provider directly",
+                    samples: &base_first.samples,
+                },
+            ],
+        );
+        let gap_chart = report::latency_chart(
+            "assistant_gaps",
+            "Assistant: gaps between tokens (50 tokens/s sent)",
+            &[
+                report::Series {
+                    label: "through Conclave",
+                    samples: &our_streams.gaps,
+                },
+                report::Series {
+                    label: "provider directly",
+                    samples: &base_streams.gaps,
+                },
+            ],
+        );
+        if !quick {
+            report::record(
+                "assistant",
+                &[
+                    report::Row::new(
+                        "assistant: first token p50",
+                        format!("{:.2} ms", our_first.p50),
+                        format!("{:.2} ms (provider directly)", base_first.p50),
+                    )
+                    .ratio(our_first.p50, base_first.p50)
+                    .target("≤ 5 ms added", added_first <= 5.0),
+                    report::Row::new(
+                        format!("assistant: gap between tokens p99, {STREAMS} streams"),
+                        format!("{:.2} ms", our_streams.p99),
+                        format!("{:.2} ms (provider directly)", base_streams.p99),
+                    )
+                    .ratio(our_streams.p99, base_streams.p99)
+                    .target("≤ 20 ms added", added_gap <= 20.0),
+                ],
+            );
+        }
         let section = format!(
             "<!-- assistant:begin -->\n## Assistant: the OpenAI-compatible endpoint\n\n\
              `cargo bench --bench assistant`{quick_note} on {cpu_name}: Conclave (release build, one \
@@ -277,7 +330,7 @@ fn main() {
              | wall time of the stream phase | {bs:.2} s | {os:.2} s | | |\n\n\
              Conclave's CPU per streamed token: **{cpu_per_token_us:.1} µs** ({tok} tokens, {cpu:.2} s \
              of CPU; that includes parsing the provider's SSE, re-framing it for the client, and one \
-             usage row per stream).\n<!-- assistant:end -->",
+             usage row per stream).\n\n{first_chart}\n\n{gap_chart}\n<!-- assistant:end -->",
             quick_note = if quick { " (BENCH_QUICK)" } else { "" },
             cpu_name = cpu_model(),
             b50 = base_first.p50,

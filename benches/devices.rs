@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    ServerWithUser, cpu_model, cpu_seconds, pin_self, refuse_if_busy, rss_kib,
+    ServerWithUser, cpu_model, cpu_seconds, pin_self, refuse_if_busy, report, rss_kib,
     write_into_benchmarks_md,
 };
 use conclave::devices::simulator::{self, Options, Stats};
@@ -223,6 +223,30 @@ async fn run(quick: bool) {
         eprintln!("{section}\n(BENCH_QUICK: docs/benchmarks.md left alone)");
     } else {
         write_into_benchmarks_md("devices", &section);
+        report::record(
+            "devices",
+            &[
+                report::Row::new(
+                    "devices: telemetry ingest, sustained",
+                    format!("{ingested:.0} readings/s"),
+                    format!("{baseline:.0} readings/s (plain batched SQLite inserts)"),
+                )
+                .ratio(ingested, baseline)
+                .target(
+                    format!("≥ {TARGET_READINGS_PER_SEC:.0} /s"),
+                    ingested >= TARGET_READINGS_PER_SEC,
+                ),
+                report::Row::new(
+                    "devices: RSS per idle device connection",
+                    format!("{per_connection:.1} KiB"),
+                    "",
+                )
+                .target(
+                    format!("≤ {TARGET_KIB_PER_CONNECTION:.0} KiB"),
+                    per_connection <= TARGET_KIB_PER_CONNECTION,
+                ),
+            ],
+        );
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 mod common;
-use common::{ServerWithUser, write_into_benchmarks_md};
+use common::{ServerWithUser, report, write_into_benchmarks_md};
 
 const EMAIL: &str = "weigh@example.com";
 const PASSWORD: &str = "a long enough benchmark password";
@@ -148,4 +148,13 @@ async fn main() {
     );
     println!("{section}");
     write_into_benchmarks_md("page-weight", &section);
+    report::record(
+        "page_weight",
+        &[report::Row::new(
+            "page weight: the chat page and everything it loads",
+            format!("{total_sent} B sent"),
+            format!("{total_plain} B uncompressed"),
+        )
+        .ratio(total_sent as f64, total_plain as f64)],
+    );
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self, refuse_if_busy, rss_kib,
+    ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self, refuse_if_busy, report, rss_kib,
     write_into_benchmarks_md,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -197,6 +197,8 @@ struct Fanout {
     cpu_us_per_delivery: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Every delivery's latency in the window, in ms.
+    latencies: Vec<f64>,
 }
 
 /// 1,000 followers over 10 rooms; each room's publisher posts so that `deliveries_per_sec`
@@ -317,6 +319,7 @@ async fn fanout_between(
         } else {
             percentile(&latencies, 99.0)
         },
+        latencies,
     }
 }
 
@@ -617,10 +620,91 @@ fn main() {
             cluster_report(cluster.as_ref())
         ),
     );
+    let chart = summarise(&results, &baseline_run, nats_run.as_ref(), quick);
+    report = report.replace(
+        "\n<!-- realtime:end -->",
+        &format!("\n\n{chart}\n<!-- realtime:end -->"),
+    );
     println!("{report}");
     if !quick {
         write_into_benchmarks_md("realtime", &report);
     }
+}
+
+/// The latency chart at 10,000 deliveries/s, and (unless quick) the summary's rows: the
+/// standard tier, what rooms are by default.
+fn summarise(results: &[(String, Run)], baseline: &Run, nats: Option<&Run>, quick: bool) -> String {
+    let mut series: Vec<report::Series<'_>> = results
+        .iter()
+        .map(|(name, run)| report::Series {
+            label: tier(name),
+            samples: &run.fanout[0].latencies,
+        })
+        .collect();
+    series.push(report::Series {
+        label: "baseline",
+        samples: &baseline.fanout[0].latencies,
+    });
+    if let Some(nats) = nats {
+        series.push(report::Series {
+            label: "nats-server",
+            samples: &nats.fanout[0].latencies,
+        });
+    }
+    let chart = report::latency_chart(
+        "realtime",
+        "Realtime: delivery latency at 10,000 deliveries/s",
+        &series,
+    );
+    let Some((_, standard)) = results.iter().find(|(name, _)| tier(name) == "standard") else {
+        return chart;
+    };
+    if quick {
+        return chart;
+    }
+    let (ours, base) = (&standard.fanout[0], &baseline.fanout[0]);
+    report::record(
+        "realtime",
+        &[
+            report::Row::new(
+                "realtime: server CPU per delivery at 10k/s, standard rooms",
+                format!("{:.2} µs", ours.cpu_us_per_delivery),
+                format!(
+                    "{:.2} µs (tokio-tungstenite broadcast)",
+                    base.cpu_us_per_delivery
+                ),
+            )
+            .ratio(ours.cpu_us_per_delivery, base.cpu_us_per_delivery)
+            .target(
+                "≤ 1.5× baseline",
+                ours.cpu_us_per_delivery <= 1.5 * base.cpu_us_per_delivery,
+            ),
+            report::Row::new(
+                "realtime: delivery latency p99 at 10k/s",
+                format!("{:.2} ms", ours.p99_ms),
+                format!("{:.2} ms (tokio-tungstenite broadcast)", base.p99_ms),
+            )
+            .ratio(ours.p99_ms, base.p99_ms),
+            report::Row::new(
+                "realtime: RSS per idle connection",
+                format!("{:.2} KiB", standard.joins.idle_kib),
+                format!("{:.2} KiB (tokio-tungstenite)", baseline.joins.idle_kib),
+            )
+            .ratio(standard.joins.idle_kib, baseline.joins.idle_kib)
+            .target("≤ 16 KiB", standard.joins.idle_kib <= 16.0),
+            report::Row::new(
+                "realtime: join storm (connect + auth + subscribe)",
+                format!("{:.0} /s", standard.joins.per_sec),
+                format!("{:.0} /s (tokio-tungstenite)", baseline.joins.per_sec),
+            )
+            .ratio(standard.joins.per_sec, baseline.joins.per_sec)
+            .target(
+                "≥ 0.7× baseline",
+                standard.joins.per_sec >= 0.7 * baseline.joins.per_sec,
+            ),
+        ],
+    );
+    chart
 }
 
 /// Cross-node delivery: two nodes on one PostgreSQL (`BENCH_DATABASE_URL` or

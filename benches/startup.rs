@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_model, free_port, percentile, refuse_if_busy, write_into_benchmarks_md};
+use common::{cpu_model, free_port, percentile, refuse_if_busy, report, write_into_benchmarks_md};
 
 const RUNS: usize = 15;
 const IDLE_BEFORE_RSS: Duration = Duration::from_secs(2);
@@ -155,6 +155,46 @@ fn report(ours: &[Sample], theirs: &[Sample]) -> String {
     let our_ready_p50 = percentile(&our_ready, 50.0);
     let our_ready_p90 = percentile(&our_ready, 90.0);
     let our_rss_max = percentile(&our_rss, 100.0);
+    let chart = report::latency_chart(
+        "startup",
+        "Cold start to /readyz 200",
+        &[
+            report::Series {
+                label: "Conclave",
+                samples: &our_ready,
+            },
+            report::Series {
+                label: "bare actix-web",
+                samples: &base_ready,
+            },
+        ],
+    );
+    let our_rss_p50 = percentile(&our_rss, 50.0);
+    report::record(
+        "startup",
+        &[
+            report::Row::new(
+                "start-up: cold start → `/readyz` 200, p50",
+                format!("{our_ready_p50:.1} ms"),
+                format!("{:.1} ms (bare actix-web)", percentile(&base_ready, 50.0)),
+            )
+            .ratio(our_ready_p50, percentile(&base_ready, 50.0))
+            .target(
+                format!("< {START_TARGET_MS:.0} ms"),
+                our_ready_p50 < START_TARGET_MS,
+            ),
+            report::Row::new(
+                "start-up: idle RSS, median",
+                format!("{our_rss_p50:.1} MB"),
+                format!("{:.1} MB (bare actix-web)", percentile(&base_rss, 50.0)),
+            )
+            .ratio(our_rss_p50, percentile(&base_rss, 50.0))
+            .target(
+                format!("< {RSS_TARGET_MB:.0} MB"),
+                our_rss_p50 < RSS_TARGET_MB,
+            ),
+        ],
+    );
     format!(
         "<!-- startup:begin -->\n\
          ### Start-up and idle memory\n\n\
@@ -166,7 +206,8 @@ fn report(ours: &[Sample], theirs: &[Sample]) -> String {
          | cold start → `/readyz` 200, p50 | {:.1} ms | {:.1} ms | {:.2}× | < {START_TARGET_MS:.0} ms | {} |\n\
          | cold start → `/readyz` 200, p90 | {:.1} ms | {:.1} ms | {:.2}× | < {START_TARGET_MS:.0} ms | {} |\n\
          | idle RSS after start, median | {:.1} MB | {:.1} MB | {:.2}× | < {RSS_TARGET_MB:.0} MB | {} |\n\
-         | idle RSS after start, max | {:.1} MB | {:.1} MB | {:.2}× | < {RSS_TARGET_MB:.0} MB | {} |\n\
+         | idle RSS after start, max | {:.1} MB | {:.1} MB | {:.2}× | < {RSS_TARGET_MB:.0} MB | {} |\n\n\
+         {chart}\n\
          <!-- startup:end -->",
         our_ready_p50,
         percentile(&base_ready, 50.0),

@@ -1,6 +1,8 @@
 //! Helpers shared by the benchmarks (`mod common;` in each).
 #![allow(dead_code)]
 
+pub mod report;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
