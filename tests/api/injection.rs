@@ -8,7 +8,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{Device, TestApp, spawn_app};
+use crate::helpers::{Device, spawn_app};
+use crate::isolation::call;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -23,20 +24,6 @@ const PAYLOADS: &[&str] = &[
     "$$; DELETE FROM messages; $$",
     "\\'; --",
 ];
-
-async fn call(who: &Device, app: &TestApp, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
-    let mut request = who
-        .client
-        .request(method.clone(), app.url(path))
-        .header("X-CSRF-Token", who.csrf(app));
-    if method != reqwest::Method::GET {
-        request = request.json(body);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 fn query(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()

@@ -108,7 +108,14 @@ fn must_refuse_access(method: &str, path: &str) -> bool {
     )
 }
 
-async fn call(who: &Device, app: &TestApp, method: &str, path: &str, body: &Value) -> (u16, Value) {
+/// Sends `method path` as `who` (with the CSRF token), the body as JSON unless it is a GET.
+pub(crate) async fn call(
+    who: &Device,
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
     let mut request = who
         .client
