@@ -144,6 +144,7 @@ pub struct ClaimRequest {
     summary = "A device exchanges its claim code for its token (shown once)", request_body = ClaimRequest,
     responses((status = 201, body = Provisioned),
         (status = 400, description = "Unknown, used or expired code (`invalid_claim`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A device with the code's name was added meanwhile: ask for a new code", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts", body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn claim(
     state: web::Data<AppState>,
