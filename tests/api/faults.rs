@@ -155,6 +155,19 @@ fn post_messages(
     (outcomes, tasks)
 }
 
+/// Stops the writers of [`post_messages`], waits for them, and answers what they saw.
+async fn finish(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    outcomes: &Mutex<Outcomes>,
+) -> Outcomes {
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    std::mem::take(&mut *outcomes.lock().unwrap())
+}
+
 /// Waits until `done` holds, checking every 20 ms; fails after `limit`.
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -657,10 +670,7 @@ async fn postgres_restarted_under_load_answers_503_then_the_node_recovers_by_its
         outcomes.lock().unwrap().acknowledged.len() >= before_outage + 50
     })
     .await;
-    stop.store(true, Ordering::SeqCst);
-    for writer in writers {
-        writer.await.unwrap();
-    }
+    let outcomes = finish(&stop, writers, &outcomes).await;
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "the same process recovered"
@@ -668,7 +678,6 @@ async fn postgres_restarted_under_load_answers_503_then_the_node_recovers_by_its
     let (status, body) = http_get(server.port, "/readyz");
     assert_eq!(status, 200, "{body}");
 
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let unclear: Vec<&(u16, String)> = outcomes
         .refused
         .iter()
@@ -739,11 +748,7 @@ async fn a_killed_nodes_websocket_clients_resume_on_the_other_with_no_gap() {
         || outcomes.lock().unwrap().acknowledged.len() >= at_kill + 100,
     )
     .await;
-    stop.store(true, Ordering::SeqCst);
-    for writer in writers {
-        writer.await.unwrap();
-    }
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let outcomes = finish(&stop, writers, &outcomes).await;
     assert!(outcomes.refused.is_empty(), "{:?}", outcomes.refused);
     let mut acknowledged: Vec<i64> = outcomes.acknowledged.iter().map(|(id, _)| *id).collect();
     acknowledged.sort_unstable();
@@ -854,11 +859,7 @@ async fn a_full_disk_refuses_writes_clearly_corrupts_nothing_and_recovers() {
         || outcomes.lock().unwrap().acknowledged.len() >= acknowledged_while_full + 20,
     )
     .await;
-    stop.store(true, Ordering::SeqCst);
-    for writer in writers {
-        writer.await.unwrap();
-    }
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let outcomes = finish(&stop, writers, &outcomes).await;
     eprintln!(
         "{} writes acknowledged, {} refused while the disk was full",
         outcomes.acknowledged.len(),
