@@ -46,13 +46,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
         let document = web::Json::<serde_json::Value>::from_request(request, payload);
         Box::pin(async move {
             let mut document = document.await?.into_inner();
-            if let Some(field) = nul_in(&document, "") {
+            // One walk for every body; the field's path is only worked out for a refusal.
+            if integral_numbers(&mut document)
+                && let Some(field) = nul_in(&document, "")
+            {
                 return Err(AppError::BadRequest(format!(
                     "{field}: text may not contain the NUL character (\\u0000)"
                 ))
                 .into());
             }
-            integral_numbers(&mut document);
             T::deserialize(document)
                 .map(Json)
                 .map_err(|e| AppError::BadRequest(format!("The JSON body is invalid: {e}")).into())
@@ -98,20 +100,29 @@ const EXACT: f64 = 9_007_199_254_740_992.0;
 
 /// Rewrites every float with a zero fraction, within ±2^53, as that integer. Larger ones stay
 /// floats (so an integer field refuses them): the float may not be the number the client
-/// wrote (`-9223372036854775809` parses as the float of `i64::MIN`).
-fn integral_numbers(value: &mut serde_json::Value) {
+/// wrote (`-9223372036854775809` parses as the float of `i64::MIN`). Also answers whether
+/// any string or key holds a NUL character (then [`nul_in`] names it).
+fn integral_numbers(value: &mut serde_json::Value) -> bool {
     use serde_json::Value;
     match value {
         Value::Number(number) if number.is_f64() => {
-            let Some(float) = number.as_f64() else { return };
+            let Some(float) = number.as_f64() else {
+                return false;
+            };
             if float.fract() == 0.0 && float.abs() <= EXACT {
                 // Exact: within ±2^53 the conversion neither rounds nor saturates.
                 *value = Value::from(float as i64);
             }
+            false
         }
-        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
-        Value::Object(fields) => fields.values_mut().for_each(integral_numbers),
-        _ => {}
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |nul, item| integral_numbers(item) | nul),
+        Value::Object(fields) => fields.iter_mut().fold(false, |nul, (name, field)| {
+            integral_numbers(field) | name.contains('\0') | nul
+        }),
+        _ => false,
     }
 }
 
@@ -132,6 +143,9 @@ mod tests {
             Some("rule.tags[1]")
         );
         assert_eq!(nul_in(&json!("\u{0}"), "").as_deref(), Some("body"));
+        assert!(!integral_numbers(&mut json!({"a": ["b", 1.0]})));
+        assert!(integral_numbers(&mut json!({"a": [{"b\u{0}": 1}]})));
+        assert!(integral_numbers(&mut json!([2.0, "x\u{0}"])));
     }
 
     #[test]
