@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     ServerWithUser, cpu_model, cpu_seconds, pin_self, refuse_if_busy, report, rss_kib,
-    write_into_benchmarks_md,
+    rss_parts_kib, write_into_benchmarks_md,
 };
 use conclave::devices::simulator::{self, Options, Stats};
 use diesel::connection::SimpleConnection as _;
@@ -157,6 +157,7 @@ async fn run(quick: bool) {
     // Idle connections.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = rss_kib(server.pid());
+    let parts_before = rss_parts_kib(server.pid());
     eprintln!("idle: connecting {idle_devices} devices");
     let stop = CancellationToken::new();
     let stats = Arc::new(Stats::default());
@@ -183,11 +184,19 @@ async fn run(quick: bool) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let connected = Stats::get(&stats.connected);
     let rss_after = rss_kib(server.pid());
+    let parts_after = rss_parts_kib(server.pid());
     let per_connection = rss_after.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
+    let per =
+        |after: u64, before: u64| after.saturating_sub(before) as f64 / connected.max(1) as f64;
+    let (anon_per_connection, mapped_per_connection) = (
+        per(parts_after.0, parts_before.0),
+        per(parts_after.1, parts_before.1),
+    );
     stop.cancel();
     let _ = fleet.await;
     eprintln!(
-        "{connected} idle devices: {per_connection:.1} KiB each ({:.1} s to connect)",
+        "{connected} idle devices: {per_connection:.1} KiB each ({anon_per_connection:.1} private, \
+         {mapped_per_connection:.1} mapped; {:.1} s to connect)",
         connect_time.as_secs_f64()
     );
 

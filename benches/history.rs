@@ -31,12 +31,15 @@ use rand::{Rng as _, SeedableRng as _};
 
 mod common;
 use common::{
-    ServerWithUser, cpu_model, percentile, refuse_if_busy, report, write_into_benchmarks_md,
+    ServerWithUser, percentile, pin_self, refuse_if_busy, report, write_into_benchmarks_md,
 };
 
 const EMAIL: &str = "bench@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 const ROOMS: usize = 50;
+/// Where the server and this process (the load generator, the baseline) run.
+const SERVER_CPU: usize = 1;
+const CLIENT_CPU: usize = 0;
 const VOCABULARY: usize = 50_000;
 const WORDS_PER_MESSAGE: std::ops::RangeInclusive<usize> = 6..=18;
 const CONCURRENCY: usize = 48;
@@ -118,7 +121,10 @@ fn main() {
     let words = Arc::new(vocabulary());
     let zipf = Arc::new(Zipf::new(VOCABULARY));
 
-    let server = ServerWithUser::start(EMAIL, PASSWORD, &[]);
+    // The server on its CPU, this process (the client and the baseline) on the other, so the
+    // client's work is not in the server's figures.
+    pin_self(CLIENT_CPU);
+    let server = ServerWithUser::start_on(EMAIL, PASSWORD, &[], Some(SERVER_CPU));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -584,8 +590,9 @@ fn report(
     format!(
         "<!-- history:begin -->\n\
          ### History: posting, search and paging over {messages} messages\n\n\
-         Measured by `make bench` (`benches/history.rs`), release build, SQLite, {cores} cores ({cpu}), \
-         load generator on the same machine. {messages} synthetic messages of {min}–{max} words drawn from a \
+         Measured by `make bench` (`benches/history.rs`), release build, SQLite, {machine}, \
+         the server pinned to CPU {SERVER_CPU}, the load generator (and the baseline) to CPU \
+         {CLIENT_CPU}. {messages} synthetic messages of {min}–{max} words drawn from a \
          {VOCABULARY}-word vocabulary by Zipf's law (P(rank r) ∝ 1/r), spread over {ROOMS} rooms that \
          the searcher can all read, every one posted through `POST /api/v1/rooms/{{id}}/messages` \
          ({CONCURRENCY} in flight, an API token, an idempotency key each). Searches go through \
@@ -616,8 +623,7 @@ fn report(
         per_million(baseline.index_bytes),
         per_million(bodies),
         per_million(baseline.table_bytes),
-        cores = std::thread::available_parallelism().map_or(1, |n| n.get()),
-        cpu = cpu_model(),
+        machine = report::machine(),
         min = WORDS_PER_MESSAGE.start(),
         max = WORDS_PER_MESSAGE.end(),
     )

@@ -135,30 +135,43 @@ pub async fn sign_in_for_token(base: &str, email: &str, password: &str) -> Strin
 
 /// Pins this process (every thread) to `cpu`, with `taskset`.
 pub fn pin_self(cpu: usize) {
+    pin(std::process::id(), cpu);
+}
+
+/// Pins process `pid` (every thread it has now) to `cpu`, with `taskset`.
+pub fn pin(pid: u32, cpu: usize) {
     let pinned = std::process::Command::new("taskset")
-        .args([
-            "-a",
-            "-p",
-            "-c",
-            &cpu.to_string(),
-            &std::process::id().to_string(),
-        ])
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
         .stdout(std::process::Stdio::null())
         .status();
     if !pinned.is_ok_and(|s| s.success()) {
-        eprintln!("could not pin the benchmark to CPU {cpu} (is taskset installed?)");
+        eprintln!("could not pin process {pid} to CPU {cpu} (is taskset installed?)");
     }
 }
 
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Resident memory of process `pid` by kind, in KiB: private (`RssAnon`: heap, stacks) and
+/// mapped from files or shared memory (`RssFile` + `RssShmem`: code, SQLite's `-shm` index).
+pub fn rss_parts_kib(pid: u32) -> (u64, u64) {
+    (
+        status_kib(pid, "RssAnon:"),
+        status_kib(pid, "RssFile:") + status_kib(pid, "RssShmem:"),
+    )
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|l| l.split_whitespace().next())
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
