@@ -168,8 +168,9 @@ impl r2d2::ManageConnection for ConnectionManager {
                 // WAL lets readers proceed during a write; NORMAL sync is durable in WAL mode
                 // except for the last transactions on power loss, the usual server trade-off.
                 // secure_delete zeroes freed pages, so deleted messages do not linger in the file.
-                // A 32 MiB page cache per connection and reads through mmap (up to 1 GiB) keep
-                // the search index's hot pages off the read() path.
+                // A 32 MiB page cache per connection keeps the search index's hot pages off the
+                // read() path. (No mmap: mapped pages would count in the process's RSS and grow
+                // with the database.)
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {};
                      PRAGMA journal_mode = WAL;
