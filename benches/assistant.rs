@@ -16,16 +16,14 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use common::{
-    ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self, refuse_if_busy, report,
-    sign_in_for_token, write_into_benchmarks_md,
+    GENERATOR_CPU, SERVER_CPU, ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self,
+    refuse_if_busy, report, sign_in_for_token, write_into_benchmarks_md,
 };
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 const EMAIL: &str = "bench@example.com";
 const PASSWORD: &str = "correct horse battery staple";
-const SERVER_CPU: usize = 1;
-const CLIENT_CPU: usize = 0;
 const STREAMS: usize = 500;
 const TOKEN_GAP: Duration = Duration::from_millis(20);
 
@@ -238,7 +236,7 @@ fn main() {
         ],
         Some(SERVER_CPU),
     );
-    pin_self(CLIENT_CPU);
+    pin_self(GENERATOR_CPU);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -320,7 +318,7 @@ fn main() {
             "<!-- assistant:begin -->\n## Assistant: the OpenAI-compatible endpoint\n\n\
              `cargo bench --bench assistant`{quick_note} on {cpu_name}: Conclave (release build, one \
              HTTP worker) pinned to CPU {SERVER_CPU}, the fake provider and the clients on CPU \
-             {CLIENT_CPU}. The baseline calls the same fake provider directly.\n\n\
+             {GENERATOR_CPU}. The baseline calls the same fake provider directly.\n\n\
              | measure | direct (baseline) | through Conclave | added | target |\n\
              |---|---|---|---|---|\n\
              | first token p50 ({rounds} sequential streams) | {b50:.2} ms | {o50:.2} ms | {added_first:.2} ms | ≤ 5 ms: {v1} |\n\

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    ServerWithUser, cpu_model, cpu_seconds, pin_self, refuse_if_busy, report, rss_kib,
-    rss_parts_kib, write_into_benchmarks_md,
+    GENERATOR_CPU, SERVER_CPU, ServerWithUser, cpu_model, cpu_seconds, pin_self, refuse_if_busy,
+    report, resident_kib, write_into_benchmarks_md,
 };
 use conclave::devices::simulator::{self, Options, Stats};
 use diesel::connection::SimpleConnection as _;
@@ -38,8 +38,6 @@ const METRICS: usize = 10;
 const TARGET_READINGS_PER_SEC: f64 = 50_000.0;
 /// The realtime issue's memory target per idle connection.
 const TARGET_KIB_PER_CONNECTION: f64 = 16.0;
-const SERVER_CPU: usize = 1;
-const GENERATOR_CPU: usize = 0;
 
 fn main() {
     refuse_if_busy();
@@ -156,8 +154,7 @@ async fn run(quick: bool) {
 
     // Idle connections.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_before = rss_kib(server.pid());
-    let parts_before = rss_parts_kib(server.pid());
+    let before = resident_kib(server.pid());
     eprintln!("idle: connecting {idle_devices} devices");
     let stop = CancellationToken::new();
     let stats = Arc::new(Stats::default());
@@ -183,14 +180,13 @@ async fn run(quick: bool) {
     let connect_time = idle_started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let connected = Stats::get(&stats.connected);
-    let rss_after = rss_kib(server.pid());
-    let parts_after = rss_parts_kib(server.pid());
-    let per_connection = rss_after.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
+    let after = resident_kib(server.pid());
     let per =
         |after: u64, before: u64| after.saturating_sub(before) as f64 / connected.max(1) as f64;
+    let per_connection = per(after.total, before.total);
     let (anon_per_connection, mapped_per_connection) = (
-        per(parts_after.0, parts_before.0),
-        per(parts_after.1, parts_before.1),
+        per(after.private, before.private),
+        per(after.mapped, before.mapped),
     );
     stop.cancel();
     let _ = fleet.await;

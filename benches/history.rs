@@ -31,15 +31,13 @@ use rand::{Rng as _, SeedableRng as _};
 
 mod common;
 use common::{
-    ServerWithUser, percentile, pin_self, refuse_if_busy, report, write_into_benchmarks_md,
+    GENERATOR_CPU, SERVER_CPU, ServerWithUser, percentile, pin_self, refuse_if_busy, report,
+    write_into_benchmarks_md,
 };
 
 const EMAIL: &str = "bench@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 const ROOMS: usize = 50;
-/// Where the server and this process (the load generator, the baseline) run.
-const SERVER_CPU: usize = 1;
-const CLIENT_CPU: usize = 0;
 const VOCABULARY: usize = 50_000;
 const WORDS_PER_MESSAGE: std::ops::RangeInclusive<usize> = 6..=18;
 const CONCURRENCY: usize = 48;
@@ -123,7 +121,7 @@ fn main() {
 
     // The server on its CPU, this process (the client and the baseline) on the other, so the
     // client's work is not in the server's figures.
-    pin_self(CLIENT_CPU);
+    pin_self(GENERATOR_CPU);
     let server = ServerWithUser::start_on(EMAIL, PASSWORD, &[], Some(SERVER_CPU));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -592,7 +590,7 @@ fn report(
          ### History: posting, search and paging over {messages} messages\n\n\
          Measured by `make bench` (`benches/history.rs`), release build, SQLite, {machine}, \
          the server pinned to CPU {SERVER_CPU}, the load generator (and the baseline) to CPU \
-         {CLIENT_CPU}. {messages} synthetic messages of {min}–{max} words drawn from a \
+         {GENERATOR_CPU}. {messages} synthetic messages of {min}–{max} words drawn from a \
          {VOCABULARY}-word vocabulary by Zipf's law (P(rank r) ∝ 1/r), spread over {ROOMS} rooms that \
          the searcher can all read, every one posted through `POST /api/v1/rooms/{{id}}/messages` \
          ({CONCURRENCY} in flight, an API token, an idempotency key each). Searches go through \

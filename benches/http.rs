@@ -18,14 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    ServerWithUser, cpu_model, free_port, percentile, pin_self, refuse_if_busy, report,
-    sign_in_for_token, write_into_benchmarks_md,
+    GENERATOR_CPU, SERVER_CPU, ServerWithUser, cpu_model, free_port, percentile, pin_self,
+    refuse_if_busy, report, sign_in_for_token, write_into_benchmarks_md,
 };
 
 const EMAIL: &str = "bench@example.com";
 const PASSWORD: &str = "bench-password-7731-otter";
-const SERVER_CPU: usize = 1;
-const GENERATOR_CPU: usize = 0;
 const CLIENTS: usize = 32;
 const WARMUP: Duration = Duration::from_secs(2);
 const WINDOW: Duration = Duration::from_secs(10);

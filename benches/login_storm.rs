@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    ServerWithUser, cpu_model, percentile, pin_self, refuse_if_busy, report,
-    write_into_benchmarks_md,
+    GENERATOR_CPU, SERVER_CPU, ServerWithUser, cpu_model, percentile, pin_self, refuse_if_busy,
+    report, write_into_benchmarks_md,
 };
 
 const EMAIL: &str = "storm@example.com";
@@ -32,9 +32,6 @@ const STORM_SECS: u64 = 15;
 const PROBE_PAUSE: Duration = Duration::from_millis(5);
 const LOGIN_RATIO_TARGET: f64 = 0.85;
 const P99_RATIO_TARGET: f64 = 2.0;
-/// The server's CPU; the load generator, the probe and the baseline run on `GENERATOR_CPU`.
-const SERVER_CPU: usize = 1;
-const GENERATOR_CPU: usize = 0;
 /// Cores the pinned server hashes on.
 const SERVER_CORES: usize = 1;
 

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self, refuse_if_busy, report, rss_kib,
-    write_into_benchmarks_md,
+    GENERATOR_CPU, SERVER_CPU, ServerWithUser, cpu_model, cpu_seconds, percentile, pin_self,
+    refuse_if_busy, report, rss_kib, write_into_benchmarks_md,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
@@ -36,7 +36,6 @@ const FANOUT_CONNECTIONS: usize = 1_000;
 const IDLE_CONNECTIONS: usize = 15_000;
 const JOINERS: usize = 5_000;
 const IN_FLIGHT: usize = 200;
-const SERVER_CPU: usize = 1;
 /// One HTTP worker, and the realtime limits out of the way: every benchmark client comes from
 /// 127.0.0.1 with the same token.
 const UNLIMITED: [(&str, &str); 6] = [
@@ -50,7 +49,6 @@ const UNLIMITED: [(&str, &str); 6] = [
     ("CONCLAVE__REALTIME__MESSAGES_PER_SECOND", "100000"),
     ("CONCLAVE__REALTIME__MESSAGE_BURST", "100000"),
 ];
-const GENERATOR_CPU: usize = 0;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

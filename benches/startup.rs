@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cpu_model, free_port, percentile, refuse_if_busy, report, write_into_benchmarks_md};
+use common::{
+    cpu_model, free_port, percentile, refuse_if_busy, report, resident_kib,
+    write_into_benchmarks_md,
+};
 
 const RUNS: usize = 15;
 const IDLE_BEFORE_RSS: Duration = Duration::from_secs(2);
@@ -25,8 +28,8 @@ struct Sample {
     rss_mb: f64,
     /// The part of `rss_mb` that is the process's own memory (heap, stacks).
     anon_mb: f64,
-    /// The part mapped from files: the executable's code and data, shared libraries. Clean,
-    /// shared with the page cache, and given back under memory pressure.
+    /// The part mapped from files or shared memory: the executable's code and data, shared
+    /// libraries. Clean, shared with the page cache, and given back under memory pressure.
     file_mb: f64,
 }
 
@@ -89,14 +92,13 @@ fn measure(mut command: Command, port: u16) -> Sample {
     }
     let ready_ms = started.elapsed().as_secs_f64() * 1_000.0;
     std::thread::sleep(IDLE_BEFORE_RSS);
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", guard.0.id())).unwrap_or_default();
-    let mb = |field: &str| status_kib(&status, field) as f64 / 1024.0;
+    let resident = resident_kib(guard.0.id());
+    let mb = |kib: u64| kib as f64 / 1024.0;
     let sample = Sample {
         ready_ms,
-        rss_mb: mb("VmRSS:"),
-        anon_mb: mb("RssAnon:"),
-        file_mb: mb("RssFile:"),
+        rss_mb: mb(resident.total),
+        anon_mb: mb(resident.private),
+        file_mb: mb(resident.mapped),
     };
     guard.stop();
     sample
@@ -133,16 +135,6 @@ fn readyz_ok(address: SocketAddr) -> bool {
     }
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, …).
-fn status_kib(status: &str, field: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Runs `program` on CPU 1 (when there are two and taskset exists), leaving CPU 0 to us.

@@ -149,32 +149,41 @@ pub fn pin(pid: u32, cpu: usize) {
     }
 }
 
+/// Where load benchmarks run the server, and their load generator (and in-process baseline).
+pub const SERVER_CPU: usize = 1;
+pub const GENERATOR_CPU: usize = 0;
+
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
+    resident_kib(pid).total
 }
 
-/// Resident memory of process `pid` by kind, in KiB: private (`RssAnon`: heap, stacks) and
-/// mapped from files or shared memory (`RssFile` + `RssShmem`: code, SQLite's `-shm` index).
-pub fn rss_parts_kib(pid: u32) -> (u64, u64) {
-    (
-        status_kib(pid, "RssAnon:"),
-        status_kib(pid, "RssFile:") + status_kib(pid, "RssShmem:"),
-    )
+/// Resident memory of a process, in KiB, from `/proc/<pid>/status` (one read).
+pub struct Resident {
+    /// `VmRSS`.
+    pub total: u64,
+    /// `RssAnon`: the process's own memory (heap, stacks).
+    pub private: u64,
+    /// `RssFile` + `RssShmem`: mapped from files or shared memory (the executable's code,
+    /// libraries, SQLite's `-shm` index). Clean pages shared with the page cache.
+    pub mapped: u64,
 }
 
-/// A `kB` field of `/proc/<pid>/status`.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+pub fn resident_kib(pid: u32) -> Resident {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Resident {
+        total: field("VmRSS:"),
+        private: field("RssAnon:"),
+        mapped: field("RssFile:") + field("RssShmem:"),
+    }
 }
 
 /// CPU time process `pid` has used so far (user + system), in seconds.
