@@ -298,17 +298,16 @@ async fn scheduled_backups_are_listed_in_admin_and_exported_as_a_metric() {
     let dir = team.app.data_dir.path().join("backups");
     assert!(dir.join(row["file"].as_str().expect("file")).exists());
 
-    let metrics = team
-        .app
-        .get("/metrics")
-        .await
-        .text()
-        .await
-        .expect("metrics");
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("backup_last_success_timestamp_seconds"))
-        .unwrap_or_else(|| panic!("the metric is exported: {metrics}"));
+    // The file appears (by rename) before the job records its outcome: wait for the job.
+    let line = crate::helpers::eventually(Duration::from_secs(20), || async {
+        let metrics = team.app.get("/metrics").await.text().await.ok()?;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("backup_last_success_timestamp_seconds"))
+            .map(str::to_owned)
+    })
+    .await
+    .expect("the job finished and exported backup_last_success_timestamp_seconds");
     let at: f64 = line
         .rsplit(' ')
         .next()
