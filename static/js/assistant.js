@@ -202,12 +202,27 @@ function start(section) {
     decorate(panel);
   }
 
-  // After (re)connecting: answers that ended while this page was not listening.
+  // The chat's title in the heading, the tab, the chat list and the rename field.
+  function retitle(title) {
+    const heading = section.querySelector('#room-title');
+    if (!heading || heading.textContent === title) return;
+    heading.textContent = title;
+    document.title = `${title} — Assistant — Conclave`;
+    const entry = document.querySelector(`li[data-chat="${chat}"] .chat-title`);
+    if (entry) entry.textContent = title;
+    const field = document.querySelector('#chat-title');
+    if (field) field.value = title;
+  }
+
+  // After (re)connecting: what changed while this page was not listening — the title (the
+  // title job may finish between the page's render and its subscription) and answers that
+  // ended.
   async function sync() {
-    if (!bubbles.size) return;
+    if (!isChat) return;
     const response = await fetch(`/api/v1/assistant/chats/${chat}`, { headers: { Accept: 'application/json' } }).catch(() => undefined);
     if (!response?.ok) return;
-    const { replies } = await response.json();
+    const { chat: current, replies } = await response.json();
+    if (current?.title) retitle(current.title);
     for (const reply of replies) {
       if (bubbles.has(reply.id) && ['completed', 'stopped', 'failed'].includes(reply.state)) {
         // The stored answer came with the replay of the subscription, or comes right after.
@@ -237,15 +252,9 @@ function start(section) {
       case 'finished':
         finished(frame.reply);
         break;
-      case 'titled': {
-        section.querySelector('#room-title').textContent = frame.title;
-        document.title = `${frame.title} — Assistant — Conclave`;
-        const entry = document.querySelector(`li[data-chat="${chat}"] .chat-title`);
-        if (entry) entry.textContent = frame.title;
-        const field = document.querySelector('#chat-title');
-        if (field) field.value = frame.title;
+      case 'titled':
+        retitle(frame.title);
         break;
-      }
       default:
         break;
     }
