@@ -52,6 +52,12 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
 /// Replaces the section between `<!-- NAME:begin -->` and `<!-- NAME:end -->` of
 /// docs/benchmarks.md (or appends it); `section` includes the markers.
 pub fn write_into_benchmarks_md(name: &str, section: &str) {
+    if profiling() {
+        eprintln!(
+            "the server ran under a profiler: docs/benchmarks.md is left as it was\n{section}"
+        );
+        return;
+    }
     let (begin_marker, end_marker) = (
         format!("<!-- {name}:begin -->"),
         format!("<!-- {name}:end -->"),
@@ -202,6 +208,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Whether the server runs under a profiler (`BENCH_PROFILE_SERVER`): its figures measure the
+/// profiler too, so they are printed, not written into the docs.
+pub fn profiling() -> bool {
+    std::env::var_os("BENCH_PROFILE_SERVER").is_some_and(|v| !v.is_empty())
+}
+
 /// A release `conclave serve` with one verified user, on its own port and temp data dir;
 /// killed when dropped.
 pub struct ServerWithUser {
@@ -272,17 +284,37 @@ fn serve(
     cpu: Option<usize>,
 ) -> (String, std::process::Child) {
     let port = free_port();
+    // `BENCH_PROFILE_SERVER="heaptrack -o /tmp/ht"` (or `perf record -g -o …`) runs the server
+    // under a profiler; the figures of such a run are not published (see [`profiling`]).
+    let profiler: Vec<String> = std::env::var("BENCH_PROFILE_SERVER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let mut command = match cpu {
         Some(cpu) => {
             let mut wrapped = std::process::Command::new("prlimit");
-            wrapped
-                .args(["--nofile=20000:20000", "taskset", "-c", &cpu.to_string()])
-                .arg(env!("CARGO_BIN_EXE_conclave"));
+            wrapped.args(["--nofile=20000:20000", "taskset", "-c", &cpu.to_string()]);
             wrapped
         }
-        None => std::process::Command::new(env!("CARGO_BIN_EXE_conclave")),
+        None => match profiler.first() {
+            Some(program) => std::process::Command::new(program),
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_conclave")),
+        },
     };
+    if cpu.is_some() {
+        command.args(&profiler);
+        command.arg(env!("CARGO_BIN_EXE_conclave"));
+    } else if !profiler.is_empty() {
+        command.args(&profiler[1..]);
+        command.arg(env!("CARGO_BIN_EXE_conclave"));
+    }
     configure(&mut command, data, port, env);
+    if !profiler.is_empty() {
+        // A process group of its own: a profiler runs the server as its child, and both stop
+        // together (see `Drop`).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    }
     let child = command
         .arg("serve")
         .stdout(std::process::Stdio::null())
@@ -300,6 +332,12 @@ impl ServerWithUser {
 
 impl Drop for ServerWithUser {
     fn drop(&mut self) {
+        if profiling() {
+            // The whole group, gently: the profiler writes its data out when the server ends.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", self.child.id())])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -82,6 +82,9 @@ pub fn machine() -> String {
 
 /// Records `bench`'s headline rows and rebuilds the summary table in docs/benchmarks.md.
 pub fn record(bench: &str, rows: &[Row]) {
+    if super::profiling() {
+        return;
+    }
     let results = docs().join("benchmarks/results");
     std::fs::create_dir_all(&results).expect("docs/benchmarks/results");
     let rows: Vec<Value> = rows
@@ -272,7 +275,9 @@ pub fn latency_chart(name: &str, title: &str, series: &[Series<'_>]) -> String {
     svg.push_str("</svg>\n");
     let dir = docs().join("benchmarks");
     std::fs::create_dir_all(&dir).expect("docs/benchmarks");
-    std::fs::write(dir.join(format!("{name}.svg")), svg).expect("write the chart");
+    if !super::profiling() {
+        std::fs::write(dir.join(format!("{name}.svg")), svg).expect("write the chart");
+    }
     format!("![{}](benchmarks/{name}.svg)", escape(title))
 }
 
