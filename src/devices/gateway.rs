@@ -11,7 +11,7 @@
 //! deleting the device, closes its connections on this node at once (close code 4001).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,6 @@ use diesel::prelude::*;
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::{DeviceIdentity, Registry};
 use crate::chat::hub::close;
@@ -43,15 +42,58 @@ pub enum Signal {
     Wake,
 }
 
+/// What the registry and one connection's task share, in one allocation per connection (idle
+/// memory per device is a target: two cancellation tokens, a `Notify` and an atomic, as this
+/// was before, cost four allocations and about 400 bytes more per device).
+#[derive(Default)]
+struct Signals {
+    /// The close code once the connection must close; 0 while it may stay open.
+    code: AtomicU16,
+    /// Set once the session has ended (after handling what it had received).
+    done: AtomicBool,
+    /// Wakes the session: something waits for the device, or it must close (`code`). A wake
+    /// while the session is busy is kept (one permit), so none is lost.
+    wake: Notify,
+    /// Wakes whoever waits for the session to end.
+    ended: Notify,
+}
+
+impl Signals {
+    fn close(&self, code: u16) {
+        self.code.store(code, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn closing(&self) -> Option<u16> {
+        match self.code.load(Ordering::SeqCst) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.ended.notify_waiters();
+    }
+
+    async fn finished(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check, so a `finish` between the two is not missed.
+            ended.as_mut().enable();
+            if self.done.load(Ordering::SeqCst) {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
 /// One connection of a device on this node.
 struct Handle {
     id: u64,
-    closing: CancellationToken,
-    /// The close code once `closing` is cancelled.
-    code: Arc<AtomicU16>,
-    wake: Arc<Notify>,
-    /// Cancelled when the session has ended (after handling what it had received).
-    finished: CancellationToken,
+    signals: Arc<Signals>,
 }
 
 /// The device connections of this node, so revocations close them and commands wake them.
@@ -64,13 +106,10 @@ pub struct Live {
 /// What a new connection listens to.
 struct Registered {
     id: u64,
-    closing: CancellationToken,
-    code: Arc<AtomicU16>,
-    wake: Arc<Notify>,
-    finished: CancellationToken,
+    signals: Arc<Signals>,
     /// The sessions this one replaced: it starts once they have finished, so what the device
     /// said on its old connection is handled before what it says on the new one.
-    replaced: Vec<CancellationToken>,
+    replaced: Vec<Arc<Signals>>,
 }
 
 impl Live {
@@ -79,26 +118,20 @@ impl Live {
     fn add(&self, device: i64, cap: usize) -> Registered {
         let handle = Handle {
             id: self.next.fetch_add(1, Ordering::Relaxed),
-            closing: CancellationToken::new(),
-            code: Arc::new(AtomicU16::new(0)),
-            wake: Arc::new(Notify::new()),
-            finished: CancellationToken::new(),
+            signals: Arc::default(),
         };
         let mut registered = Registered {
             id: handle.id,
-            closing: handle.closing.clone(),
-            code: handle.code.clone(),
-            wake: handle.wake.clone(),
-            finished: handle.finished.clone(),
+            signals: handle.signals.clone(),
             replaced: Vec::new(),
         };
         let mut map = self.lock();
-        let list = map.entry(device).or_default();
+        // Nearly every device has one connection: room for one, not the four `push` reserves.
+        let list = map.entry(device).or_insert_with(|| Vec::with_capacity(1));
         while list.len() >= cap.max(1) {
             let old = list.remove(0);
-            old.code.store(close::REPLACED, Ordering::SeqCst);
-            old.closing.cancel();
-            registered.replaced.push(old.finished.clone());
+            old.signals.close(close::REPLACED);
+            registered.replaced.push(old.signals);
             metrics::counter!("device_connections_replaced_total").increment(1);
         }
         list.push(handle);
@@ -125,7 +158,7 @@ impl Live {
                 let map = self.lock();
                 let list = map.get(&device).map_or(&[][..], Vec::as_slice);
                 for handle in list {
-                    handle.wake.notify_one();
+                    handle.signals.wake.notify_one();
                 }
                 list.len()
             }
@@ -135,8 +168,7 @@ impl Live {
     fn close_with(&self, device: i64, code: u16) -> usize {
         let list = self.lock().remove(&device).unwrap_or_default();
         for handle in &list {
-            handle.code.store(code, Ordering::SeqCst);
-            handle.closing.cancel();
+            handle.signals.close(code);
         }
         list.len()
     }
@@ -216,11 +248,10 @@ pub async fn connect(
         .max_continuation_size(wire::MAX_FRAME);
     let registry = state.devices.clone();
     let live = registry.live().clone();
-    let mut registered = live.add(
+    let registered = live.add(
         identity.device_id,
         registry.settings().connections_per_device,
     );
-    let connection = registered.id;
     let device = Session {
         registry,
         identity,
@@ -232,17 +263,8 @@ pub async fn connect(
         Duration::from_secs(realtime.heartbeat_secs),
         Duration::from_secs(realtime.heartbeat_timeout_secs),
     );
-    actix_web::rt::spawn(async move {
-        let device_id = device.identity.device_id;
-        for earlier in std::mem::take(&mut registered.replaced) {
-            // Bounded: a session stuck on a dead database must not hold the device out.
-            let _ = tokio::time::timeout(Duration::from_secs(5), earlier.cancelled()).await;
-        }
-        let finished = registered.finished.clone();
-        device.run(stream, registered, heartbeat).await;
-        live.remove(device_id, connection);
-        finished.cancel();
-    });
+    // The session's future is the task: no wrapper holding a second copy of what it moves in.
+    actix_web::rt::spawn(device.run(stream, registered, heartbeat, live));
     Ok(response)
 }
 
@@ -264,9 +286,22 @@ impl Session {
     async fn run(
         mut self,
         mut stream: actix_ws::AggregatedMessageStream,
-        registered: Registered,
+        mut registered: Registered,
         (heartbeat_every, heartbeat_timeout): (Duration, Duration),
+        live: Live,
     ) {
+        let replaced = std::mem::take(&mut registered.replaced);
+        if !replaced.is_empty() {
+            // Boxed: only a reconnecting device waits here, and an idle session's future
+            // stays small.
+            Box::pin(async move {
+                for earlier in replaced {
+                    // Bounded: a session stuck on a dead database must not hold the device out.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), earlier.finished()).await;
+                }
+            })
+            .await;
+        }
         let per_second =
             std::num::NonZeroU32::new(self.registry.settings().telemetry_batches_per_second.max(1))
                 .unwrap_or(std::num::NonZeroU32::MIN);
@@ -279,20 +314,20 @@ impl Session {
         let mut last_heard = Instant::now();
         let end = loop {
             tokio::select! {
-                () = registered.closing.cancelled() => {
-                    let code = match registered.code.load(Ordering::SeqCst) {
-                        0 => close::SIGNED_OUT,
-                        code => code,
-                    };
-                    if code == close::REPLACED {
-                        // The device reconnected (it rebooted into an update, say): what it
-                        // sent on this connection before leaving still counts.
-                        Box::pin(self.drain(&mut stream, &limiter)).await;
+                () = registered.signals.wake.notified() => {
+                    if let Some(code) = registered.signals.closing() {
+                        if code == close::REPLACED {
+                            // The device reconnected (it rebooted into an update, say): what it
+                            // sent on this connection before leaving still counts.
+                            Box::pin(self.drain(&mut stream, &limiter)).await;
+                        }
+                        break End::Close(code);
                     }
-                    break End::Close(code);
-                }
-                () = registered.wake.notified(), if self.greeted => {
-                    if let Err(end) = Box::pin(self.deliver(false)).await {
+                    // Before `hello` there is nothing to deliver to: `hello` delivers what
+                    // waits.
+                    if self.greeted
+                        && let Err(end) = Box::pin(self.deliver(false)).await
+                    {
                         break end;
                     }
                 }
@@ -321,14 +356,14 @@ impl Session {
             }
         };
         if let End::Close(code) = end {
-            let _ = self
-                .session
-                .close(Some(CloseReason {
-                    code: CloseCode::Other(code),
-                    description: Some(close::reason(code).to_owned()),
-                }))
-                .await;
+            let reason = CloseReason {
+                code: CloseCode::Other(code),
+                description: Some(close::reason(code).to_owned()),
+            };
+            let _ = Box::pin(self.session.close(Some(reason))).await;
         }
+        live.remove(self.identity.device_id, registered.id);
+        registered.signals.finish();
     }
 
     /// Handles one frame: decodes it, acts, answers.
