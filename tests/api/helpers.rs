@@ -189,6 +189,7 @@ async fn launch(
         .redirect(reqwest::redirect::Policy::none())
         .cookie_provider(cookies.clone())
         .timeout(Duration::from_secs(10))
+        .pool_idle_timeout(IDLE_CONNECTION_REUSE)
         .build()
         .expect("http client");
     let app = TestApp {
@@ -421,6 +422,7 @@ impl Device {
         let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
         let mut builder = reqwest::Client::builder()
             .cookie_provider(jar.clone())
+            .pool_idle_timeout(IDLE_CONNECTION_REUSE)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(user_agent) = user_agent {
             builder = builder.user_agent(user_agent.to_owned());
@@ -623,6 +625,11 @@ pub async fn wait_for_job(
         None => panic!("job {id} never got there: {:?}", queue.get(id).await),
     }
 }
+
+/// How long a test client reuses an idle connection: less than the server's keep-alive (actix
+/// closes an idle connection after 5 s), or a request sent on a connection the server is just
+/// closing fails with `IncompleteMessage` (a test that waited ~5 s for a job saw it).
+const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(3);
 
 /// Polls `check` until it returns Some or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
