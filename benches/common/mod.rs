@@ -291,24 +291,23 @@ fn serve(
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    let mut command = match cpu {
-        Some(cpu) => {
-            let mut wrapped = std::process::Command::new("prlimit");
-            wrapped.args(["--nofile=20000:20000", "taskset", "-c", &cpu.to_string()]);
-            wrapped
-        }
-        None => match profiler.first() {
-            Some(program) => std::process::Command::new(program),
-            None => std::process::Command::new(env!("CARGO_BIN_EXE_conclave")),
-        },
+    // [prlimit … taskset -c CPU] [profiler …] conclave: each wrapper runs the rest.
+    let mut line: Vec<String> = match cpu {
+        Some(cpu) => [
+            "prlimit",
+            "--nofile=20000:20000",
+            "taskset",
+            "-c",
+            &cpu.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        None => Vec::new(),
     };
-    if cpu.is_some() {
-        command.args(&profiler);
-        command.arg(env!("CARGO_BIN_EXE_conclave"));
-    } else if !profiler.is_empty() {
-        command.args(&profiler[1..]);
-        command.arg(env!("CARGO_BIN_EXE_conclave"));
-    }
+    line.extend(profiler.iter().cloned());
+    line.push(env!("CARGO_BIN_EXE_conclave").to_owned());
+    let mut command = std::process::Command::new(&line[0]);
+    command.args(&line[1..]);
     configure(&mut command, data, port, env);
     if !profiler.is_empty() {
         // A process group of its own: a profiler runs the server as its child, and both stop
